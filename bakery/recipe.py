@@ -1,0 +1,403 @@
+"""Recipe loading: YAML with line numbers, JSON Schema validation, defaults.
+
+Every problem is reported as ``file:line: key.path: what is expected`` so users
+can fix a recipe without reading a traceback or a JSON Schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
+
+import yaml
+from jsonschema import Draft202012Validator, ValidationError
+
+from .errors import RecipeError
+
+KeyPath = tuple[str | int, ...]
+# (path whose line is reported, path shown to the user, text, hint)
+Problem = tuple[KeyPath, KeyPath, str, str | None]
+
+MAX_REPORTED = 5
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # "path" | "url" | "git"
+    location: str  # absolute resolved path for "path", else the URL
+    sha256: str | None = None
+    commit: str | None = None
+    strip_components: int = 0
+    dest: str = "."
+
+
+@dataclass(frozen=True)
+class Build:
+    system: str
+    options: list[str]
+    script: list[str]
+    subdir: str
+    env: dict[str, str]
+    jobs: int
+
+
+@dataclass(frozen=True)
+class Bench:
+    command: list[str]
+    repeat: int
+    symbol: str | None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    path: Path
+    dir: Path
+    digest: str
+    name: str
+    version: str
+    description: str
+    sources: list[Source]
+    build: Build
+    outputs: list[str]
+    preserve_flags: list[str]
+    preserve_libs: list[str]
+    runtime_base: str
+    runtime_packages: list[str]
+    capture_opt: str
+    capture_languages: list[str]
+    entrypoint: list[str]
+    test: list[str]
+    bench: Bench | None
+    data: dict
+
+    @property
+    def ref_name(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@functools.cache
+def schema() -> dict:
+    text = resources.files("bakery").joinpath("schemas/recipe.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def load(path: str | os.PathLike) -> Recipe:
+    file = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise RecipeError(f"{file}: recipe file not found") from None
+    except OSError as e:
+        raise RecipeError(f"{file}: cannot read recipe: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise RecipeError(f"{file}:{line}: recipe is not UTF-8 text") from None
+
+    data, lines, scalars = _parse(text, file)
+    recipe_dir = Path(path).resolve().parent
+    problems = list(_schema_problems(data, scalars))
+    if not problems:
+        problems = list(_semantic_problems(data, recipe_dir))
+    if problems:
+        _raise(file, problems, lines)
+
+    _fill_defaults(schema(), data)
+    return _build_recipe(data, Path(path).resolve(), raw)
+
+
+# --- YAML -----------------------------------------------------------------
+
+
+def _parse(text: str, file: str) -> tuple[Any, dict[KeyPath, int], dict[KeyPath, str]]:
+    """Return the document plus the 1-based line and raw scalar text of every key path."""
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise RecipeError(
+                    f"{file}:1: recipe is empty",
+                    hint="a recipe is a mapping with at least name, version, sources, build and outputs",
+                )
+            lines: dict[KeyPath, int] = {(): node.start_mark.line + 1}
+            scalars: dict[KeyPath, str] = {}
+            _index(loader, node, (), lines, scalars, file)
+            data = loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f":{mark.line + 1}" if mark else ""
+        what = e.problem or e.context or "syntax error"
+        if e.context and e.context_mark and e.problem:
+            what += f" ({e.context} on line {e.context_mark.line + 1})"
+        syntax = isinstance(e, (yaml.scanner.ScannerError, yaml.parser.ParserError))
+        hint = "check the indentation and quoting around that line" if syntax else None
+        raise RecipeError(f"{file}{where}: invalid YAML: {what}", hint) from None
+    except yaml.reader.ReaderError as e:
+        line = text[: e.position].count("\n") + 1
+        raise RecipeError(f"{file}:{line}: invalid YAML: character #x{e.character:04x}: {e.reason}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"{file}:{lines[()]}: recipe must be a mapping of keys (name:, version:, ...), "
+            f"got {_kind(data)}"
+        )
+    return data, lines, scalars
+
+
+def _index(loader, node, path: KeyPath, lines, scalars, file: str) -> None:
+    if isinstance(node, yaml.ScalarNode):
+        scalars[path] = node.value
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[path + (i,)] = item.start_mark.line + 1
+            _index(loader, item, path + (i,), lines, scalars, file)
+    elif isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            # Non-scalar keys are left to the constructor, which rejects them with a mark.
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue
+            key = loader.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if path + (key,) in lines:
+                first = lines[path + (key,)]
+                raise RecipeError(f"{file}:{line}: {_fmt(path + (key,))}: duplicate key "
+                                  f"(first defined on line {first})")
+            lines[path + (key,)] = line
+            _index(loader, value_node, path + (key,), lines, scalars, file)
+
+
+# --- schema ---------------------------------------------------------------
+
+
+@functools.cache
+def _validator() -> Draft202012Validator:
+    return Draft202012Validator(schema())
+
+
+def _schema_problems(data: dict, scalars: dict[KeyPath, str]) -> Iterator[Problem]:
+    for error in _validator().iter_errors(data):
+        yield from _explain(error, scalars)
+
+
+_TYPE_WORDS = {
+    "string": "a string", "array": "a list", "object": "a mapping", "integer": "an integer",
+    "number": "a number", "boolean": "true or false", "null": "nothing",
+}
+
+
+def _explain(err: ValidationError, scalars: dict[KeyPath, str]) -> Iterator[Problem]:
+    """Turn one jsonschema error into plain-words problems."""
+    path: KeyPath = tuple(err.absolute_path)
+    v, vv, inst, sch = err.validator, err.validator_value, err.instance, err.schema
+    if "propertyNames" in err.absolute_schema_path:
+        path += (inst,)  # the offending key itself, so its own line is reported
+
+    if v == "required":
+        # jsonschema does not say which key is missing beyond its message, so
+        # report every missing one; duplicates are merged later.
+        for key in vv:
+            if key not in inst:
+                desc = sch.get("properties", {}).get(key, {}).get("description", "").rstrip(".")
+                yield path, path + (key,), "missing required key" + (f" ({desc})" if desc else ""), None
+    elif v == "additionalProperties" and vv is False:
+        known = list(sch.get("properties", {}))
+        for key in inst:
+            if key in known:
+                continue
+            close = difflib.get_close_matches(str(key), known, n=1)
+            tip = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(known)})"
+            yield path + (key,), path, f"unknown key '{key}'{tip}", None
+    elif v == "oneOf":
+        yield from _explain_source(err, path, scalars)
+    elif v == "enum":
+        choices = [str(c) for c in vv]
+        close = difflib.get_close_matches(str(inst), choices, n=1) if isinstance(inst, str) else []
+        tip = f" (did you mean '{close[0]}'?)" if close else ""
+        yield path, path, f"{_show(inst)} is not one of: {', '.join(choices)}{tip}", None
+    elif v == "type":
+        wanted = " or ".join(_TYPE_WORDS.get(t, t) for t in ([vv] if isinstance(vv, str) else vv))
+        if vv == "array" and sch.get("items", {}).get("type") == "string":
+            wanted += " of strings"
+        hint = None
+        if vv == "string" and inst is not None and path in scalars:
+            # YAML turned e.g. 1.0 into a float; the original text is what the user meant.
+            lead = f"{path[-1]}: " if isinstance(path[-1], str) else "- "
+            hint = f'quote it so YAML keeps it as text: {lead}"{scalars[path]}"'
+        yield path, path, f"expected {wanted}, got {_kind(inst)}", hint
+    elif v == "pattern":
+        rule = sch.get("x-pattern-description", f"must match {vv}")
+        yield path, path, f"{_show(inst)} is not valid: {rule}", None
+    elif v in ("minItems", "minLength") and vv == 1:
+        yield path, path, "must not be empty", None
+    elif v == "minItems":
+        yield path, path, f"needs at least {vv} items", None
+    elif v == "minimum":
+        yield path, path, f"must be at least {vv}, got {_show(inst)}", None
+    elif v == "maxLength":
+        yield path, path, f"is too long (at most {vv} characters)", None
+    elif v == "uniqueItems":
+        yield path, path, "must not list the same item twice", None
+    else:
+        yield path, path, err.message, None
+
+
+def _explain_source(err: ValidationError, path: KeyPath, scalars) -> Iterator[Problem]:
+    kinds = [sub["required"][0] for sub in err.validator_value]
+    given = [k for k in kinds if isinstance(err.instance, dict) and k in err.instance]
+    if len(given) == 1:
+        # The user clearly meant this kind of source: report only that branch's complaints.
+        branch = next(i for i, sub in enumerate(err.validator_value) if given[0] in sub["required"])
+        for sub_err in err.context:
+            if sub_err.relative_schema_path[0] == branch:
+                yield from _explain(sub_err, scalars)
+        return
+    found = f" (found {' and '.join(given)})" if given else ""
+    yield path, path, f"each source needs exactly one of {', '.join(kinds)}{found}", None
+
+
+# --- semantic checks ------------------------------------------------------
+
+
+def _semantic_problems(data: dict, recipe_dir: Path) -> Iterator[Problem]:
+    for i, src in enumerate(data["sources"]):
+        if "path" in src and not (recipe_dir / src["path"]).exists():
+            at = ("sources", i, "path")
+            yield at, at, f"{src['path']!r} does not exist (looked in {recipe_dir})", None
+        if "dest" in src:
+            yield from _relative(("sources", i, "dest"), src["dest"])
+
+    build = data["build"]
+    if build["system"] == "script" and not build.get("script"):
+        yield ("build", "script"), ("build", "script"), "required (non-empty) when system is script", None
+    elif build["system"] != "script" and build.get("script"):
+        yield (("build", "script"), ("build", "script"),
+               f"only allowed with system: script (system is {build['system']})",
+               "put make targets or configure/cmake arguments in build.options")
+    if "subdir" in build:
+        yield from _relative(("build", "subdir"), build["subdir"])
+
+    for i, out in enumerate(data["outputs"]):
+        yield from _relative(("outputs", i), out)
+
+    bench = data.get("bench")
+    if bench:
+        names = sorted({PurePosixPath(o).name for o in data["outputs"]})
+        if bench["command"][0] not in names:
+            at = ("bench", "command", 0)
+            yield at, at, f"{bench['command'][0]!r} is not an output (outputs: {', '.join(names)})", None
+
+
+def _relative(at: KeyPath, value: str) -> Iterator[Problem]:
+    """Paths inside the work tree must not escape it."""
+    p = PurePosixPath(value)
+    if p.is_absolute():
+        yield at, at, f"{value!r} must be a relative path, not absolute", None
+    elif ".." in p.parts:
+        yield at, at, f"{value!r} must not contain '..'", None
+
+
+# --- reporting and result -------------------------------------------------
+
+
+def _raise(file: str, problems: list[Problem], lines: dict[KeyPath, int]):
+    rows: dict[tuple[int, str, str], str | None] = {}
+    for line_path, shown_path, text, hint in problems:
+        rows.setdefault((_line(lines, line_path), _fmt(shown_path), text), hint)
+    ordered = sorted(rows)
+    msgs = [f"{file}:{line}: {shown + ': ' if shown else ''}{text}"
+            for line, shown, text in ordered[:MAX_REPORTED]]
+    if len(ordered) > MAX_REPORTED:
+        msgs.append(f"... and {len(ordered) - MAX_REPORTED} more problem(s)")
+    raise RecipeError("\n".join(msgs), next((rows[r] for r in ordered if rows[r]), None))
+
+
+def _line(lines: dict[KeyPath, int], path: KeyPath) -> int:
+    while path not in lines:  # a missing key is reported at its parent mapping
+        path = path[:-1]
+    return lines[path]
+
+
+def _fmt(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__} ({value})"
+
+
+def _show(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _fill_defaults(sch: dict, inst: Any) -> None:
+    """Apply the schema's ``default``s in place (the schema is the single source of them)."""
+    if isinstance(inst, dict):
+        for branch in sch.get("oneOf", ()):
+            if all(k in inst for k in branch.get("required", ())):
+                _fill_defaults(branch, inst)
+        for key, sub in sch.get("properties", {}).items():
+            if key not in inst and "default" in sub:
+                inst[key] = copy.deepcopy(sub["default"])
+            if key in inst:
+                _fill_defaults(sub, inst[key])
+    elif isinstance(inst, list) and isinstance(sch.get("items"), dict):
+        for item in inst:
+            _fill_defaults(sch["items"], item)
+
+
+def _build_recipe(d: dict, path: Path, raw: bytes) -> Recipe:
+    sources = []
+    for s in d["sources"]:
+        kind = next(k for k in ("path", "url", "git") if k in s)
+        location = str((path.parent / s["path"]).resolve()) if kind == "path" else s[kind]
+        sources.append(Source(kind, location, s.get("sha256"), s.get("commit"),
+                              s.get("strip_components", 0), s["dest"]))
+    b = d["build"]
+    bench = d.get("bench")
+    return Recipe(
+        path=path,
+        dir=path.parent,
+        digest="sha256:" + hashlib.sha256(raw).hexdigest(),
+        name=d["name"],
+        version=d["version"],
+        description=d["description"],
+        sources=sources,
+        build=Build(b["system"], b["options"], b["script"], b["subdir"], b["env"], b["jobs"]),
+        outputs=d["outputs"],
+        preserve_flags=d["preserve"]["flags"],
+        preserve_libs=d["preserve"]["libs"],
+        runtime_base=d["runtime"]["base"],
+        runtime_packages=d["runtime"]["packages"],
+        capture_opt=d["capture"]["opt"],
+        capture_languages=d["capture"]["languages"],
+        entrypoint=d["entrypoint"],
+        test=d["test"],
+        bench=Bench(bench["command"], bench["repeat"], bench.get("symbol")) if bench else None,
+        data=d,
+    )
