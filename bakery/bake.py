@@ -1,0 +1,215 @@
+"""Bake: finish a captured build for one CPU.
+
+For every module: check its digest, rewrite the per-function target attributes
+(they override ``-march`` otherwise, and the result would silently stay
+generic), run the full optimization pipeline and codegen with the target known.
+Then replay the links with the preserved link lines. No shell is ever used, and
+the plan was validated (``plan.load``) before anything here runs.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import shutil
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import plan as planmod
+from . import proc
+from .errors import BakeryError, PlanRefused
+from .target import Target
+from .toolchain import Toolchain
+
+LTO_MODES = ("none", "thin", "full")
+
+_ATTR_LINE = re.compile(r"^attributes #\d+ = \{.*\}$", re.M)
+_TARGET_CPU = re.compile(r' "target-cpu"="[^"]*"')
+_TUNE_CPU = re.compile(r' "tune-cpu"="[^"]*"')
+_FEATURES = re.compile(r' "target-features"="([^"]*)"')
+
+
+def retarget_ir(text: str, tune: str | None) -> tuple[str, dict]:
+    """Rewrite the target attributes of an LLVM IR module (text form).
+
+    * ``target-cpu`` goes: the bake's ``-march``/``-mcpu`` applies instead.
+    * ``tune-cpu`` becomes the target's tuning (or goes), as a from-source build
+      with the same flags would write it.
+    * ``target-features`` equal to the module's baseline (what the command line
+      gave every function) go; any other value is a function's own
+      ``__attribute__((target(...)))`` and is kept.
+    """
+    counts = collections.Counter(m.group(1) for m in _FEATURES.finditer(text))
+    baseline = counts.most_common(1)[0][0] if counts else None
+    stats = {"attribute_groups": 0, "kept_features": 0}
+
+    def fix(m: re.Match) -> str:
+        line = m.group(0)
+        if '"target-cpu"' not in line and '"target-features"' not in line and '"tune-cpu"' not in line:
+            return line
+        stats["attribute_groups"] += 1
+        line = _TARGET_CPU.sub("", line)
+        line = _TUNE_CPU.sub(f' "tune-cpu"="{tune}"' if tune else "", line)
+
+        def feat(f: re.Match) -> str:
+            if f.group(1) == baseline:
+                return ""
+            stats["kept_features"] += 1
+            return f.group(0)
+
+        return _FEATURES.sub(feat, line)
+
+    return _ATTR_LINE.sub(fix, text), stats
+
+
+@dataclass
+class BakeResult:
+    target: Target
+    outputs: dict[str, str] = field(default_factory=dict)   # install name -> path
+    seconds: float = 0.0
+    modules: int = 0
+    lto: str = "none"
+
+    def to_json(self) -> dict:
+        return {"target": self.target.to_json(), "outputs": self.outputs, "seconds": round(self.seconds, 3),
+                "modules": self.modules, "lto": self.lto}
+
+
+def check_toolchain(plan: dict, toolchain: Toolchain, target: Target) -> None:
+    tc = plan["toolchain"]
+    if tc["llvm_major"] > toolchain.major:
+        raise BakeryError(
+            f"the bitcode was made by LLVM {tc['llvm_major']} and LLVM {toolchain.major} cannot read it",
+            f"bake with LLVM {tc['llvm_major']} or newer (BAKERY_LLVM_VERSION), e.g. inside the IR image")
+    if tc["family"] != target.family:
+        raise BakeryError(f"this plan's IR is {tc['family']}, target {target.name} is {target.family}")
+
+
+def bake(bundle: Path, plan: dict, toolchain: Toolchain, target: Target, output: Path, *,
+         jobs: int = 0, lto: str = "none", quiet: bool = False, keep: bool = False) -> BakeResult:
+    if lto not in LTO_MODES:
+        raise BakeryError(f"--lto {lto!r}: choose one of {', '.join(LTO_MODES)}")
+    check_toolchain(plan, toolchain, target)
+    jobs = jobs or os.cpu_count() or 1
+    t0 = time.monotonic()
+    for note in target.notes:
+        proc.log(f"bake: {note}", quiet=quiet)
+    proc.log(f"bake: {plan['app']['name']} {plan['app']['version']} for {target.name} "
+             f"({' '.join(target.flags)}), {len(plan['modules'])} modules, lto={lto}, jobs={jobs}", quiet=quiet)
+    work = Path(tempfile.mkdtemp(prefix="bakery-bake-"))
+    try:
+        objs = _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, quiet)
+        outs = _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, quiet)
+        output.mkdir(parents=True, exist_ok=True)
+        result = BakeResult(target, seconds=0.0, modules=len(plan["modules"]), lto=lto)
+        for link in plan["links"]:
+            dest = output / link["install"]
+            tmp = dest.with_name(f".{dest.name}.tmp")
+            shutil.copy2(outs[link["id"]], tmp)
+            os.replace(tmp, dest)  # a reader never sees half a binary
+            result.outputs[link["install"]] = str(dest)
+        result.seconds = time.monotonic() - t0
+        proc.log(f"bake: wrote {', '.join(result.outputs)} to {output} in {result.seconds:.1f}s", quiet=quiet)
+        return result
+    finally:
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            proc.log(f"bake: work tree kept in {work}", quiet=quiet)
+
+
+def _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, quiet) -> dict[str, Path]:
+    (work / "obj").mkdir()
+    dis = toolchain.tool("llvm-dis")
+    preserve = plan["preserve"]["flags"]
+    lto_flag = {"none": [], "thin": ["-flto=thin"], "full": ["-flto=full"]}[lto]
+
+    def one(sha: str, m: dict) -> Path:
+        bc = planmod.verify_file(bundle, m["path"], sha)
+        text = proc.run([dis, str(bc), "-o", "-"]).stdout
+        text, _ = retarget_ir(text, target.tune)
+        out = work / "obj" / f"{sha}.o"
+        proc.run([toolchain.clang, "-c", "-x", "ir", "-", "-o", str(out), "-w",
+                  *m["flags"], *preserve, *target.flags, *lto_flag], input=text)
+        return out
+
+    results: dict[str, Path] = {}
+    total = len(plan["modules"])
+    last = time.monotonic()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(one, sha, m): sha for sha, m in plan["modules"].items()}
+        for n, fut in enumerate(as_completed(futures), 1):
+            try:
+                results[futures[fut]] = fut.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+            if not quiet and (time.monotonic() - last > 2 or n == total):
+                last = time.monotonic()
+                proc.log(f"bake: [{n}/{total}] modules optimized and compiled")
+    for sha, o in plan["objects"].items():
+        results[sha] = planmod.verify_file(bundle, o["path"], sha)
+    return results
+
+
+def _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, quiet) -> dict[str, Path]:
+    ar = toolchain.tool("llvm-ar")
+    outs: dict[str, Path] = {}
+    preserve_libs = plan["preserve"]["libs"]
+    opt = _dominant_opt(plan)
+    for link in plan["links"]:
+        out = work / "out" / link["output"]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        argv = [toolchain.driver(link["driver"]) if link["driver"] != "fortran" else toolchain.clang,
+                "-fuse-ld=lld", "-o", str(out)]
+        if lto != "none":
+            argv += [opt, *target.flags, f"-flto={lto}", f"-Wl,--thinlto-jobs={jobs}" if lto == "thin" else "-flto-jobs=1"]
+        has_internal = False
+        for n, a in enumerate(link["args"]):
+            if isinstance(a, str):
+                argv.append(a)
+            elif "module" in a or "object" in a:
+                argv.append(str(objs[a.get("module") or a.get("object")]))
+            elif "archive" in a:
+                adir = work / "ar" / f"{link['id']}-{n}"
+                adir.mkdir(parents=True)
+                lib = adir / a["archive"]
+                members = [str(objs[m.get("module") or m.get("object")]) for m in a["members"]]
+                proc.run([ar, "rcsD", str(lib), *members])
+                argv.append(str(lib))
+            elif "link" in a:
+                argv.append(str(outs[a["link"]]))
+                has_internal = True
+            elif "file" in a:
+                f = planmod.verify_file(bundle, plan["files"][a["file"]]["path"], a["file"])
+                wl = list(a["wl"])
+                wl[a["at"]] = a["prefix"] + str(f)
+                argv.append("-Wl," + ",".join(wl))
+        for lib in preserve_libs:
+            if lib not in argv:
+                argv.append(lib)
+        if has_internal:
+            argv.append("-Wl,-rpath,$ORIGIN")
+        if link["kind"] == "shared" and not link.get("soname"):
+            argv.append(f"-Wl,-soname,{link['install']}")
+        proc.log(f"bake: linking {link['install']}", quiet=quiet)
+        proc.run(argv, cwd=work)
+        outs[link["id"]] = out
+    return outs
+
+
+def _dominant_opt(plan: dict) -> str:
+    levels = collections.Counter()
+    for m in plan["modules"].values():
+        for f in m["flags"]:
+            if f.startswith("-O"):
+                levels[f] += 1
+    for f in plan["preserve"]["flags"]:
+        if f.startswith("-O"):
+            return f
+    return levels.most_common(1)[0][0] if levels else "-O2"

@@ -1,0 +1,162 @@
+"""Capture: run the recipe's unmodified build with bakery's compiler wrappers.
+
+The result is a bundle: ``plan.json`` plus the bitcode, native objects and link
+files it names. Nothing else from the build tree is needed to bake.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from .. import plan as planmod
+from .. import proc, sources
+from ..errors import BakeryError
+from ..toolchain import Toolchain
+
+WRAPPER = Path(__file__).with_name("wrapper.py")
+CC_NAMES = ("cc", "gcc", "clang")
+CXX_NAMES = ("c++", "g++", "clang++")
+
+
+def write_shims(shimdir: Path, config: dict, toolchain: Toolchain) -> dict[str, str]:
+    """Shims named like the usual compilers; PATH puts them first so even a
+    Makefile that hard-codes ``gcc`` gets the wrapper."""
+    shimdir.mkdir(parents=True, exist_ok=True)
+    (shimdir / "config.json").write_text(json.dumps(config, indent=1))
+    roles = {n: "cc" for n in CC_NAMES} | {n: "c++" for n in CXX_NAMES}
+    versioned = {f"clang-{toolchain.major}": "cc", f"clang++-{toolchain.major}": "c++",
+                 "gcc-12": "cc", "g++-12": "c++"}
+    if "fortran" in config.get("languages", []):
+        roles |= {"gfortran": "fortran", "f95": "fortran", "flang": "fortran", f"flang-{toolchain.major}": "fortran"}
+    for name, role in (roles | versioned).items():
+        shim = shimdir / name
+        shim.write_text(
+            "#!/bin/sh\n"
+            f"exec {shlex.quote(sys.executable)} -I -S {shlex.quote(str(WRAPPER))} "
+            f"{shlex.quote(str(shimdir))} {role} \"$@\"\n"
+        )
+        shim.chmod(0o755)
+    return {"CC": str(shimdir / "cc"), "CXX": str(shimdir / "c++"), "FC": str(shimdir / "gfortran")}
+
+
+def build_commands(recipe, root: Path, compilers: dict[str, str], jobs: int) -> tuple[list[list[str]], Path]:
+    """The build system's commands, and the directory outputs are relative to."""
+    b = recipe.build
+    srcdir = (root / b.subdir).resolve()
+    make_vars = [f"CC={compilers['CC']}", f"CXX={compilers['CXX']}"]
+    if b.system == "make":
+        return [["make", f"-j{jobs}", *make_vars, *b.options]], srcdir
+    if b.system == "cmake":
+        bindir = root / "_build"
+        return [
+            ["cmake", "-S", str(srcdir), "-B", str(bindir), "-DCMAKE_BUILD_TYPE=Release",
+             f"-DCMAKE_C_COMPILER={compilers['CC']}", f"-DCMAKE_CXX_COMPILER={compilers['CXX']}",
+             *b.options],
+            ["cmake", "--build", str(bindir), "--parallel", str(jobs)],
+        ], bindir
+    if b.system == "autotools":
+        cmds = []
+        if not (srcdir / "configure").exists():
+            cmds.append(["autoreconf", "-fi"])
+        cmds.append(["./configure", *make_vars, *b.options])
+        cmds.append(["make", f"-j{jobs}", *make_vars])
+        return cmds, srcdir
+    return [["bash", "-euo", "pipefail", "-c", line] for line in b.script], srcdir
+
+
+def run_build(recipe, root: Path, shimdir: Path, compilers: dict, jobs: int, log: Path,
+              quiet: bool = False, progress=None) -> Path:
+    cmds, outdir = build_commands(recipe, root, compilers, jobs)
+    env = proc.env_with({
+        "PATH": f"{shimdir}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MAKEFLAGS": "", "MFLAGS": "", "JOBS": str(jobs),
+        **compilers, **recipe.build.env,
+    })
+    cwd = (root / recipe.build.subdir).resolve()
+    for cmd in cmds:
+        proc.log(f"capture: $ {shlex.join(cmd)}", quiet=quiet)
+        if cmd[0] in ("make", "cmake", "autoreconf"):
+            proc.which(cmd[0])
+        proc.stream(cmd, cwd=cwd, env=env, log=log, on_line=progress)
+    return outdir
+
+
+class _Progress:
+    """A line every few seconds saying how many translation units are captured."""
+
+    def __init__(self, store: Path, quiet: bool):
+        self.store, self.quiet = store, quiet
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self):
+        if not self.quiet:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+
+    def _run(self):
+        t0 = time.monotonic()
+        while not self.stop.wait(10):
+            n = len(os.listdir(self.store / "objs")) if (self.store / "objs").exists() else 0
+            proc.log(f"capture: {n} translation units captured ({time.monotonic() - t0:.0f}s)")
+
+
+def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdir: Path | None = None,
+            keep: bool = False, quiet: bool = False, mode: str = "capture",
+            extra_flags: list[str] | None = None) -> dict:
+    """Build the recipe with wrappers and write the bundle; returns the plan."""
+    jobs = jobs or recipe.build.jobs or os.cpu_count() or 1
+    work = Path(workdir or tempfile.mkdtemp(prefix=f"bakery-{recipe.name}-")).resolve()
+    root, store, shimdir = work / "src", work / "store", work / "shims"
+    for d in ("bc", "objs", "native", "files", "tmp"):
+        (store / d).mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    try:
+        proc.log(f"capture: fetching sources of {recipe.name} {recipe.version}", quiet=quiet)
+        sources.fetch_all(recipe.sources, root)
+        config = {
+            "store": str(store), "root": str(root), "mode": mode,
+            "compilers": {"c": toolchain.clang, "c++": toolchain.clangxx,
+                          "fortran": _flang_or_none(toolchain, recipe)},
+            "languages": recipe.capture_languages, "opt": "-" + recipe.capture_opt,
+            "extra_flags": list(extra_flags or []),
+        }
+        compilers = write_shims(shimdir, config, toolchain)
+        log = work / "build.log"
+        with _Progress(store, quiet or mode != "capture"):
+            outdir = run_build(recipe, root, shimdir, compilers, jobs, log, quiet)
+        build_seconds = time.monotonic() - t0
+        if mode != "capture":
+            return {"outdir": str(outdir), "seconds": build_seconds, "work": str(work)}
+        events = planmod.read_events(store / "events.jsonl")
+        plan = planmod.assemble(recipe, toolchain, events, root=root, outdir=outdir, store=store, bundle=bundle)
+        plan["capture"]["seconds"] = round(build_seconds, 2)
+        planmod.save(plan, bundle)
+        proc.log(f"capture: {len(plan['modules'])} bitcode modules, {len(plan['objects'])} native objects, "
+                 f"{len(plan['links'])} links -> {bundle} ({build_seconds:.1f}s)", quiet=quiet)
+        return plan
+    except BakeryError as e:
+        if not keep and workdir is None:
+            e.hint = (e.hint + "; " if e.hint else "") + "rerun with --keep to inspect the work tree"
+        raise
+    finally:
+        if not keep and workdir is None and mode == "capture":
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _flang_or_none(toolchain: Toolchain, recipe) -> str | None:
+    if "fortran" not in recipe.capture_languages:
+        return None
+    return toolchain.flang

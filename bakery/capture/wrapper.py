@@ -1,0 +1,501 @@
+"""Compiler wrapper that stands in for cc/c++/gcc/g++ during a capture.
+
+Run as ``python3 -I -S wrapper.py SHIMDIR ROLE ARGS...`` by the shims bakery
+writes; it must therefore use the standard library only and start fast.
+
+For each C/C++ translation unit it makes *pre-optimization* bitcode
+(``-O2 -Xclang -disable-llvm-optzns``: no ``optnone``, no passes run yet, so the
+bake can run the whole pipeline with the target known), keeps it in the store,
+and compiles that bitcode to the native object the build asked for, so the build
+system goes on as usual. Links run for real and are recorded with every input
+resolved to what it was made of (bitcode module, native object, archive member).
+Each event is one ``write()`` of one JSON line, so parallel make cannot
+interleave them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+# Flags followed by a separate value argument.
+TAKES_VALUE = {
+    "-o", "-I", "-D", "-U", "-include", "-imacros", "-isystem", "-idirafter", "-iquote",
+    "-isysroot", "--sysroot", "-MF", "-MT", "-MQ", "-MJ", "-x", "-Xlinker", "-Xclang",
+    "-Xassembler", "-Xpreprocessor", "-L", "-l", "-u", "-T", "-z", "-e", "-target",
+    "-iprefix", "-iwithprefix", "-iwithprefixbefore", "-imultilib", "--param", "-arch",
+    "-aux-info", "-dumpbase", "-dumpdir", "-G", "-ccc-gcc-name", "--target",
+}
+# Preprocessor / dependency / diagnostics flags: meaningless for codegen from IR.
+FRONTEND_ONLY_PREFIXES = ("-I", "-D", "-U", "-M", "-W", "-std=", "-include", "-imacros",
+                          "-isystem", "-idirafter", "-iquote", "-isysroot", "--sysroot",
+                          "-iprefix", "-iwithprefix", "-pedantic", "-ansi", "-x", "-C", "-P",
+                          "-H", "-fdiagnostics", "-fcolor-diagnostics", "-fno-color-diagnostics")
+# The build host's CPU must not leak into the IR: the bake chooses the target.
+HOST_CPU_PREFIXES = ("-march=", "-mcpu=", "-mtune=", "-mnative")
+SOURCE_LANG = {
+    ".c": "c", ".i": "c",
+    ".cc": "c++", ".cp": "c++", ".cxx": "c++", ".cpp": "c++", ".c++": "c++", ".C": "c++",
+    ".CPP": "c++", ".ii": "c++",
+    ".s": "asm", ".S": "asm-cpp", ".sx": "asm-cpp",
+    ".f": "fortran", ".for": "fortran", ".f90": "fortran", ".f95": "fortran", ".f03": "fortran",
+    ".f08": "fortran", ".F": "fortran", ".F90": "fortran", ".F95": "fortran",
+}
+X_LANG = {"c": "c", "c++": "c++", "assembler": "asm", "assembler-with-cpp": "asm-cpp",
+          "f95": "fortran", "f77": "fortran", "f95-cpp-input": "fortran", "cpp-output": "c",
+          "c++-cpp-output": "c++", "c-header": "header", "c++-header": "header", "ir": "ir"}
+OPT_LEVELS = ("-O0", "-O1", "-O2", "-O3", "-Os", "-Oz", "-Ofast", "-Og", "-O")
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Capture:
+    def __init__(self, shimdir: str, role: str):
+        with open(os.path.join(shimdir, "config.json")) as f:
+            self.cfg = json.load(f)
+        self.role = role
+        self.store = self.cfg["store"]
+        self.root = self.cfg["root"]
+        self.mode = self.cfg.get("mode", "capture")
+        self.lang = {"cc": "c", "c++": "c++", "fortran": "fortran"}[role]
+        self.real = self.cfg["compilers"][self.lang]
+
+    # -- events ---------------------------------------------------------------
+    def emit(self, event: dict) -> None:
+        line = (json.dumps(event, separators=(",", ":")) + "\n").encode()
+        fd = os.open(os.path.join(self.store, "events.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)  # one write() per event: atomic under O_APPEND
+        finally:
+            os.close(fd)
+
+    def rel(self, path: str) -> str | None:
+        """Path relative to the build root, or None when outside it."""
+        p = os.path.realpath(path)
+        root = os.path.realpath(self.root)
+        if p == root:
+            return "."
+        if p.startswith(root + os.sep):
+            return os.path.relpath(p, root)
+        return None
+
+    # -- entry ------------------------------------------------------------------
+    def main(self, args: list[str]) -> int:
+        extra = self.cfg.get("extra_flags", [])
+        if self.mode == "passthrough":
+            return subprocess.call([self.real, *args, *extra])
+        parsed = parse(args)
+        if parsed["stage"] in ("E", "S", "M") or parsed["stdin"] or not (parsed["inputs"]):
+            return subprocess.call([self.real, *args])
+        if self.is_probe(parsed):
+            return subprocess.call([self.real, *args])
+        if parsed["stage"] == "c":
+            return self.compile_only(parsed)
+        return self.compile_and_link(parsed)
+
+    def is_probe(self, parsed: dict) -> bool:
+        """configure and CMake try_compile checks: run them, record nothing."""
+        out = parsed["output"] or ""
+        if out == "/dev/null" or os.path.basename(out).startswith("conftest"):
+            return True
+        # CMake compiles its checks and compiler-id programs below CMakeFiles/;
+        # real targets compile from the binary dir itself.
+        return "/CMakeFiles/" in os.getcwd() + os.sep
+
+    # -- compiling --------------------------------------------------------------
+    def compile_only(self, parsed: dict) -> int:
+        sources = [(s, lang) for s, lang in parsed["sources"]]
+        if parsed["output"] and len(sources) > 1:
+            return subprocess.call([self.real, *parsed["argv"]])
+        for src, lang in sources:
+            out = parsed["output"] or os.path.splitext(os.path.basename(src))[0] + ".o"
+            rc = self.compile_one(parsed, src, lang, out)
+            if rc:
+                return rc
+        return 0
+
+    def compile_one(self, parsed: dict, src: str, lang: str, out: str) -> int:
+        flags = parsed["flags"]
+        if lang not in self.cfg.get("languages", ["c", "c++"]) or lang not in ("c", "c++"):
+            # Assembly, Fortran (unless enabled) and anything else stay native
+            # objects; the link records them as such.
+            return subprocess.call([self.real, *flags, *parsed["xlang"](src), "-c", src, "-o", out])
+        # 1. pre-optimization bitcode, written where the object goes so that
+        #    -MD dependency files and their targets are named as the build expects.
+        bc_flags = capture_flags(flags, self.cfg.get("opt", "-O2"))
+        rc = subprocess.call([self.real, *bc_flags, *parsed["xlang"](src), "-c", "-emit-llvm",
+                              "-Xclang", "-disable-llvm-optzns", src, "-o", out])
+        if rc:
+            return rc
+        bc_sha = sha256_file(out)
+        bc_path = os.path.join(self.store, "bc", bc_sha + ".bc")
+        if not os.path.exists(bc_path):
+            tmp = bc_path + f".{os.getpid()}.tmp"
+            shutil.move(out, tmp)
+            os.replace(tmp, bc_path)
+        else:
+            os.unlink(out)
+        # 2. the native object the build asked for, from that same bitcode.
+        rc = subprocess.call([self.real, *codegen_flags(flags, self.cfg.get("opt", "-O2")), "-w",
+                              "-c", "-x", "ir", bc_path, "-o", out])
+        if rc:
+            return rc
+        obj_sha = sha256_file(out)
+        record = {"bc": bc_sha, "src": self.rel(src) or os.path.abspath(src), "lang": lang,
+                  "flags": bake_flags(flags, self.cfg.get("opt", "-O2")), "cwd": self.rel(os.getcwd())}
+        with open(os.path.join(self.store, "objs", obj_sha + ".json"), "w") as f:
+            json.dump(record, f)
+        self.emit({"event": "compile", "obj": obj_sha, **record, "out": self.rel(out) or os.path.abspath(out)})
+        return 0
+
+    def compile_and_link(self, parsed: dict) -> int:
+        """``cc -o prog a.c b.o -lm``: compile each source alone, then link."""
+        tmpdir = tempfile.mkdtemp(prefix="cc-", dir=os.path.join(self.store, "tmp"))
+        try:
+            objs = {}
+            for i, (src, lang) in enumerate(parsed["sources"]):
+                obj = os.path.join(tmpdir, f"{i}-{os.path.splitext(os.path.basename(src))[0]}.o")
+                rc = self.compile_one(parsed, src, lang, obj)
+                if rc:
+                    return rc
+                objs[src] = obj
+            link_args = [objs.get(a, a) for a in parsed["link_argv"]]
+            return self.link(parsed, link_args)
+        finally:
+            shutil.rmtree(tmpdir, ignore_errors=True)
+
+    # -- linking ----------------------------------------------------------------
+    def link(self, parsed: dict, link_args: list[str]) -> int:
+        rc = subprocess.call([self.real, *link_args])
+        if rc:
+            return rc
+        out = parsed["output"] or "a.out"
+        try:
+            self.record_link(link_args, out)
+        except Exception as e:  # never fail the user's build because of bookkeeping
+            self.emit({"event": "error", "what": f"recording link of {out}: {e!r}"})
+        return 0
+
+    def record_link(self, args: list[str], out: str) -> None:
+        items: list = []
+        lib_dirs: list[str] = []
+        static = False
+        i = 0
+        # First pass: -L dirs, needed to resolve -l anywhere on the line.
+        j = 0
+        while j < len(args):
+            a = args[j]
+            if a == "-L" and j + 1 < len(args):
+                lib_dirs.append(args[j + 1]); j += 2; continue
+            if a.startswith("-L"):
+                lib_dirs.append(a[2:])
+            j += 1
+        while i < len(args):
+            a = args[i]
+            nxt = args[i + 1] if i + 1 < len(args) else None
+            if a == "-o":
+                i += 2; continue
+            if a.startswith("-o") and len(a) > 2 and not a.startswith("-order"):
+                i += 1; continue
+            if a in ("-Wl,-Bstatic", "-static"):
+                static = True
+            elif a == "-Wl,-Bdynamic":
+                static = False
+            if a == "-L" and nxt is not None:
+                a, i = "-L" + nxt, i + 1
+            if a.startswith("-L"):
+                d = a[2:]
+                if self.rel(d) is None:
+                    items.append(a)
+                i += 1; continue
+            if a == "-l" and nxt is not None:
+                a, i = "-l" + nxt, i + 1
+            if a.startswith("-l"):
+                found = self.find_lib(a[2:], lib_dirs, static)
+                items.append(self.input_item(found) if found else a)
+                i += 1; continue
+            if a == "-Xlinker" and nxt is not None:
+                items.append(self.linker_item("-Wl," + nxt))
+                i += 2; continue
+            if a.startswith("-Wl,"):
+                items.append(self.linker_item(a))
+                i += 1; continue
+            if a in TAKES_VALUE and nxt is not None:
+                items.append(a); items.append(nxt)
+                i += 2; continue
+            if a.startswith("-") or a == "":
+                items.append(a)
+                i += 1; continue
+            items.append(self.input_item(a))
+            i += 1
+        outp = os.path.abspath(out)
+        self.emit({
+            "event": "link", "driver": self.lang, "cwd": self.rel(os.getcwd()),
+            "output": self.rel(outp) or outp, "sha": sha256_file(outp),
+            "shared": "-shared" in args, "args": items,
+        })
+
+    def find_lib(self, name: str, dirs: list[str], static: bool) -> str | None:
+        """Resolve -lNAME against the build tree's -L dirs (others are system libs)."""
+        if name.startswith(":"):
+            names = [name[1:]]
+        else:
+            names = [f"lib{name}.a"] if static else [f"lib{name}.so", f"lib{name}.a"]
+        for d in dirs:
+            if self.rel(d) is None:
+                continue
+            for n in names:
+                p = os.path.join(d, n)
+                if os.path.exists(p):
+                    return p
+        return None
+
+    def linker_item(self, a: str):
+        """-Wl,...: files from the build tree (version scripts) travel with the plan."""
+        parts = a[4:].split(",")
+        out = []
+        for p in parts:
+            key, eq, val = p.partition("=")
+            path = val if eq else p
+            if path.startswith("/") or os.path.exists(path):
+                r = self.rel(path) if os.path.exists(path) else None
+                if r is not None:
+                    if os.path.isdir(path):
+                        out.append((key + "=" if eq else "") + "$ORIGIN")
+                        continue
+                    sha = self.keep(path, "files")
+                    return {"file": sha, "wl": parts, "at": len(out), "prefix": key + "=" if eq else ""}
+            out.append(p)
+        return "-Wl," + ",".join(out)
+
+    def keep(self, path: str, kind: str) -> str:
+        sha = sha256_file(path)
+        dest = os.path.join(self.store, kind, sha)
+        if not os.path.exists(dest):
+            tmp = dest + f".{os.getpid()}.tmp"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, dest)
+        return sha
+
+    def input_item(self, path: str):
+        if not os.path.exists(path):
+            return path
+        with open(path, "rb") as f:
+            magic = f.read(8)
+        if magic in (b"!<arch>\n", b"!<thin>\n"):
+            if self.rel(path) is None:
+                return path  # a system archive: linked from the system at bake time too
+            return {"archive": os.path.basename(path), "members": [self.member_item(n, data) for n, data in read_archive(path)]}
+        if magic[:4] == b"\x7fELF":
+            with open(path, "rb") as f:
+                etype = int.from_bytes(f.read(18)[16:18], "little")
+            if etype == 3:  # ET_DYN: a shared library
+                if self.rel(path) is None:
+                    return path
+                return {"shared": sha256_file(path), "path": self.rel(path)}
+            return self.object_item(path)
+        return path  # linker scripts and the like, left as they were
+
+    def object_item(self, path: str):
+        sha = sha256_file(path)
+        rec = os.path.join(self.store, "objs", sha + ".json")
+        if os.path.exists(rec):
+            return {"module": json.load(open(rec))["bc"]}
+        return {"object": self.keep(path, "native"), "name": os.path.basename(path)}
+
+    def member_item(self, name: str, data: bytes):
+        sha = hashlib.sha256(data).hexdigest()
+        rec = os.path.join(self.store, "objs", sha + ".json")
+        if os.path.exists(rec):
+            return {"module": json.load(open(rec))["bc"]}
+        dest = os.path.join(self.store, "native", sha)
+        if not os.path.exists(dest):
+            with open(dest + ".tmp", "wb") as f:
+                f.write(data)
+            os.replace(dest + ".tmp", dest)
+        return {"object": sha, "name": name}
+
+
+def read_archive(path: str) -> list[tuple[str, bytes]]:
+    """Members of a System V / GNU ``ar`` archive (regular or thin)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    thin = data.startswith(b"!<thin>\n")
+    pos, names, members = 8, b"", []
+    while pos + 60 <= len(data):
+        hdr = data[pos:pos + 60]
+        name = hdr[:16].decode().rstrip()
+        size = int(hdr[48:58].decode().strip())
+        body_at = pos + 60
+        if name == "//":
+            names = data[body_at:body_at + size]
+        elif name in ("/", "/SYM64/"):
+            pass
+        else:
+            if name.startswith("/") and name[1:].isdigit():
+                off = int(name[1:])
+                end = names.index(b"\n", off)
+                name = names[off:end].decode().rstrip("/")
+            else:
+                name = name.rstrip("/")
+            if thin:
+                member_path = os.path.join(os.path.dirname(path), name)
+                with open(member_path, "rb") as mf:
+                    members.append((os.path.basename(name), mf.read()))
+                pos = body_at  # thin members have no body in the archive
+                continue
+            members.append((name, data[body_at:body_at + size]))
+        pos = body_at + size + (size & 1)
+    return members
+
+
+def capture_flags(flags: list[str], default_opt: str) -> list[str]:
+    """Flags for the bitcode compile: host CPU dropped, never -O0 (optnone)."""
+    out = [f for f in flags if not f.startswith(HOST_CPU_PREFIXES) and f not in ("-flto", "-flto=thin", "-flto=full")
+           and not f.startswith("-flto=")]
+    opts = [f for f in out if f.startswith(OPT_LEVELS)]
+    level = opts[-1] if opts else None
+    if level in (None, "-O0", "-Og"):
+        out = [f for f in out if not f.startswith(OPT_LEVELS)] + [default_opt]
+    return out
+
+
+def codegen_flags(flags: list[str], default_opt: str) -> list[str]:
+    """The original flags minus what only the preprocessor and front end read."""
+    out, skip = [], False
+    for f in flags:
+        if skip:
+            skip = False
+            continue
+        if f in TAKES_VALUE:
+            if f in ("-Xclang",):
+                skip = True
+                continue
+            skip = True
+            continue
+        if f.startswith(FRONTEND_ONLY_PREFIXES) and not f.startswith(("-Wl,", "-Wa,")):
+            continue
+        if f.startswith("-flto"):
+            continue
+        out.append(f)
+    if not any(f.startswith(OPT_LEVELS) for f in out):
+        out.append(default_opt)
+    return out
+
+
+BAKE_KEEP_F = ("-fPIC", "-fpic", "-fPIE", "-fpie", "-fno-pic", "-fno-pie", "-fno-PIC", "-fno-PIE",
+               "-ffast-math", "-fno-fast-math", "-ffinite-math-only", "-fno-finite-math-only",
+               "-funsafe-math-optimizations", "-fno-math-errno", "-fno-trapping-math",
+               "-fassociative-math", "-freciprocal-math", "-fno-signed-zeros",
+               "-ffunction-sections", "-fdata-sections", "-fno-omit-frame-pointer", "-fomit-frame-pointer",
+               "-fvectorize", "-fno-vectorize", "-fslp-vectorize", "-fno-slp-vectorize",
+               "-funroll-loops", "-fno-unroll-loops", "-fno-plt", "-fno-semantic-interposition",
+               "-fopenmp", "-fstack-protector", "-fstack-protector-strong", "-fstack-protector-all",
+               "-fno-stack-protector", "-fcf-protection", "-fno-strict-aliasing", "-fstrict-aliasing",
+               "-fno-exceptions", "-fexceptions", "-fno-unwind-tables", "-fno-asynchronous-unwind-tables")
+
+
+def bake_flags(flags: list[str], default_opt: str) -> list[str]:
+    """What the bake must repeat for this module: opt level and codegen flags.
+
+    Anything else is left behind on purpose; the bake's allow-list would refuse it.
+    """
+    out = []
+    opt = None
+    for f in flags:
+        if f.startswith(OPT_LEVELS):
+            opt = "-O2" if f == "-O" else f
+        elif f in BAKE_KEEP_F or f.startswith(("-ffp-contract=", "-fvisibility=", "-mcmodel=", "-mprefer-vector-width=")):
+            out.append(f)
+        elif f.startswith("-m") and not f.startswith(HOST_CPU_PREFIXES) and f[2:3].isalpha() and "=" not in f:
+            out.append(f)  # ISA feature flags such as -mavx2 the build asked for on purpose
+        elif f in ("-g", "-g0", "-g1", "-g2", "-g3", "-ggdb", "-gline-tables-only", "-pthread"):
+            out.append(f)
+    if opt in (None, "-O0", "-Og"):
+        opt = default_opt
+    return [opt, *out]
+
+
+def parse(args: list[str]) -> dict:
+    """Split a compiler command line into stage, output, sources and the rest."""
+    stage = "link"
+    output = None
+    flags: list[str] = []      # everything but inputs and -o, for per-source compiles
+    sources: list[tuple[str, str]] = []
+    link_argv: list[str] = []  # the line with sources kept in place, for the link
+    inputs: list[str] = []
+    xlang = None
+    stdin = False
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("-c", "-S", "-E"):
+            stage = {"-c": "c", "-S": "S", "-E": "E"}[a] if stage != "E" else stage
+            i += 1
+            continue
+        if a in ("-M", "-MM"):
+            stage = "M"
+        if a == "-o" and i + 1 < len(args):
+            output = args[i + 1]
+            link_argv += [a, args[i + 1]]
+            i += 2
+            continue
+        if a.startswith("-o") and len(a) > 2:
+            output = a[2:]
+            link_argv.append(a)
+            i += 1
+            continue
+        if a == "-x" and i + 1 < len(args):
+            xlang = args[i + 1] if args[i + 1] != "none" else None
+            i += 2
+            continue
+        if a.startswith("-x") and len(a) > 2:
+            xlang = a[2:] if a[2:] != "none" else None
+            i += 1
+            continue
+        if a == "-":
+            stdin = True
+            i += 1
+            continue
+        if a in TAKES_VALUE and i + 1 < len(args):
+            flags += [a, args[i + 1]]
+            link_argv += [a, args[i + 1]]
+            i += 2
+            continue
+        if a.startswith("-") or a.startswith("@"):
+            flags.append(a)
+            link_argv.append(a)
+            i += 1
+            continue
+        ext = os.path.splitext(a)[1]
+        lang = X_LANG.get(xlang, "other") if xlang else SOURCE_LANG.get(ext)
+        if lang is not None and lang not in ("header", "ir"):
+            sources.append((a, lang))
+        inputs.append(a)
+        link_argv.append(a)
+        i += 1
+    def xlang_for(src: str) -> list[str]:
+        return ["-x", xlang] if xlang else []
+
+    return {"stage": stage, "output": output, "flags": flags, "sources": sources,
+            "link_argv": link_argv, "inputs": inputs, "stdin": stdin, "argv": args, "xlang": xlang_for}
+
+
+def main(argv: list[str]) -> int:
+    shimdir, role, args = argv[1], argv[2], argv[3:]
+    return Capture(shimdir, role).main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

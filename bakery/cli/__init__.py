@@ -1,0 +1,74 @@
+"""bakery's command line: one module per subcommand, ``main(argv=None) -> int``.
+
+Exit codes: 0 success, 1 error, 2 bad recipe or usage, 3 refused plan,
+130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+
+from .. import __version__
+from ..errors import BakeryError
+from . import bake, bench, capture, targets, validate
+
+COMMANDS = (validate, capture, bake, bench, targets)
+
+DESCRIPTION = """\
+bakery makes one container image serve every CPU.
+
+  1. capture: run an app's own build with bakery's compiler wrappers and keep
+     every translation unit as pre-optimization LLVM bitcode, plus a bake plan
+     (flags, link lines, toolchain) -> a bundle directory.
+  2. bake: finish that bitcode for one CPU (an archspec name or 'native'):
+     retarget, optimize, codegen, link -> native binaries.
+
+examples:
+  bakery validate examples/pi/recipe.yaml
+  bakery capture examples/pi/recipe.yaml -o /tmp/pi.bundle
+  bakery bake /tmp/pi.bundle --target native --output /tmp/pi.bin
+  bakery bench examples/kernel/recipe.yaml --target x86_64_v4
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks and keep work trees")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
+    parser = argparse.ArgumentParser(prog="bakery", description=DESCRIPTION, parents=[common],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"bakery {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMANDS:
+        p = module.setup_parser(sub, common)
+        p.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.run(args) or 0
+    except BakeryError as e:
+        if args.debug:
+            traceback.print_exc()
+        print(f"bakery: error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"bakery: hint: {e.hint}", file=sys.stderr)
+        return e.exit_code
+    except BrokenPipeError:  # `bakery targets | head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("bakery: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

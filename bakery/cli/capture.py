@@ -1,0 +1,42 @@
+"""bakery capture RECIPE -o BUNDLE: the app's own build, kept as bitcode + a bake plan."""
+
+import json
+from pathlib import Path
+
+from .. import capture as capturemod
+from .. import recipe as recipemod
+from .. import toolchain as toolchainmod
+
+
+def setup_parser(sub, common):
+    p = sub.add_parser(
+        "capture", parents=[common], help="build a recipe, keeping pre-optimization bitcode and a bake plan",
+        description="Run the recipe's unmodified build with bakery's compiler wrappers. Each C/C++ "
+                    "translation unit is kept as pre-optimization LLVM bitcode (-O2 -Xclang "
+                    "-disable-llvm-optzns: no optnone, no target-specific optimization yet); every link "
+                    "is recorded. BUNDLE gets plan.json and the files it names.")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="BUNDLE", help="bundle directory to write")
+    p.add_argument("-j", "--jobs", type=int, default=0, help="parallel build jobs (default: all cores)")
+    p.add_argument("--workdir", type=Path, help="build here instead of a temporary directory (kept)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary work tree")
+    p.add_argument("--json", action="store_true", help="print a summary as JSON on stdout")
+    return p
+
+
+def run(args) -> int:
+    recipe = recipemod.load(args.recipe)
+    tc = toolchainmod.find()
+    plan = capturemod.capture(recipe, args.output.resolve(), tc, jobs=args.jobs, workdir=args.workdir,
+                              keep=args.keep or args.debug, quiet=args.quiet)
+    summary = {"bundle": str(args.output), "modules": len(plan["modules"]), "objects": len(plan["objects"]),
+               "links": [{"output": l["output"], "install": l["install"]} for l in plan["links"]],
+               "dropped_flags": plan["capture"]["dropped"], "toolchain": plan["toolchain"]}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        for d in plan["capture"]["dropped"]:
+            if "compile-only" not in d["why"]:
+                print(f"note: dropped {d['flag']!r} ({d['why']})")
+        print(args.output)
+    return 0
