@@ -193,7 +193,7 @@ def _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, quiet) -> 
         for lib in preserve_libs:
             if lib not in argv:
                 argv.append(lib)
-        if has_internal:
+        if has_internal and not any("$ORIGIN" in a for a in argv):
             argv.append("-Wl,-rpath,$ORIGIN")
         if link["kind"] == "shared" and not link.get("soname"):
             argv.append(f"-Wl,-soname,{link['install']}")

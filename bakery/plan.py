@@ -196,7 +196,7 @@ def save(plan: dict, bundle: Path) -> Path:
 # -- the untrusted side ----------------------------------------------------------
 
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
-_F_FLAG = re.compile(r"^-f(no-)?[a-z0-9][a-z0-9-]*(=[A-Za-z0-9_.,+-]+)?$")
+_F_FLAG = re.compile(r"^-f(no-)?[A-Za-z0-9][A-Za-z0-9-]*(=[A-Za-z0-9_.,+-]+)?$")
 _M_FLAG = re.compile(r"^-m(no-)?[a-z0-9][a-z0-9.-]*(=[A-Za-z0-9_.+-]+)?$")
 _DENY_F = ("-fplugin", "-fpass-plugin", "-fprofile", "-fsanitize-blacklist", "-fsanitize-ignorelist",
            "-fcrash-diagnostics", "-fmodules", "-fuse-ld", "-fembed", "-fdebug-prefix-map", "-ffile-prefix-map",
@@ -277,7 +277,11 @@ def _linker_tokens_problem(tokens: list[str]) -> str | None:
     return None
 
 
-def _rpath_ok(path: str) -> bool:
+def _rpath_ok(rpath: str) -> bool:
+    return all(_rpath_dir_ok(p) for p in rpath.split(":") if p)
+
+
+def _rpath_dir_ok(path: str) -> bool:
     if path.startswith(("$ORIGIN", "${ORIGIN}")):
         return True  # relative to the installed binary: cannot reach the build host
     return path.startswith(SYSTEM_LIB_DIRS) and ".." not in PurePosixPath(path).parts

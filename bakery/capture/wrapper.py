@@ -49,6 +49,7 @@ SOURCE_LANG = {
 X_LANG = {"c": "c", "c++": "c++", "assembler": "asm", "assembler-with-cpp": "asm-cpp",
           "f95": "fortran", "f77": "fortran", "f95-cpp-input": "fortran", "cpp-output": "c",
           "c++-cpp-output": "c++", "c-header": "header", "c++-header": "header", "ir": "ir"}
+FILE_OPTIONS = ("--version-script", "-version-script", "-T", "--script", "--dynamic-list")
 OPT_LEVELS = ("-O0", "-O1", "-O2", "-O3", "-Os", "-Oz", "-Ofast", "-Og", "-O")
 
 
@@ -188,9 +189,11 @@ class Capture:
         return 0
 
     def record_link(self, args: list[str], out: str) -> None:
+        args = merge_linker_options(args)
         items: list = []
         lib_dirs: list[str] = []
         static = False
+        prev_wl = ""
         i = 0
         # First pass: -L dirs, needed to resolve -l anywhere on the line.
         j = 0
@@ -226,10 +229,10 @@ class Capture:
                 items.append(self.input_item(found) if found else a)
                 i += 1; continue
             if a == "-Xlinker" and nxt is not None:
-                items.append(self.linker_item("-Wl," + nxt))
-                i += 2; continue
+                a, i = "-Wl," + nxt, i + 1
             if a.startswith("-Wl,"):
-                items.append(self.linker_item(a))
+                items.append(self.linker_item(a, prev_wl))
+                prev_wl = a.split(",")[-1]
                 i += 1; continue
             if a in TAKES_VALUE and nxt is not None:
                 items.append(a); items.append(nxt)
@@ -261,21 +264,32 @@ class Capture:
                     return p
         return None
 
-    def linker_item(self, a: str):
-        """-Wl,...: files from the build tree (version scripts) travel with the plan."""
+    def linker_item(self, a: str, prev: str = ""):
+        """-Wl,...: build-tree dirs become $ORIGIN; build-tree files (version
+        scripts) travel with the plan."""
         parts = a[4:].split(",")
         out = []
         for p in parts:
             key, eq, val = p.partition("=")
             path = val if eq else p
-            if path.startswith("/") or os.path.exists(path):
-                r = self.rel(path) if os.path.exists(path) else None
-                if r is not None:
-                    if os.path.isdir(path):
-                        out.append((key + "=" if eq else "") + "$ORIGIN")
-                        continue
-                    sha = self.keep(path, "files")
-                    return {"file": sha, "wl": parts, "at": len(out), "prefix": key + "=" if eq else ""}
+            if ":" in path and path.startswith("/"):  # an rpath list
+                dirs = []
+                for d in path.split(":"):
+                    d = "$ORIGIN" if d and self.rel(d) is not None else d
+                    if d and d not in dirs:
+                        dirs.append(d)
+                out.append((key + "=" if eq else "") + ":".join(dirs))
+                continue
+            if path and os.path.exists(path) and self.rel(path) is not None:
+                if os.path.isdir(path):
+                    out.append((key + "=" if eq else "") + "$ORIGIN")
+                    continue
+                option = key if eq else (out[-1] if out else prev)
+                if option not in FILE_OPTIONS:
+                    out.append(p)
+                    continue
+                sha = self.keep(path, "files")
+                return {"file": sha, "wl": parts, "at": len(out), "prefix": key + "=" if eq else ""}
             out.append(p)
         return "-Wl," + ",".join(out)
 
@@ -325,6 +339,29 @@ class Capture:
                 f.write(data)
             os.replace(dest + ".tmp", dest)
         return {"object": sha, "name": name}
+
+
+LINKER_VALUE_OPTIONS = {"-soname", "-h", "--soname", "-rpath", "--rpath", "-R", "-z", "-version-script",
+                        "--version-script", "-T", "--script", "--dynamic-list", "--hash-style", "-rpath-link"}
+
+
+def merge_linker_options(args: list[str]) -> list[str]:
+    """``-Wl,-soname -Wl,libx.so.1`` (libtool's style) -> ``-Wl,-soname,libx.so.1``,
+    and ``-Xlinker A -Xlinker B`` likewise, so each option travels with its value."""
+    norm: list[str] = []
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "-Xlinker" and i + 1 < len(args):
+            a = "-Wl," + args[i + 1]
+            i += 1
+        if norm and a.startswith("-Wl,") and norm[-1].startswith("-Wl,") \
+                and norm[-1].split(",")[-1] in LINKER_VALUE_OPTIONS:
+            norm[-1] += "," + a[4:]
+        else:
+            norm.append(a)
+        i += 1
+    return norm
 
 
 def read_archive(path: str) -> list[tuple[str, bytes]]:
