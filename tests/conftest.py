@@ -1,0 +1,97 @@
+"""Shared, expensive things are made once per session: each example is captured
+once, and each (example, target) bake and from-source build happens once."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bakery import bake as bakemod
+from bakery import capture as capturemod
+from bakery import plan as planmod
+from bakery import recipe as recipemod
+from bakery import target as targetmod
+from bakery import toolchain as toolchainmod
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+EXAMPLE_NAMES = sorted(p.name for p in EXAMPLES.iterdir() if (p / "recipe.yaml").exists())
+
+
+@pytest.fixture(scope="session")
+def toolchain():
+    return toolchainmod.find()
+
+
+class Builds:
+    """Session cache of captures, bakes and from-source builds."""
+
+    def __init__(self, root: Path, toolchain):
+        self.root, self.tc = root, toolchain
+        self._bundles, self._bakes, self._sources = {}, {}, {}
+
+    def recipe(self, name: str):
+        return recipemod.load(EXAMPLES / name / "recipe.yaml")
+
+    def bundle(self, name: str) -> Path:
+        if name not in self._bundles:
+            out = self.root / "bundles" / name
+            capturemod.capture(self.recipe(name), out, self.tc, quiet=True)
+            self._bundles[name] = out
+        return self._bundles[name]
+
+    def target(self, name: str):
+        return targetmod.resolve(name, compiler_version=self.tc.version, family=self.tc.family)
+
+    def baked(self, name: str, target: str, lto: str = "none") -> Path:
+        key = (name, target, lto)
+        if key not in self._bakes:
+            bundle = self.bundle(name)
+            out = self.root / "baked" / f"{name}-{target}-{lto}"
+            bakemod.bake(bundle, planmod.load(bundle), self.tc, self.target(target), out, lto=lto, quiet=True)
+            self._bakes[key] = out
+        return self._bakes[key]
+
+    def from_source(self, name: str, target: str | None = None) -> Path:
+        """The recipe's own build, unwrapped: the reference a bake must match."""
+        key = (name, target)
+        if key not in self._sources:
+            recipe = self.recipe(name)
+            flags = list(self.target(target).flags) if target else []
+            work = self.root / "source" / f"{name}-{target or 'generic'}"
+            res = capturemod.capture(recipe, work / "unused", self.tc, workdir=work, quiet=True,
+                                     mode="passthrough", extra_flags=flags)
+            out = work / "bin"
+            out.mkdir()
+            for rel in recipe.outputs:
+                src = Path(res["outdir"]) / rel
+                libs = src.parent / ".libs"
+                if (libs / src.name).exists():  # libtool's wrapper script
+                    src = libs / src.name
+                shutil.copy2(src, out / src.name)
+            for lib in Path(res["work"], "src").rglob("*.so*"):
+                if lib.is_file() and not lib.name.endswith((".o", ".la")):
+                    shutil.copy2(lib, out / lib.name, follow_symlinks=True)
+            self._sources[key] = out
+        return self._sources[key]
+
+
+@pytest.fixture(scope="session")
+def builds(tmp_path_factory, toolchain) -> Builds:
+    return Builds(tmp_path_factory.mktemp("builds"), toolchain)
+
+
+def run_verify(name: str, bindir: Path) -> str:
+    cp = subprocess.run([str(EXAMPLES / name / "verify"), str(bindir)], capture_output=True, text=True, timeout=300)
+    assert cp.returncode == 0, f"verify {name} failed on {bindir}:\n{cp.stdout}\n{cp.stderr}"
+    return cp.stdout
+
+
+def disassembly(path: Path, symbol: str | None = None) -> str:
+    argv = ["objdump", "-d", "--no-show-raw-insn", str(path)]
+    if symbol:
+        argv.insert(2, f"--disassemble={symbol}")
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
