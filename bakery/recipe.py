@@ -31,12 +31,13 @@ MAX_REPORTED = 5
 
 @dataclass(frozen=True)
 class Source:
-    kind: str  # "path" | "url" | "git"
-    location: str  # absolute resolved path for "path", else the URL
+    kind: str  # "path" | "url" | "git" | "debian"
+    location: str  # absolute resolved path for "path", the package name for "debian", else the URL
     sha256: str | None = None
     commit: str | None = None
     strip_components: int = 0
     dest: str = "."
+    version: str | None = None  # the Debian version for "debian"
 
 
 @dataclass(frozen=True)
@@ -374,10 +375,10 @@ def _fill_defaults(sch: dict, inst: Any) -> None:
 def _build_recipe(d: dict, path: Path, raw: bytes) -> Recipe:
     sources = []
     for s in d["sources"]:
-        kind = next(k for k in ("path", "url", "git") if k in s)
+        kind = next(k for k in ("path", "url", "git", "debian") if k in s)
         location = str((path.parent / s["path"]).resolve()) if kind == "path" else s[kind]
         sources.append(Source(kind, location, s.get("sha256"), s.get("commit"),
-                              s.get("strip_components", 0), s["dest"]))
+                              s.get("strip_components", 0), s["dest"], s.get("version")))
     b = d["build"]
     bench = d.get("bench")
     return Recipe(

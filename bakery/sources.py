@@ -1,8 +1,10 @@
-"""Fetch a recipe's sources into the work tree: local paths, checked tarballs, pinned git commits."""
+"""Fetch a recipe's sources into the work tree: local paths, checked tarballs,
+pinned git commits and Debian source packages."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tarfile
 import tempfile
@@ -22,7 +24,8 @@ def fetch_all(sources, root: Path, cache: Path | None = None) -> None:
         if dest != root.resolve() and root.resolve() not in dest.parents:
             raise BakeryError(f"source dest {src.dest!r} leaves the work tree")
         dest.mkdir(parents=True, exist_ok=True)
-        {"path": _copy_path, "url": _fetch_url, "git": _fetch_git}[src.kind](src, dest, cache)
+        fetch = {"path": _copy_path, "url": _fetch_url, "git": _fetch_git, "debian": _fetch_debian}[src.kind]
+        fetch(src, dest, cache)
 
 
 def _copy_path(src, dest: Path, cache) -> None:
@@ -80,3 +83,77 @@ def _fetch_git(src, dest: Path, cache) -> None:
     head = proc.run([git, "-C", str(dest), "rev-parse", "HEAD"]).stdout.strip()
     if head != src.commit:
         raise BakeryError(f"{src.location}: checked out {head}, recipe pins {src.commit}")
+
+
+# --- Debian source packages ---------------------------------------------------
+
+DEB_SRC_HINT = ("add a deb-src entry, e.g. a file in /etc/apt/sources.list.d/ with 'Types: deb-src' and the "
+                "same URIs/Suites/Components as your 'Types: deb' entry, then run 'apt-get update' "
+                "(bakery does not run it for you)")
+
+
+def debian_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/bakery/debian``, or ``~/.cache/bakery/debian``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "bakery" / "debian"
+
+
+def _fetch_debian(src, dest: Path, cache) -> None:
+    """``apt-get source --download-only NAME=VERSION`` (apt checks the signed index's
+    hashes), then ``dpkg-source -x``, which applies Debian's patches, as Debian builds it."""
+    dpkg_source = proc.which("dpkg-source", hint="install it with: apt-get install dpkg-dev")
+    pkgdir = debian_download(src.location, src.version)
+    dscs = sorted(pkgdir.glob("*.dsc"))
+    if len(dscs) != 1:
+        raise BakeryError(f"debian source {src.location}={src.version}: expected one .dsc in {pkgdir}, "
+                          f"found {len(dscs)}", f"remove {pkgdir} to download it again")
+    tmp = Path(tempfile.mkdtemp(prefix="bakery-deb-"))
+    try:
+        tree = tmp / "tree"
+        cp = proc.run([dpkg_source, "-x", dscs[0].name, str(tree)], cwd=pkgdir, check=False,
+                      env=proc.env_with({"LC_ALL": "C"}))
+        if cp.returncode != 0 or not tree.is_dir():
+            tail = "\n".join(((cp.stdout or "") + (cp.stderr or "")).strip().splitlines()[-5:])
+            raise BakeryError(f"dpkg-source could not unpack {dscs[0].name}: {tail}",
+                              f"remove {pkgdir} to download it again")
+        shutil.copytree(tree, dest, symlinks=True, dirs_exist_ok=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def debian_download(name: str, version: str) -> Path:
+    """The directory holding the package's .dsc and tarballs, downloaded once per version."""
+    apt_get = proc.which("apt-get", hint="Debian source packages are fetched with apt (Debian or Ubuntu hosts)")
+    root = debian_cache_dir()
+    final = root / f"{name}_{version.replace(':', '%3a')}"
+    if final.is_dir():  # complete: only renamed into place after apt-get succeeded
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        cp = proc.run([apt_get, "source", "--download-only", "-q", f"{name}={version}"], cwd=tmp, check=False,
+                      env=proc.env_with({"LC_ALL": "C", "LANGUAGE": "C"}))
+        if cp.returncode != 0:
+            raise _apt_error(name, version, (cp.stdout or "") + (cp.stderr or ""))
+        if not any(tmp.glob("*.dsc")):
+            raise BakeryError(f"apt-get source {name}={version} downloaded no .dsc file")
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # else another capture finished first: use its copy
+                raise
+        return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _apt_error(name: str, version: str, output: str) -> BakeryError:
+    errors = [l for l in output.splitlines() if l.startswith("E:")] or output.strip().splitlines()[-3:]
+    what = f"apt-get source {name}={version} failed: " + " / ".join(e.removeprefix("E: ") for e in errors)
+    if "deb-src" in output:
+        return BakeryError(what, DEB_SRC_HINT)
+    if "Unable to find a source package" in output or "Can not find version" in output:
+        return BakeryError(what, f"check the name and version with: apt-cache showsrc {name} | grep ^Version; "
+                                 "the package lists may be stale (run 'apt-get update': bakery does not), "
+                                 "or no deb-src entry covers this release (Types: deb-src in /etc/apt/sources.list.d/)")
+    return BakeryError(what, "check the network and the apt sources; 'apt-get update' may be needed")

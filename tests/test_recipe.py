@@ -62,6 +62,9 @@ sources:
   - git: https://example.org/y.git
     commit: {COMMIT}
     dest: third_party/y
+  - debian: zlib
+    version: "1:1.2.13.dfsg-1"
+    dest: zlib
 build:
   system: make
 outputs: [bin/pi]
@@ -71,11 +74,12 @@ bench:
 capture: {{languages: [c]}}
 """
     r = recipe.load(write(tmp_path, text))
-    url, git = r.sources[1:]
+    url, git, deb = r.sources[1:]
     assert (url.kind, url.location, url.sha256, url.strip_components, url.dest) == (
         "url", "https://example.org/x.tar.gz", SHA, 1, ".")
     assert (git.kind, git.commit, git.dest, git.strip_components) == ("git", COMMIT, "third_party/y", 0)
     assert r.bench == recipe.Bench(["pi", "50"], 3, "kernel")
+    assert deb == recipe.Source("debian", "zlib", dest="zlib", version="1:1.2.13.dfsg-1")
     assert (r.capture_opt, r.capture_languages) == ("O2", ["c"])
 
 
@@ -143,6 +147,18 @@ CASES = [
     ("path-missing", VALID.replace("./src", "./nope"), 4, ["sources[0].path: './nope' does not exist"]),
     ("dest-escapes", VALID.replace("path: ./src", "path: ./src\n    dest: ../up"), 5,
      ["sources[0].dest: '../up' must not contain '..'"]),
+    ("debian-without-version", VALID.replace("path: ./src", "debian: bzip2"), 4,
+     ["sources[0].version: missing required key"]),
+    ("debian-version-float", VALID.replace("path: ./src", "debian: bzip2\n    version: 1.0"), 5,
+     ["sources[0].version: expected a string, got a number (1.0)"]),
+    ("debian-bad-version", VALID.replace("path: ./src", 'debian: bzip2\n    version: "latest"'), 5,
+     ["sources[0].version: 'latest' is not valid", "Debian version"]),
+    ("debian-bad-name", VALID.replace("path: ./src", 'debian: BZip2\n    version: "1.0.8-5"'), 4,
+     ["sources[0].debian: 'BZip2' is not valid", "source package name"]),
+    ("debian-unknown-key", VALID.replace("path: ./src", f'debian: bzip2\n    version: "1.0.8-5"\n    sha256: {SHA}'), 6,
+     ["sources[0]: unknown key 'sha256'"]),
+    ("debian-and-git", VALID.replace("path: ./src", f'debian: bzip2\n    git: https://x/y.git'), 4,
+     ["sources[0]:", "exactly one of path, url, git, debian", "git and debian"]),
     ("strip-components-negative",
      VALID.replace("path: ./src", f"url: https://x/y.tgz\n    sha256: {SHA}\n    strip_components: -2"), 6,
      ["sources[0].strip_components: must be at least 0"]),
@@ -180,3 +196,102 @@ def test_errors_sorted_by_line_and_capped(tmp_path):
     msg_lines = str(exc.value).splitlines()
     assert [l.split(":")[1] for l in msg_lines[:5]] == ["1", "2", "3", "4", "5"]
     assert msg_lines[-1] == "... and 3 more problem(s)"
+
+
+def test_float_debian_version_hint_says_quote(tmp_path):
+    with pytest.raises(RecipeError) as exc:
+        recipe.load(write(tmp_path, VALID.replace("path: ./src", "debian: bzip2\n    version: 1.0")))
+    assert exc.value.hint == 'quote it so YAML keeps it as text: version: "1.0"'
+
+
+# --- the debian source kind, against stand-ins for apt-get and dpkg-source -----------
+
+FAKE_APT = """\
+import os, sys
+# apt-get source --download-only -q NAME=VERSION
+name, version = sys.argv[-1].split("=", 1)
+mode = os.environ.get("FAKE_APT", "ok")
+with open(os.environ["FAKE_APT_LOG"], "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+if mode == "nosrc":
+    sys.exit("E: You must put some 'deb-src' URIs in your sources.list")
+if mode == "noversion":
+    sys.exit(f"E: Can not find version '{version}' of package '{name}'\\nE: Unable to find a source package for {name}")
+upstream = version.split(":", 1)[-1]
+open(f"{name}_{upstream}.dsc", "w").write("Format: 3.0 (quilt)\\n")
+open(f"{name}_{upstream.rsplit('-', 1)[0]}.orig.tar.xz", "w").write("tarball")
+"""
+
+FAKE_DPKG_SOURCE = """\
+import os, sys
+# dpkg-source -x DSC DIR: a tree with Debian's patch applied
+assert sys.argv[1] == "-x" and os.path.exists(sys.argv[2]), sys.argv
+os.makedirs(os.path.join(sys.argv[3], "debian", "patches"))
+open(os.path.join(sys.argv[3], "hello.c"), "w").write("int main(void) { return 0; } /* patched */\\n")
+"""
+
+
+@pytest.fixture
+def fake_debian(tmp_path, monkeypatch):
+    import sys
+    bin_dir = tmp_path / "fakebin"
+    bin_dir.mkdir()
+    for name, body in (("apt-get", FAKE_APT), ("dpkg-source", FAKE_DPKG_SOURCE)):
+        (bin_dir / name).write_text(f"#!{sys.executable}\n{body}")
+        (bin_dir / name).chmod(0o755)
+    log = tmp_path / "apt.log"
+    monkeypatch.setenv("PATH", str(bin_dir))
+    monkeypatch.setenv("FAKE_APT_LOG", str(log))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return bin_dir, log
+
+
+def test_debian_source_is_fetched_unpacked_and_cached(tmp_path, fake_debian):
+    from bakery import sources
+    _, log = fake_debian
+    src = recipe.Source("debian", "hello", dest="app", version="1:2.10-3")
+    for n in (1, 2):
+        root = tmp_path / f"root{n}"
+        root.mkdir()
+        sources.fetch_all([src], root)
+        assert "patched" in (root / "app" / "hello.c").read_text()
+        assert (root / "app" / "debian" / "patches").is_dir()
+    # one download, kept under $XDG_CACHE_HOME/bakery/debian for the second capture
+    assert log.read_text().splitlines() == ["source --download-only -q hello=1:2.10-3"]
+    cached = tmp_path / "cache" / "bakery" / "debian"
+    assert [p.name for p in cached.iterdir()] == ["hello_1%3a2.10-3"]
+    assert (cached / "hello_1%3a2.10-3" / "hello_2.10-3.dsc").is_file()
+
+
+def test_debian_source_without_deb_src_says_how_to_add_it(tmp_path, fake_debian, monkeypatch):
+    from bakery import sources
+    from bakery.errors import BakeryError
+    monkeypatch.setenv("FAKE_APT", "nosrc")
+    with pytest.raises(BakeryError) as exc:
+        sources.fetch_all([recipe.Source("debian", "bzip2", version="1.0.8-5")], tmp_path)
+    assert "apt-get source bzip2=1.0.8-5 failed" in str(exc.value)
+    assert "deb-src" in exc.value.hint and "/etc/apt/sources.list.d/" in exc.value.hint
+    assert "apt-get update" in exc.value.hint
+    assert not any((tmp_path / "cache" / "bakery" / "debian").iterdir())  # no half download left
+
+
+def test_debian_source_unknown_version_points_at_showsrc(tmp_path, fake_debian, monkeypatch):
+    from bakery import sources
+    from bakery.errors import BakeryError
+    monkeypatch.setenv("FAKE_APT", "noversion")
+    with pytest.raises(BakeryError) as exc:
+        sources.fetch_all([recipe.Source("debian", "bzip2", version="9.9-1")], tmp_path)
+    assert "Can not find version '9.9-1'" in str(exc.value)
+    assert "apt-cache showsrc bzip2" in exc.value.hint and "apt-get update" in exc.value.hint
+
+
+def test_debian_source_needs_dpkg_dev(tmp_path, fake_debian):
+    from bakery import sources
+    from bakery.errors import BakeryError
+    bin_dir, log = fake_debian
+    (bin_dir / "dpkg-source").unlink()
+    with pytest.raises(BakeryError) as exc:
+        sources.fetch_all([recipe.Source("debian", "bzip2", version="1.0.8-5")], tmp_path)
+    assert str(exc.value) == "dpkg-source not found on PATH"
+    assert exc.value.hint == "install it with: apt-get install dpkg-dev"
+    assert not log.exists()  # checked before anything is downloaded
