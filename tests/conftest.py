@@ -3,7 +3,6 @@ once, and each (example, target) bake and from-source build happens once."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -59,22 +58,9 @@ class Builds:
         """The recipe's own build, unwrapped: the reference a bake must match."""
         key = (name, target)
         if key not in self._sources:
-            recipe = self.recipe(name)
             flags = list(self.target(target).flags) if target else []
-            work = self.root / "source" / f"{name}-{target or 'generic'}"
-            res = capturemod.capture(recipe, work / "unused", self.tc, workdir=work, quiet=True,
-                                     mode="passthrough", extra_flags=flags)
-            out = work / "bin"
-            out.mkdir()
-            for rel in recipe.outputs:
-                src = Path(res["outdir"]) / rel
-                libs = src.parent / ".libs"
-                if (libs / src.name).exists():  # libtool's wrapper script
-                    src = libs / src.name
-                shutil.copy2(src, out / src.name)
-            for lib in Path(res["work"], "src").rglob("*.so*"):
-                if lib.is_file() and not lib.name.endswith((".o", ".la")):
-                    shutil.copy2(lib, out / lib.name, follow_symlinks=True)
+            out = self.root / "source" / f"{name}-{target or 'generic'}"
+            capturemod.from_source(self.recipe(name), self.tc, out, flags=flags)
             self._sources[key] = out
         return self._sources[key]
 

@@ -160,3 +160,27 @@ def _flang_or_none(toolchain: Toolchain, recipe) -> str | None:
     if "fortran" not in recipe.capture_languages:
         return None
     return toolchain.flang
+
+
+def from_source(recipe, toolchain: Toolchain, dest: Path, *, flags: list[str] | None = None, jobs: int = 0,
+                quiet: bool = True) -> dict:
+    """The recipe's own build with the real compiler (plus ``flags``, e.g. a target's
+    -march): the reference a bake is measured against. Outputs and the shared
+    libraries of the tree are copied to ``dest``."""
+    work = Path(tempfile.mkdtemp(prefix=f"bakery-src-{recipe.name}-"))
+    try:
+        res = capture(recipe, work / "unused", toolchain, workdir=work, jobs=jobs, quiet=quiet,
+                      mode="passthrough", extra_flags=flags)
+        dest.mkdir(parents=True, exist_ok=True)
+        outdir = Path(res["outdir"])
+        for rel in recipe.outputs:
+            src = outdir / rel
+            if (src.parent / ".libs" / src.name).exists():  # libtool's wrapper script
+                src = src.parent / ".libs" / src.name
+            shutil.copy2(src, dest / src.name)
+        for lib in (work / "src").rglob("*.so*"):
+            if lib.is_file() and ".so" in lib.name and not lib.name.endswith((".la", ".o")):
+                shutil.copy2(lib, dest / lib.name)
+        return {"outdir": str(dest), "seconds": res["seconds"]}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,132 @@
+"""Benchmark: does a bake beat, or at least match, building from source?
+
+One run measures build time (from source vs bake), run time of four binaries
+(from-source generic, from-source -march=T, baked x86_64, baked T), and checks
+the generated code: the kernel baked for an AVX target must use ymm/zmm
+registers and the generic bake must not.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from . import bake as bakemod
+from . import capture as capturemod
+from . import plan as planmod
+from . import proc
+from . import target as targetmod
+from .errors import BakeryError
+
+
+def _time_command(bindir: Path, argv: list[str], repeat: int) -> tuple[float, str]:
+    exe = bindir / argv[0]
+    env = proc.env_with({"LD_LIBRARY_PATH": str(bindir)})
+    times, out = [], ""
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        cp = subprocess.run([str(exe), *argv[1:]], env=env, capture_output=True, text=True)
+        times.append(time.perf_counter() - t0)
+        if cp.returncode:
+            raise BakeryError(f"benchmark command failed in {bindir}: {' '.join(argv)}", cp.stderr[-500:])
+        out = cp.stdout
+    return min(times), out
+
+
+def vector_registers(binary: Path, symbol: str | None) -> dict[str, int]:
+    argv = [proc.which("objdump"), "-d", "--no-show-raw-insn", str(binary)]
+    if symbol:
+        argv.insert(2, f"--disassemble={symbol}")
+    text = proc.run(argv).stdout
+    return {reg: len(re.findall(rf"%{reg}\d+", text)) for reg in ("xmm", "ymm", "zmm")}
+
+
+def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs: int = 0,
+        quiet: bool = False, workdir: Path | None = None) -> dict:
+    if recipe.bench is None and not recipe.test:
+        raise BakeryError(f"{recipe.path.name} has neither bench: nor test:", "add bench: {command: [...]}")
+    command = recipe.bench.command if recipe.bench else recipe.test
+    repeat = repeat or (recipe.bench.repeat if recipe.bench else 3)
+    symbol = recipe.bench.symbol if recipe.bench else None
+    target = targetmod.resolve(target_name, compiler_version=toolchain.version, family=toolchain.family)
+    generic = targetmod.resolve(toolchain.family, compiler_version=toolchain.version, family=toolchain.family)
+    work = Path(workdir or tempfile.mkdtemp(prefix="bakery-bench-"))
+    log = lambda msg: proc.log(f"bench: {msg}", quiet=quiet)  # noqa: E731
+
+    log(f"from-source build, generic -O2 ({recipe.name})")
+    src_generic = capturemod.from_source(recipe, toolchain, work / "source-generic", jobs=jobs)
+    log(f"from-source build, {' '.join(target.flags)}")
+    src_target = capturemod.from_source(recipe, toolchain, work / f"source-{target.name}",
+                                        flags=list(target.flags), jobs=jobs)
+    log("capture")
+    t0 = time.monotonic()
+    bundle = work / "bundle"
+    capturemod.capture(recipe, bundle, toolchain, jobs=jobs, quiet=True)
+    capture_s = time.monotonic() - t0
+    plan = planmod.load(bundle)
+    bakes = {}
+    for t, label in ((generic, "baked-generic"), (target, f"baked-{target.name}")):
+        log(f"bake for {t.name}")
+        res = bakemod.bake(bundle, plan, toolchain, t, work / label, jobs=jobs, quiet=True)
+        bakes[label] = res
+    binaries = {
+        "from source, generic -O2": (Path(src_generic["outdir"]), src_generic["seconds"]),
+        f"from source, {' '.join(target.flags)}": (Path(src_target["outdir"]), src_target["seconds"]),
+        f"baked for {generic.name}": (work / "baked-generic", bakes["baked-generic"].seconds),
+        f"baked for {target.name}": (work / f"baked-{target.name}", bakes[f"baked-{target.name}"].seconds),
+    }
+    rows, outputs = [], set()
+    for label, (bindir, build_s) in binaries.items():
+        log(f"running {' '.join(command)} x{repeat}: {label}")
+        best, out = _time_command(bindir, command, repeat)
+        outputs.add(out)
+        rows.append({"binary": label, "build_s": round(build_s, 2), "run_s": round(best, 4),
+                     "registers": vector_registers(bindir / command[0], symbol)})
+    base = rows[0]["run_s"]
+    for r in rows:
+        r["speedup_vs_generic_source"] = round(base / r["run_s"], 2) if r["run_s"] else None
+    baked_t, source_t = rows[3], rows[1]
+    result = {
+        "recipe": recipe.name, "target": target.to_json(), "command": command, "repeat": repeat, "symbol": symbol,
+        "capture_s": round(capture_s, 2),
+        "bake_vs_build": round(bakes[f"baked-{target.name}"].seconds / src_target["seconds"], 3),
+        "baked_vs_source_runtime": round(baked_t["run_s"] / source_t["run_s"], 3),
+        "outputs_agree": len(outputs) == 1,
+        "rows": rows,
+        "checks": {
+            f"baked {target.name} uses ymm/zmm": (baked_t["registers"]["ymm"] + baked_t["registers"]["zmm"]) > 0,
+            f"baked {generic.name} uses no ymm/zmm": (rows[2]["registers"]["ymm"] + rows[2]["registers"]["zmm"]) == 0,
+        },
+        "workdir": str(work),
+    }
+    return result
+
+
+def render(result: dict) -> str:
+    t = result["target"]
+    lines = [
+        f"bakery bench: {result['recipe']} for {t['name']} ({' '.join(t['flags'])}), "
+        f"`{' '.join(result['command'])}` best of {result['repeat']}",
+        "",
+        f"{'binary':<44} {'build/bake s':>12} {'run s':>9} {'speedup':>8}  {'xmm/ymm/zmm' + (' in ' + result['symbol'] if result['symbol'] else '')}",
+    ]
+    for r in result["rows"]:
+        regs = r["registers"]
+        lines.append(f"{r['binary']:<44} {r['build_s']:>12.2f} {r['run_s']:>9.4f} {r['speedup_vs_generic_source']:>7.2f}x"
+                     f"  {regs['xmm']}/{regs['ymm']}/{regs['zmm']}")
+    lines += [
+        "",
+        f"bake time / from-source build time ({t['name']}): {result['bake_vs_build']:.2f}x"
+        f"   (capture took {result['capture_s']:.1f}s, once per image)",
+        f"baked / from-source run time ({t['name']}): {result['baked_vs_source_runtime']:.3f}"
+        "   (<= 1.00 means the bake is at least as fast)",
+        f"all four binaries print the same output: {'yes' if result['outputs_agree'] else 'NO'}",
+    ]
+    for name, ok in result["checks"].items():
+        lines.append(f"check: {name}: {'ok' if ok else 'FAILED'}")
+    return "\n".join(lines)
