@@ -34,11 +34,16 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # SUPPRESS: the options work before and after the subcommand, and a
+    # subcommand's default does not undo `bakery --debug CMD`.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks and keep work trees")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks and keep work trees")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS,
+                        help="no progress messages on stderr")
     parser = argparse.ArgumentParser(prog="bakery", description=DESCRIPTION, parents=[common],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+
     parser.add_argument("--version", action="version", version=f"bakery {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in COMMANDS:
@@ -50,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.debug = getattr(args, "debug", False)
+    args.quiet = getattr(args, "quiet", False)
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
         return 2
