@@ -1,0 +1,167 @@
+"""Container engines behind one interface; buildah first.
+
+Callers speak only :class:`ContainerEngine`. An engine is picked by name
+(``--engine`` / ``BAKERY_ENGINE``); an unknown name is an error listing the
+known ones. Credentials are never passed on argv: buildah reads the standard
+containers auth file and the docker config itself.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from . import proc
+from .errors import BakeryError
+
+
+class ContainerEngine(abc.ABC):
+    name = "abstract"
+
+    @abc.abstractmethod
+    def build(self, *, containerfile: Path, context: Path, tag: str, build_args: Mapping[str, str] | None = None,
+              annotations: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
+              log: Path | None = None, on_line: Callable[[str], None] | None = None) -> str:
+        """Build a (multi-stage) Containerfile; returns the image id."""
+
+    @abc.abstractmethod
+    def pull(self, ref: str, *, tls_verify: bool = True) -> str: ...
+
+    @abc.abstractmethod
+    def push(self, image: str, ref: str, *, tls_verify: bool = True) -> str:
+        """Push and return the manifest digest. Blobs go first and the manifest
+        last, so an interrupted push never leaves the tag."""
+
+    @abc.abstractmethod
+    def from_image(self, image: str) -> str:
+        """A working container from ``image``; returns its name."""
+
+    @abc.abstractmethod
+    def run(self, container: str, argv: list[str], *, volumes: Iterable[tuple[str, str]] = (),
+            env: Mapping[str, str] | None = None, log: Path | None = None,
+            on_line: Callable[[str], None] | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def copy(self, container: str, src: Path, dest: str) -> None: ...
+
+    @abc.abstractmethod
+    def configure(self, container: str, *, entrypoint: list[str] | None = None, env: Mapping[str, str] | None = None,
+                  labels: Mapping[str, str] | None = None, annotations: Mapping[str, str] | None = None) -> None: ...
+
+    @abc.abstractmethod
+    def commit(self, container: str, image: str) -> str:
+        """Commit the container's changes as one new layer; returns the image id."""
+
+    @abc.abstractmethod
+    def remove(self, container: str) -> None: ...
+
+    @abc.abstractmethod
+    def inspect(self, image: str) -> dict: ...
+
+    @abc.abstractmethod
+    def exists(self, image: str) -> bool: ...
+
+    @abc.abstractmethod
+    def remove_image(self, image: str) -> None: ...
+
+
+class BuildahEngine(ContainerEngine):
+    """buildah, as root with chroot isolation (no daemon, no user namespaces needed)."""
+
+    name = "buildah"
+
+    def __init__(self, isolation: str | None = None):
+        self.exe = proc.which("buildah")
+        self.isolation = isolation or os.environ.get("BUILDAH_ISOLATION", "chroot")
+
+    def _b(self, *args: str) -> list[str]:
+        return [self.exe, *args]
+
+    def build(self, *, containerfile, context, tag, build_args=None, annotations=None, labels=None,
+              log=None, on_line=None) -> str:
+        with tempfile.NamedTemporaryFile(prefix="bakery-iid-", delete=False) as f:
+            iidfile = f.name
+        argv = self._b("build", f"--isolation={self.isolation}", "--layers", "-f", str(containerfile),
+                       "-t", tag, "--iidfile", iidfile)
+        for k, v in (build_args or {}).items():
+            argv += ["--build-arg", f"{k}={v}"]
+        for k, v in (annotations or {}).items():
+            argv += ["--annotation", f"{k}={v}"]
+        for k, v in (labels or {}).items():
+            argv += ["--label", f"{k}={v}"]
+        argv.append(str(context))
+        try:
+            proc.stream(argv, log=log, on_line=on_line)
+            return Path(iidfile).read_text().strip()
+        finally:
+            os.unlink(iidfile)
+
+    def pull(self, ref, *, tls_verify=True) -> str:
+        return proc.run(self._b("pull", "-q", f"--tls-verify={str(tls_verify).lower()}", f"docker://{ref}")).stdout.strip()
+
+    def push(self, image, ref, *, tls_verify=True) -> str:
+        with tempfile.NamedTemporaryFile(prefix="bakery-digest-", delete=False) as f:
+            digestfile = f.name
+        try:
+            proc.run(self._b("push", "-q", f"--tls-verify={str(tls_verify).lower()}", "--digestfile", digestfile,
+                             image, f"docker://{ref}"))
+            return Path(digestfile).read_text().strip()
+        finally:
+            os.unlink(digestfile)
+
+    def from_image(self, image) -> str:
+        return proc.run(self._b("from", "-q", "--pull-never", image)).stdout.strip()
+
+    def run(self, container, argv, *, volumes=(), env=None, log=None, on_line=None) -> None:
+        cmd = self._b("run", f"--isolation={self.isolation}")
+        for src, dest in volumes:
+            cmd += ["-v", f"{src}:{dest}"]
+        for k, v in (env or {}).items():
+            cmd += ["--env", f"{k}={v}"]
+        proc.stream([*cmd, container, "--", *argv], log=log, on_line=on_line)
+
+    def copy(self, container, src, dest) -> None:
+        proc.run(self._b("copy", container, str(src), dest))
+
+    def configure(self, container, *, entrypoint=None, env=None, labels=None, annotations=None) -> None:
+        argv = self._b("config")
+        if entrypoint is not None:
+            argv += ["--entrypoint", json.dumps(entrypoint)]
+        for k, v in (env or {}).items():
+            argv += ["--env", f"{k}={v}"]
+        for k, v in (labels or {}).items():
+            argv += ["--label", f"{k}={v}"]
+        for k, v in (annotations or {}).items():
+            argv += ["--annotation", f"{k}={v}"]
+        if len(argv) > 2:
+            proc.run([*argv, container])
+
+    def commit(self, container, image) -> str:
+        return proc.run(self._b("commit", "-q", "--format", "oci", container, image)).stdout.strip()
+
+    def remove(self, container) -> None:
+        proc.run(self._b("rm", container), check=False)
+
+    def inspect(self, image) -> dict:
+        return json.loads(proc.run(self._b("inspect", "--type", "image", image)).stdout)
+
+    def exists(self, image) -> bool:
+        return proc.run(self._b("inspect", "--type", "image", image), check=False).returncode == 0
+
+    def remove_image(self, image) -> None:
+        proc.run(self._b("rmi", "-f", image), check=False)
+
+
+ENGINES: dict[str, type[ContainerEngine]] = {"buildah": BuildahEngine}
+
+
+def get(name: str | None = None) -> ContainerEngine:
+    name = name or os.environ.get("BAKERY_ENGINE", "buildah")
+    try:
+        return ENGINES[name]()
+    except KeyError:
+        raise BakeryError(f"unknown container engine {name!r}", f"known engines: {', '.join(sorted(ENGINES))}") from None

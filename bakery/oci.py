@@ -1,0 +1,273 @@
+"""OCI registry side: references, manifests, and the bake plan as an artifact.
+
+The plan is pushed with oras as an OCI artifact whose ``subject`` is the IR
+image manifest. CNCF distribution has no referrers API, so the OCI 1.1
+referrers *tag schema* fallback is kept up to date as well: an image index at
+tag ``sha256-<hex of the subject digest>`` listing the referrers. Lookups try
+the referrers API first and fall back to that tag, as ``oras discover`` does.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import PLAN_MEDIA_TYPE
+from .errors import BakeryError, PlanRefused
+
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+INDEX = "application/vnd.oci.image.index.v1+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+EMPTY = "application/vnd.oci.empty.v1+json"
+EMPTY_BLOB = b"{}"
+ACCEPT = ", ".join([MANIFEST, INDEX, DOCKER_MANIFEST, DOCKER_LIST])
+
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Ref:
+    registry: str
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, default_registry: str | None = None) -> "Ref":
+        name, digest = (text.split("@", 1) + [None])[:2] if "@" in text else (text, None)
+        tag = None
+        last = name.rsplit("/", 1)[-1]
+        if ":" in last:
+            name, tag = name.rsplit(":", 1)
+        first, _, rest = name.partition("/")
+        if rest and ("." in first or ":" in first or first == "localhost"):
+            registry, repo = first, rest
+        elif default_registry:
+            registry, repo = default_registry, name
+        else:
+            raise BakeryError(f"{text!r} names no registry", "write it as HOST[:PORT]/REPO:TAG")
+        if digest and not _DIGEST.match(digest):
+            raise BakeryError(f"{text!r}: {digest!r} is not a sha256 digest")
+        if tag and not _TAG.match(tag):
+            raise BakeryError(f"{text!r}: {tag!r} is not a valid tag")
+        if not re.match(r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$", repo):
+            raise BakeryError(f"{text!r}: {repo!r} is not a valid repository name")
+        if not tag and not digest:
+            tag = "latest"
+        return cls(registry, repo, tag, digest)
+
+    def with_tag(self, tag: str) -> "Ref":
+        return Ref(self.registry, self.repository, tag, None)
+
+    def with_digest(self, digest: str) -> "Ref":
+        return Ref(self.registry, self.repository, self.tag, digest)
+
+    @property
+    def reference(self) -> str:
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        s = f"{self.registry}/{self.repository}"
+        if self.tag:
+            s += f":{self.tag}"
+        if self.digest:
+            s += f"@{self.digest}"
+        return s
+
+
+def is_loopback(registry: str) -> bool:
+    host = registry.rsplit(":", 1)[0] if not registry.startswith("[") else registry.split("]")[0][1:]
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _auth_files() -> list[str]:
+    """The standard containers auth file, then the docker config (read by oras)."""
+    candidates = [os.environ.get("REGISTRY_AUTH_FILE")]
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/containers/{os.getuid()}"
+    candidates.append(os.path.join(runtime, "containers", "auth.json"))
+    candidates.append(os.path.expanduser("~/.config/containers/auth.json"))
+    return [c for c in candidates if c and os.path.exists(c)]
+
+
+class Registry:
+    """A thin client over oras-py's provider: auth and blob uploads are oras's."""
+
+    def __init__(self, registry: str, tls_verify: bool | None = None):
+        import oras.provider  # host-side only: not needed inside the IR image
+
+        self.host = registry
+        if tls_verify is None:
+            tls_verify = not is_loopback(registry)
+        self.insecure = not tls_verify
+        self.oras = oras.provider.Registry(hostname=registry, insecure=self.insecure, tls_verify=tls_verify)
+        self.prefix = "http" if self.insecure else "https"
+        self._authed: set[str] = set()
+
+    def _container(self, repo: str, ref: str = "latest"):
+        import oras.container
+
+        c = oras.container.Container(f"{self.host}/{repo}:{ref}" if not ref.startswith("sha256:")
+                                     else f"{self.host}/{repo}@{ref}")
+        if repo not in self._authed:
+            self.oras.auth.load_configs(c, configs=_auth_files() or None)
+            self._authed.add(repo)
+        return c
+
+    def _request(self, method: str, url: str, **kw):
+        import requests
+
+        try:
+            return self.oras.do_request(url, method, **kw)
+        except requests.exceptions.ConnectionError:
+            raise BakeryError(f"registry {self.host} is unreachable",
+                              "start the embedded one with 'bakery registry start', or check the address") from None
+
+    def _url(self, repo: str, kind: str, ref: str) -> str:
+        return f"{self.prefix}://{self.host}/v2/{repo}/{kind}/{ref}"
+
+    def _fail(self, r, what: str):
+        try:
+            errs = r.json().get("errors", [])
+            detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errs)
+        except ValueError:
+            detail = r.text[:300]
+        raise BakeryError(f"registry {self.host}: {what} failed (HTTP {r.status_code}) {detail}".rstrip())
+
+    def head_manifest(self, repo: str, ref: str) -> str | None:
+        """The digest a tag points to, or None when there is no such manifest."""
+        self._container(repo, ref)
+        r = self._request("HEAD", self._url(repo, "manifests", ref), headers={"Accept": ACCEPT})
+        if r.status_code == 404:
+            return None
+        if r.status_code != 200:
+            self._fail(r, f"HEAD {repo}:{ref}")
+        return r.headers.get("Docker-Content-Digest")
+
+    def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str, str]:
+        """(bytes, media type, digest); the digest is recomputed, never trusted."""
+        self._container(repo, ref)
+        r = self._request("GET", self._url(repo, "manifests", ref), headers={"Accept": ACCEPT})
+        if r.status_code == 404:
+            raise BakeryError(f"{self.host}/{repo}:{ref} not found", "check the reference with 'skopeo list-tags'")
+        if r.status_code != 200:
+            self._fail(r, f"GET manifest {repo}:{ref}")
+        data = r.content
+        digest = sha256(data)
+        if ref.startswith("sha256:") and digest != ref:
+            raise PlanRefused(f"manifest {repo}@{ref} does not match its digest (got {digest})")
+        mt = json.loads(data).get("mediaType") or r.headers.get("Content-Type", MANIFEST)
+        return data, mt, digest
+
+    def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
+        self._container(repo, ref)
+        r = self._request("PUT", self._url(repo, "manifests", ref), data=data,
+                          headers={"Content-Type": media_type})
+        if r.status_code not in (200, 201):
+            self._fail(r, f"PUT manifest {repo}:{ref}")
+        return sha256(data)
+
+    def get_blob(self, repo: str, digest: str, max_size: int = 64 << 20) -> bytes:
+        self._container(repo, digest)
+        r = self._request("GET", self._url(repo, "blobs", digest))
+        if r.status_code != 200:
+            self._fail(r, f"GET blob {digest[:19]}")
+        data = r.content
+        if len(data) > max_size:
+            raise PlanRefused(f"blob {digest} is larger than {max_size} bytes")
+        if sha256(data) != digest:
+            raise PlanRefused(f"blob {digest} does not match its digest: refused")
+        return data
+
+    def push_blob(self, repo: str, path: Path, media_type: str) -> dict:
+        data = path.read_bytes()
+        desc = {"mediaType": media_type, "digest": sha256(data), "size": len(data)}
+        c = self._container(repo)
+        if not self.oras.blob_exists(desc, c):
+            r = self.oras.upload_blob(str(path), c, desc)
+            if r.status_code not in (200, 201, 202):
+                self._fail(r, "blob upload")
+        return desc
+
+    def referrers(self, repo: str, subject: str, artifact_type: str | None = None) -> list[dict]:
+        """Referrers of ``subject``: the referrers API, else the tag-schema fallback."""
+        self._container(repo, subject)
+        r = self._request("GET", self._url(repo, "referrers", subject), headers={"Accept": INDEX})
+        if r.status_code == 200 and "json" in r.headers.get("Content-Type", ""):
+            manifests = r.json().get("manifests", [])
+        else:
+            tag = subject.replace(":", "-")
+            if self.head_manifest(repo, tag) is None:
+                return []
+            data, _, _ = self.get_manifest(repo, tag)
+            manifests = json.loads(data).get("manifests", [])
+        return [m for m in manifests if artifact_type is None or m.get("artifactType") == artifact_type]
+
+
+def push_plan(reg: Registry, repo: str, subject: dict, plan_path: Path, annotations: dict | None = None) -> str:
+    """Attach ``plan_path`` to the image manifest ``subject`` (a descriptor); returns the artifact digest."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        empty = Path(tmp) / "empty"
+        empty.write_bytes(EMPTY_BLOB)
+        config = reg.push_blob(repo, empty, EMPTY)
+    layer = reg.push_blob(repo, plan_path, PLAN_MEDIA_TYPE)
+    layer["annotations"] = {"org.opencontainers.image.title": "plan.json"}
+    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST,
+        "artifactType": PLAN_MEDIA_TYPE,
+        "config": config,
+        "layers": [layer],
+        "subject": {"mediaType": subject["mediaType"], "digest": subject["digest"], "size": subject["size"]},
+        "annotations": {"org.opencontainers.image.created": created, **(annotations or {})},
+    }
+    data = json.dumps(manifest, separators=(",", ":")).encode()
+    digest = reg.put_manifest(repo, sha256(data), data, MANIFEST)
+    _add_referrer(reg, repo, subject["digest"], {
+        "mediaType": MANIFEST, "digest": digest, "size": len(data),
+        "artifactType": PLAN_MEDIA_TYPE, "annotations": manifest["annotations"],
+    })
+    return digest
+
+
+def _add_referrer(reg: Registry, repo: str, subject: str, desc: dict) -> None:
+    """Referrers tag schema: keep the index at sha256-<hex> listing every referrer."""
+    tag = subject.replace(":", "-")
+    if reg.head_manifest(repo, tag):
+        data, _, _ = reg.get_manifest(repo, tag)
+        index = json.loads(data)
+    else:
+        index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": []}
+    index["manifests"] = [m for m in index.get("manifests", []) if m.get("digest") != desc["digest"]] + [desc]
+    reg.put_manifest(repo, tag, json.dumps(index, separators=(",", ":")).encode(), INDEX)
+
+
+def fetch_plan(reg: Registry, repo: str, subject: str) -> tuple[bytes, str]:
+    """The newest plan attached to ``subject``: (plan bytes, their digest), digests checked."""
+    found = reg.referrers(repo, subject, PLAN_MEDIA_TYPE)
+    if not found:
+        raise BakeryError(f"{reg.host}/{repo}@{subject} has no bake plan attached",
+                          "is this an IR image made by 'bakery build'?")
+    found.sort(key=lambda m: m.get("annotations", {}).get("org.opencontainers.image.created", ""))
+    data, _, _ = reg.get_manifest(repo, found[-1]["digest"])
+    manifest = json.loads(data)
+    if manifest.get("subject", {}).get("digest") != subject:
+        raise PlanRefused(f"plan artifact {found[-1]['digest']} does not refer to {subject}")
+    layers = [l for l in manifest.get("layers", []) if l.get("mediaType") == PLAN_MEDIA_TYPE]
+    if len(layers) != 1:
+        raise PlanRefused(f"plan artifact {found[-1]['digest']} has {len(layers)} plan layers, expected 1")
+    plan = reg.get_blob(repo, layers[0]["digest"])
+    return plan, layers[0]["digest"]
