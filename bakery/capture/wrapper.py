@@ -110,6 +110,9 @@ class Capture:
         out = parsed["output"] or ""
         if out == "/dev/null" or os.path.basename(out).startswith("conftest"):
             return True
+        # autoconf also compiles without -o ($CC -c conftest.c, $CC conftest.c).
+        if not parsed["output"] and any(os.path.basename(s).startswith("conftest") for s, _ in parsed["sources"]):
+            return True
         # CMake compiles its checks and compiler-id programs below CMakeFiles/;
         # real targets compile from the binary dir itself.
         return "/CMakeFiles/" in os.getcwd() + os.sep
@@ -155,10 +158,29 @@ class Capture:
         obj_sha = sha256_file(out)
         record = {"bc": bc_sha, "src": self.rel(src) or os.path.abspath(src), "lang": lang,
                   "flags": bake_flags(flags, self.cfg.get("opt", "-O2")), "cwd": self.rel(os.getcwd())}
-        with open(os.path.join(self.store, "objs", obj_sha + ".json"), "w") as f:
-            json.dump(record, f)
+        self.save_record(obj_sha, record)
         self.emit({"event": "compile", "obj": obj_sha, **record, "out": self.rel(out) or os.path.abspath(out)})
         return 0
+
+    def save_record(self, obj_sha: str, record: dict) -> None:
+        """Links see only the native object, and two compiles can give byte-identical
+        objects from different bitcode: libtool (and bzip2's Makefile) build each
+        file with and without -fPIC, and on a PIE-by-default compiler the two often
+        differ only in IR (dso_local). Keep the -fPIC one whatever the order (make
+        -j): it is right in a shared library and still fine in an executable."""
+        path = os.path.join(self.store, "objs", obj_sha + ".json")
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+        pic = [f for f in record["flags"] if f in ("-fPIC", "-fpic", "-fno-PIC", "-fno-pic")]
+        if pic and pic[-1] in ("-fPIC", "-fpic"):
+            os.replace(tmp, path)  # always wins
+            return
+        try:
+            os.link(tmp, path)  # only when no record exists yet
+        except FileExistsError:
+            pass
+        os.unlink(tmp)
 
     def compile_and_link(self, parsed: dict) -> int:
         """``cc -o prog a.c b.o -lm``: compile each source alone, then link."""
