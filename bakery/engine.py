@@ -24,9 +24,18 @@ class ContainerEngine(abc.ABC):
 
     @abc.abstractmethod
     def build(self, *, containerfile: Path, context: Path, tag: str, build_args: Mapping[str, str] | None = None,
-              annotations: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
+              tls_verify: bool = True, annotations: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
               log: Path | None = None, on_line: Callable[[str], None] | None = None) -> str:
         """Build a (multi-stage) Containerfile; returns the image id."""
+
+    @abc.abstractmethod
+    def import_rootfs(self, rootfs: Path, tag: str, *, env: Mapping[str, str], cmd: list[str],
+                      labels: Mapping[str, str] | None = None) -> str:
+        """An image whose single layer is the directory tree ``rootfs``."""
+
+    @abc.abstractmethod
+    def read_file(self, image: str, path: str) -> bytes:
+        """The bytes of ``path`` inside ``image``."""
 
     @abc.abstractmethod
     def pull(self, ref: str, *, tls_verify: bool = True) -> str: ...
@@ -81,12 +90,12 @@ class BuildahEngine(ContainerEngine):
     def _b(self, *args: str) -> list[str]:
         return [self.exe, *args]
 
-    def build(self, *, containerfile, context, tag, build_args=None, annotations=None, labels=None,
-              log=None, on_line=None) -> str:
+    def build(self, *, containerfile, context, tag, build_args=None, tls_verify=True, annotations=None,
+              labels=None, log=None, on_line=None) -> str:
         with tempfile.NamedTemporaryFile(prefix="bakery-iid-", delete=False) as f:
             iidfile = f.name
         argv = self._b("build", f"--isolation={self.isolation}", "--layers", "-f", str(containerfile),
-                       "-t", tag, "--iidfile", iidfile)
+                       "-t", tag, "--iidfile", iidfile, f"--tls-verify={str(tls_verify).lower()}")
         for k, v in (build_args or {}).items():
             argv += ["--build-arg", f"{k}={v}"]
         for k, v in (annotations or {}).items():
@@ -99,6 +108,28 @@ class BuildahEngine(ContainerEngine):
             return Path(iidfile).read_text().strip()
         finally:
             os.unlink(iidfile)
+
+    def import_rootfs(self, rootfs, tag, *, env, cmd, labels=None) -> str:
+        ctr = proc.run(self._b("from", "scratch")).stdout.strip()
+        try:
+            mnt = proc.run(self._b("mount", ctr)).stdout.strip()
+            try:
+                proc.run(["cp", "-a", f"{rootfs}/.", mnt])
+            finally:
+                proc.run(self._b("umount", ctr))
+            self.configure(ctr, env=env, labels=labels)
+            proc.run(self._b("config", "--cmd", json.dumps(cmd), ctr))
+            return self.commit(ctr, tag)
+        finally:
+            self.remove(ctr)
+
+    def read_file(self, image, path) -> bytes:
+        ctr = self.from_image(image)
+        try:
+            cp = proc.run(self._b("run", f"--isolation={self.isolation}", ctr, "--", "cat", path), text=False)
+            return cp.stdout
+        finally:
+            self.remove(ctr)
 
     def pull(self, ref, *, tls_verify=True) -> str:
         return proc.run(self._b("pull", "-q", f"--tls-verify={str(tls_verify).lower()}", f"docker://{ref}")).stdout.strip()

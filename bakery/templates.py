@@ -29,5 +29,5 @@ def environment() -> jinja2.Environment:
     )
 
 
-def render_file(name: str, **context) -> str:
-    return environment().get_template(name).render(**context)
+def render_file(template: str, /, **context) -> str:
+    return environment().get_template(template).render(**context)

@@ -12,9 +12,9 @@ import traceback
 
 from .. import __version__
 from ..errors import BakeryError
-from . import bake, bench, capture, targets, validate
+from . import base, bake, bench, build, capture, inspect, registry, targets, validate
 
-COMMANDS = (validate, capture, bake, bench, targets)
+COMMANDS = (validate, capture, build, bake, inspect, registry, base, bench, targets)
 
 DESCRIPTION = """\
 bakery makes one container image serve every CPU.

@@ -1,37 +1,61 @@
-"""bakery bake BUNDLE --target T --output DIR: native binaries for one CPU."""
+"""bakery bake BUNDLE|IMAGE --target T: native code for one CPU."""
 
 import json
 from pathlib import Path
 
-from .. import bake as bakemod
-from .. import plan as planmod
-from .. import target as targetmod
-from .. import toolchain as toolchainmod
+from . import common
 
 
-def setup_parser(sub, common):
+def setup_parser(sub, parent):
+    from .. import bake as bakemod
+
     p = sub.add_parser(
-        "bake", parents=[common], help="finish a bundle's bitcode for one CPU",
+        "bake", parents=[parent], help="finish the bitcode for one CPU (a local bundle or an IR image)",
         description="Retarget every function to the CPU, run the full optimization pipeline with the "
-                    "target known, generate code and link with the captured link lines. TARGET is "
-                    "'native' (archspec detection) or an archspec name such as x86_64_v3, zen4, "
-                    "skylake_avx512, neoverse_v1; one the toolchain cannot express is clamped to its "
-                    "closest supported ancestor, with a note. The plan is untrusted input: it is "
-                    "validated and every file's digest checked before anything runs.")
-    p.add_argument("bundle", type=Path, metavar="BUNDLE")
+                    "target known, generate code and link with the captured link lines.\n\n"
+                    "SOURCE is a bundle directory (from 'bakery capture'; needs --output) or an IR image "
+                    "reference (from 'bakery build'). For an image, the node tag <tag>-<target> is reused when "
+                    "it exists; otherwise the bake runs inside the IR image with its own toolchain and the "
+                    "outputs are committed as one new layer and pushed as that tag.\n\n"
+                    "TARGET is 'native' (archspec detection) or an archspec name such as x86_64_v3, zen4, "
+                    "skylake_avx512, neoverse_v1; one the toolchain cannot express is clamped to its closest "
+                    "supported ancestor, with a note. The plan is untrusted input: it is validated and every "
+                    "file's digest checked before anything runs.")
+    p.add_argument("source", metavar="BUNDLE|IMAGE")
     p.add_argument("-t", "--target", default="native", help="archspec target or 'native' (default)")
-    p.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="write outputs to DIR/<name>")
+    p.add_argument("-o", "--output", type=Path, metavar="DIR",
+                   help="write the outputs to DIR/<name> (required for a bundle; for an image: only the "
+                        "binaries, no image, e.g. in an init container)")
     p.add_argument("-j", "--jobs", type=int, default=0, help="parallel compile jobs (default: all cores)")
     p.add_argument("--lto", choices=bakemod.LTO_MODES, default="none",
-                   help="none: optimize and compile each module alone (default, fastest here); "
+                   help="bundle only. none: optimize and compile each module alone (default); "
                         "thin / full: link-time optimization across modules")
-    p.add_argument("--keep", action="store_true", help="keep the bake's work tree")
+    p.add_argument("--slim", action="store_true", help="image: runtime base + outputs only (no IR, no toolchain)")
+    p.add_argument("--no-push", dest="push", action="store_false", default=True,
+                   help="image: commit locally, do not push the node tag")
+    p.add_argument("--keep", action="store_true", help="bundle: keep the bake's work tree")
+    common.registry_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     return p
 
 
 def run(args) -> int:
-    bundle = args.bundle.resolve()
+    source = Path(args.source)
+    if (source / "plan.json").exists() or (source.is_dir() and not args.source.count(":")):
+        return _bake_bundle(args, source)
+    return _bake_image(args)
+
+
+def _bake_bundle(args, bundle: Path) -> int:
+    from .. import bake as bakemod
+    from .. import plan as planmod
+    from .. import target as targetmod
+    from .. import toolchain as toolchainmod
+    from ..errors import BakeryError
+
+    if args.output is None:
+        raise BakeryError("baking a bundle needs --output DIR")
+    bundle = bundle.resolve()
     plan = planmod.load(bundle)
     tc = toolchainmod.find()
     target = targetmod.resolve(args.target, compiler_version=tc.version, family=plan["toolchain"]["family"])
@@ -42,4 +66,17 @@ def run(args) -> int:
     else:
         for path in result.outputs.values():
             print(path)
+    return 0
+
+
+def _bake_image(args) -> int:
+    from .. import engine as enginemod
+    from .. import image as imagemod
+    from .. import registry as registrymod
+
+    registry = args.registry or registrymod.default_registry(quiet=args.quiet)
+    res = imagemod.bake(args.source, enginemod.get(args.engine), registry, args.target, push=args.push,
+                        slim=args.slim, output=args.output, jobs=args.jobs, quiet=args.quiet,
+                        tls_verify=args.tls_verify)
+    print(json.dumps(res.to_json(), indent=1) if args.json else res.ref)
     return 0

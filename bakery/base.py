@@ -1,0 +1,119 @@
+"""Base images without Docker Hub: made once from Debian's packages, then cached.
+
+* runtime: Debian bookworm ``minbase`` made with debootstrap;
+* llvm:    runtime + Debian's LLVM (what a bake needs, inside the IR image);
+* build:   llvm + make/cmake/autotools (the capture stage only).
+
+Each is kept in local container storage and pushed to the registry, so the
+next machine pulls instead of rebuilding.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import oci, proc, templates
+from .engine import ContainerEngine
+from .errors import BakeryError
+
+SUITE = "bookworm"
+# What users write for "plain Debian 12"; without Docker Hub it means our own base.
+DEBIAN_ALIASES = {"debian:bookworm-slim", "debian:bookworm", "debian:12", "debian:12-slim", "debian"}
+
+
+@dataclass(frozen=True)
+class Bases:
+    runtime: str
+    llvm: str
+    build: str
+
+
+def names(registry: str, llvm: int, runtime_base: str | None = None) -> Bases:
+    if runtime_base and runtime_base not in DEBIAN_ALIASES:
+        slug = re.sub(r"[^a-z0-9]+", "-", runtime_base.lower()).strip("-")[:60]
+        runtime = runtime_base
+    else:
+        slug = SUITE
+        runtime = f"{registry}/bakery/debian:{SUITE}"
+    return Bases(runtime, f"{registry}/bakery/llvm:{llvm}-{slug}", f"{registry}/bakery/build:{llvm}-{slug}")
+
+
+def debian_mirror() -> str:
+    """The mirror this machine's apt already uses (or BAKERY_DEBIAN_MIRROR)."""
+    if os.environ.get("BAKERY_DEBIAN_MIRROR"):
+        return os.environ["BAKERY_DEBIAN_MIRROR"]
+    texts = []
+    for p in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
+        try:
+            texts.append(p.read_text())
+        except OSError:
+            continue
+    for text in texts:
+        m = re.search(r"^URIs:\s*(\S+/debian)/?\s*$", text, re.M) or re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+/debian)/?\s+\S+", text, re.M)
+        if m:
+            return m.group(1)
+    raise BakeryError("cannot find a Debian mirror in /etc/apt", "set BAKERY_DEBIAN_MIRROR to one")
+
+
+def make_runtime(engine: ContainerEngine, tag: str, quiet: bool = False) -> None:
+    debootstrap = proc.which("debootstrap")
+    if os.geteuid() != 0:
+        raise BakeryError("making the Debian base needs root (debootstrap)",
+                          "run 'sudo bakery base create' once, or name a runtime.base in a registry you can pull")
+    work = Path(tempfile.mkdtemp(prefix="bakery-debootstrap-"))
+    try:
+        rootfs = work / "rootfs"
+        proc.log(f"base: debootstrap --variant=minbase {SUITE} (about a minute)", quiet=quiet)
+        proc.stream([debootstrap, "--variant=minbase", SUITE, str(rootfs), debian_mirror()], log=work / "log")
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
+            for f in (rootfs / junk).glob("*"):
+                if f.is_file():
+                    f.unlink()
+        engine.import_rootfs(rootfs, tag, env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+                             cmd=["/bin/bash"], labels={"dev.bakery.base": f"debian-{SUITE}-minbase"})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _build_from_template(engine: ContainerEngine, template: str, tag: str, base: str, llvm: int, quiet: bool,
+                         tls_verify: bool) -> None:
+    with tempfile.TemporaryDirectory(prefix="bakery-base-") as ctx:
+        cf = Path(ctx) / "Containerfile"
+        cf.write_text(templates.render_file(template, base=base, llvm=llvm))
+        proc.log(f"base: building {tag}", quiet=quiet)
+        engine.build(containerfile=cf, context=Path(ctx), tag=tag, tls_verify=tls_verify,
+                     log=Path(ctx) / "build.log")
+
+
+def ensure(engine: ContainerEngine, registry: str, llvm: int, runtime_base: str | None = None, *,
+           quiet: bool = False, tls_verify: bool | None = None, push: bool = True) -> Bases:
+    """Make sure the three bases exist locally (pull, else create) and in the registry."""
+    b = names(registry, llvm, runtime_base)
+    tls = (not oci.is_loopback(registry)) if tls_verify is None else tls_verify
+    reg = oci.Registry(registry, tls_verify=tls)
+    for tag, make in ((b.runtime, "runtime"), (b.llvm, "llvm"), (b.build, "build")):
+        if engine.exists(tag):
+            continue
+        ref = oci.Ref.parse(tag)
+        if ref.registry == registry and reg.head_manifest(ref.repository, ref.tag):
+            proc.log(f"base: pulling {tag}", quiet=quiet)
+            engine.pull(tag, tls_verify=tls)
+            continue
+        if make == "runtime":
+            if runtime_base and runtime_base not in DEBIAN_ALIASES:
+                engine.pull(tag, tls_verify=not oci.is_loopback(ref.registry))
+                continue
+            make_runtime(engine, tag, quiet)
+        elif make == "llvm":
+            _build_from_template(engine, "Containerfiles/llvm.Containerfile.j2", tag, b.runtime, llvm, quiet, tls)
+        else:
+            _build_from_template(engine, "Containerfiles/build.Containerfile.j2", tag, b.llvm, llvm, quiet, tls)
+        if push and ref.registry == registry:
+            proc.log(f"base: pushing {tag}", quiet=quiet)
+            engine.push(tag, tag, tls_verify=tls)
+    return b

@@ -1,0 +1,46 @@
+"""bakery build RECIPE: the IR image (capture inside a multi-stage build) + its plan artifact."""
+
+import json
+
+from .. import engine as enginemod
+from .. import image as imagemod
+from .. import recipe as recipemod
+from .. import registry as registrymod
+from .. import toolchain as toolchainmod
+from . import common
+
+
+def setup_parser(sub, parent):
+    p = sub.add_parser(
+        "build", parents=[parent], help="build the IR image and attach the bake plan to it",
+        description="Render Containerfiles/ir.Containerfile.j2 for the recipe and build it: stage 1 runs the "
+                    "recipe's build with bakery's wrappers (capture), the final stage is the runtime base + LLVM "
+                    "+ the bitcode bundle at /bakery/bundle. Then push the image and attach the plan as an OCI "
+                    "artifact (subject = the image). Without --registry/BAKERY_REGISTRY the embedded registry on "
+                    "127.0.0.1 is used, and started if needed; base images are made from Debian's packages the "
+                    "first time.")
+    p.add_argument("recipe", metavar="RECIPE")
+    p.add_argument("-t", "--tag", help="image reference (default: <registry>/<name>:<version>)")
+    p.add_argument("--no-push", dest="push", action="store_false", help="build only; keep the image local")
+    p.add_argument("--push", dest="push", action="store_true", default=True, help="push image and plan (default)")
+    p.add_argument("--dry-run", action="store_true", help="print the rendered Containerfile and stop")
+    p.add_argument("-j", "--jobs", type=int, default=0, help="build jobs inside the capture stage (default: all cores)")
+    common.registry_options(p)
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def run(args) -> int:
+    recipe = recipemod.load(args.recipe)
+    llvm = toolchainmod.default_major()
+    if args.dry_run:
+        registry = args.registry or "REGISTRY"
+        from .. import base as basemod
+        print(imagemod.render_containerfile(recipe, basemod.names(registry, llvm, recipe.runtime_base), args.jobs),
+              end="")
+        return 0
+    registry = args.registry or registrymod.default_registry(quiet=args.quiet)
+    res = imagemod.build(recipe, enginemod.get(args.engine), registry, tag=args.tag, push=args.push, llvm=llvm,
+                         jobs=args.jobs, quiet=args.quiet, tls_verify=args.tls_verify)
+    print(json.dumps(res.to_json(), indent=1) if args.json else res.ref)
+    return 0

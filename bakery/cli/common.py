@@ -1,0 +1,19 @@
+"""Options several subcommands share."""
+
+import argparse
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def registry_options(p) -> None:
+    p.add_argument("--registry", help="registry HOST[:PORT] (default: $BAKERY_REGISTRY, else the embedded one)")
+    p.add_argument("--tls-verify", type=_bool, default=None, metavar="BOOL",
+                   help="verify TLS (default: true, false for loopback registries); credentials come from "
+                        "the containers auth file or the docker config, never from the command line")
+    p.add_argument("--engine", help="container engine (default: $BAKERY_ENGINE, else buildah)")

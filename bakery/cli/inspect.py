@@ -1,0 +1,47 @@
+"""bakery inspect REF: the IR image, its plan artifact, and its node tags."""
+
+import json
+
+from .. import oci
+from .. import registry as registrymod
+from . import common
+
+
+def setup_parser(sub, parent):
+    p = sub.add_parser("inspect", parents=[parent], help="show an IR image's plan and referrers",
+                       description="Find the bake plan attached to an IR image (referrers API, else the "
+                                   "sha256-<digest> tag schema) and summarize it.")
+    p.add_argument("ref", metavar="REF")
+    p.add_argument("--plan", action="store_true", help="print the whole plan JSON")
+    common.registry_options(p)
+    p.add_argument("--json", action="store_true")
+    return p
+
+
+def run(args) -> int:
+    from .. import image as imagemod
+
+    registry = args.registry or registrymod.default_registry(quiet=True)
+    ref = oci.Ref.parse(args.ref, default_registry=registry)
+    reg = oci.Registry(ref.registry, tls_verify=args.tls_verify)
+    digest, plan, plan_bytes = imagemod.resolve_ir(reg, ref)
+    if args.plan:
+        print(plan_bytes.decode())
+        return 0
+    referrers = reg.referrers(ref.repository, digest)
+    info = {
+        "ref": str(ref), "digest": digest, "app": plan["app"], "toolchain": plan["toolchain"],
+        "plan_digest": oci.sha256(plan_bytes), "modules": len(plan["modules"]), "objects": len(plan["objects"]),
+        "outputs": [l["install"] for l in plan["links"]], "referrers": referrers,
+    }
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"{info['ref']}@{digest}")
+    print(f"  app:       {plan['app']['name']} {plan['app']['version']}")
+    print(f"  toolchain: LLVM {plan['toolchain']['llvm_major']} ({plan['toolchain']['triple']})")
+    print(f"  plan:      {info['plan_digest']} ({info['modules']} bitcode modules, {info['objects']} native objects)")
+    print(f"  outputs:   {', '.join(info['outputs'])}")
+    for r in referrers:
+        print(f"  referrer:  {r['digest']} {r.get('artifactType', '')}")
+    return 0

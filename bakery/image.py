@@ -1,0 +1,247 @@
+"""Images: the IR image + plan artifact (build), and node tags (bake).
+
+``build``: render the multi-stage Containerfile, build it with the engine,
+push the IR image, attach the plan artifact (subject = the IR manifest).
+
+``bake``: a node tag ``<repo>:<tag>-<target>`` that exists is reused as it is.
+Otherwise the IR image is pulled by digest, its plan checked against the
+artifact's digest, the bake runs inside a container of the IR image with the
+image's own toolchain, and only the outputs are committed as one new layer on
+top of the IR image. The push sends blobs first and the manifest last, so an
+interrupted bake never leaves the tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import PLAN_MEDIA_TYPE, __version__
+from . import base as basemod
+from . import oci, proc, templates
+from . import plan as planmod
+from . import target as targetmod
+from .engine import ContainerEngine
+from .errors import BakeryError, PlanRefused
+
+BUNDLE_DIR = "/bakery/bundle"
+BIN_DIR = "/usr/local/bin"
+ANN = "dev.bakery"
+
+
+def _copy_package(name: str, dest: Path) -> None:
+    mod = __import__(name)
+    src = Path(mod.__file__).resolve().parent
+    shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "data"),
+                    symlinks=False)
+
+
+def render_containerfile(recipe, bases: basemod.Bases, jobs: int = 0) -> str:
+    labels = {
+        "org.opencontainers.image.title": recipe.name,
+        "org.opencontainers.image.version": recipe.version,
+        f"{ANN}.recipe.digest": recipe.digest,
+        f"{ANN}.plan.mediaType": PLAN_MEDIA_TYPE,
+        f"{ANN}.bundle": BUNDLE_DIR,
+        f"{ANN}.runtime.base": bases.runtime,
+        f"{ANN}.version": __version__,
+    }
+    entry = [f"{BIN_DIR}/{recipe.entrypoint[0]}", *recipe.entrypoint[1:]] if recipe.entrypoint else []
+    return templates.render_file(
+        "Containerfiles/ir.Containerfile.j2", name=recipe.name, version=recipe.version, build_image=bases.build,
+        llvm_image=bases.llvm, packages=recipe.runtime_packages, recipe_file=recipe.path.name,
+        bundle_dir=BUNDLE_DIR, jobs=jobs, labels=labels, entrypoint=entry)
+
+
+def _context(recipe, dest: Path) -> None:
+    """Build context: bakery and archspec (not packaged by Debian) + the recipe's directory."""
+    for src in recipe.sources:
+        if src.kind == "path" and Path(recipe.dir) not in [Path(src.location), *Path(src.location).parents]:
+            raise BakeryError(f"source path {src.location} is outside the recipe's directory {recipe.dir}",
+                              "an image build sends only the recipe's directory to the build")
+    _copy_package("bakery", dest / "lib")
+    _copy_package("archspec", dest / "lib")
+    shutil.copytree(recipe.dir, dest / "recipe", symlinks=True,
+                    ignore=shutil.ignore_patterns(".git", "__pycache__", "*.o", ".venv", "_build"))
+
+
+@dataclass
+class BuildResult:
+    ref: str
+    digest: str
+    plan_digest: str
+    artifact: str
+    seconds: float
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = None, push: bool = True,
+          llvm: int = 16, jobs: int = 0, quiet: bool = False, tls_verify: bool | None = None) -> BuildResult:
+    t0 = time.monotonic()
+    tls = (not oci.is_loopback(registry)) if tls_verify is None else tls_verify
+    ref = oci.Ref.parse(tag or f"{recipe.name}:{recipe.version}", default_registry=registry)
+    bases = basemod.ensure(engine, registry, llvm, recipe.runtime_base, quiet=quiet, tls_verify=tls)
+    with tempfile.TemporaryDirectory(prefix="bakery-ctx-") as ctx_dir:
+        ctx = Path(ctx_dir)
+        _context(recipe, ctx)
+        cf = ctx / "Containerfile"
+        cf.write_text(render_containerfile(recipe, bases, jobs))
+        proc.log(f"build: {ref} (capture inside the build; log in the engine's output)", quiet=quiet)
+        engine.build(containerfile=cf, context=ctx, tag=str(ref.with_tag(ref.tag or "latest")), tls_verify=tls,
+                     annotations=_annotations(recipe, bases, llvm),
+                     on_line=None if quiet else _build_progress())
+    image = str(ref)
+    plan_bytes = engine.read_file(image, f"{BUNDLE_DIR}/plan.json")
+    plan = json.loads(plan_bytes)
+    planmod.validate(plan)
+    if not push:
+        return BuildResult(image, "", oci.sha256(plan_bytes), "", time.monotonic() - t0)
+    proc.log(f"build: pushing {ref}", quiet=quiet)
+    digest = engine.push(image, str(ref), tls_verify=tls)
+    reg = oci.Registry(ref.registry, tls_verify=tls)
+    data, mt, got = reg.get_manifest(ref.repository, digest)
+    with tempfile.TemporaryDirectory() as tmp:
+        p = Path(tmp) / "plan.json"
+        p.write_bytes(plan_bytes)
+        artifact = oci.push_plan(reg, ref.repository, {"mediaType": mt, "digest": digest, "size": len(data)}, p,
+                                 {f"{ANN}.recipe.digest": recipe.digest, f"{ANN}.toolchain": f"llvm-{plan['toolchain']['llvm_major']}"})
+    proc.log(f"build: plan attached as {artifact[:19]}… (referrers tag {digest.replace(':', '-')[:19]}…)", quiet=quiet)
+    return BuildResult(f"{ref}@{digest}", digest, oci.sha256(plan_bytes), artifact, time.monotonic() - t0)
+
+
+def _annotations(recipe, bases, llvm) -> dict:
+    return {"org.opencontainers.image.title": recipe.name, "org.opencontainers.image.version": recipe.version,
+            f"{ANN}.recipe.digest": recipe.digest, f"{ANN}.toolchain": f"llvm-{llvm}",
+            f"{ANN}.plan.mediaType": PLAN_MEDIA_TYPE, f"{ANN}.runtime.base": bases.runtime}
+
+
+def _build_progress():
+    last = [0.0]
+
+    def on_line(line: str) -> None:
+        # Buildah's STEP lines and bakery's own progress; the rest goes to the log.
+        if line.startswith(("STEP ", "capture:", "[")) or "error" in line.lower() or time.monotonic() - last[0] > 30:
+            last[0] = time.monotonic()
+            proc.log(f"  {line[:200]}")
+    return on_line
+
+
+@dataclass
+class BakeImageResult:
+    ref: str
+    digest: str
+    target: dict
+    reused: bool
+    seconds: float
+    layers: int = 0
+    outputs: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return self.__dict__.copy()
+
+
+def resolve_ir(reg: oci.Registry, ref: oci.Ref) -> tuple[str, dict, bytes]:
+    """(IR manifest digest, verified plan, plan bytes)."""
+    digest = ref.digest or reg.head_manifest(ref.repository, ref.tag)
+    if not digest:
+        raise BakeryError(f"{ref} not found in the registry", "build it with 'bakery build RECIPE --push'")
+    plan_bytes, _ = oci.fetch_plan(reg, ref.repository, digest)
+    try:
+        plan = json.loads(plan_bytes)
+    except json.JSONDecodeError:
+        raise PlanRefused("plan refused: the plan artifact is not JSON") from None
+    planmod.validate(plan)
+    return digest, plan, plan_bytes
+
+
+def node_tag(ref: oci.Ref, plan: dict, target: targetmod.Target) -> str:
+    return f"{ref.tag or plan['app']['version']}-{target.name}"
+
+
+def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *, push: bool = True,
+         slim: bool = False, output: Path | None = None, jobs: int = 0, quiet: bool = False,
+         tls_verify: bool | None = None) -> BakeImageResult:
+    t0 = time.monotonic()
+    ref = oci.Ref.parse(text, default_registry=registry)
+    tls = (not oci.is_loopback(ref.registry)) if tls_verify is None else tls_verify
+    reg = oci.Registry(ref.registry, tls_verify=tls)
+    digest, plan, plan_bytes = resolve_ir(reg, ref)
+    tc = plan["toolchain"]
+    target = targetmod.resolve(target_name, compiler_version=tc.get("version", f"{tc['llvm_major']}.0.0"),
+                               family=tc["family"])
+    for note in target.notes:
+        proc.log(f"bake: {note}", quiet=quiet)
+    tag = node_tag(ref, plan, target) + ("-slim" if slim else "")
+    node = ref.with_tag(tag)
+    if output is None:
+        existing = reg.head_manifest(ref.repository, tag)
+        if existing:
+            proc.log(f"bake: {node} exists, reusing it", quiet=quiet)
+            return BakeImageResult(f"{node}@{existing}", existing, target.to_json(), True, time.monotonic() - t0)
+    proc.log(f"bake: pulling {ref.repository}@{digest[:19]}…", quiet=quiet)
+    pinned = str(ref.with_digest(digest))
+    image = engine.pull(pinned, tls_verify=tls)
+    inside = engine.read_file(image, f"{BUNDLE_DIR}/plan.json")
+    if hashlib.sha256(inside).digest() != hashlib.sha256(plan_bytes).digest():
+        raise PlanRefused("plan refused: the IR image's plan differs from the plan artifact attached to it")
+    work = Path(tempfile.mkdtemp(prefix="bakery-node-"))
+    try:
+        outdir = output.resolve() if output else work / "out"
+        outdir.mkdir(parents=True, exist_ok=True)
+        ctr = engine.from_image(image)
+        try:
+            proc.log(f"bake: baking inside {ref.repository}@{digest[:19]}… for {target.name} (the image's LLVM)",
+                     quiet=quiet)
+            engine.run(ctr, ["python3", "-m", "bakery", "bake", BUNDLE_DIR, "--target", target.name,
+                             "--output", "/bakery/out", "--jobs", str(jobs or os.cpu_count() or 1), "-q"],
+                       volumes=[(str(outdir), "/bakery/out")], log=work / "bake.log")
+        finally:
+            engine.remove(ctr)
+        outputs = sorted(p.name for p in outdir.iterdir())
+        if output is not None:
+            return BakeImageResult(str(outdir), "", target.to_json(), False, time.monotonic() - t0, outputs=outputs)
+        base_image = image
+        if slim:
+            base_image = plan_runtime_base(engine, image, tls)
+        ctr = engine.from_image(base_image)
+        try:
+            for name in outputs:
+                engine.copy(ctr, outdir / name, f"{BIN_DIR}/{name}")
+            entry = plan["recipe"].get("entrypoint") or []
+            engine.configure(ctr, entrypoint=[f"{BIN_DIR}/{entry[0]}", *entry[1:]] if entry else None,
+                             annotations={f"{ANN}.target": target.name, f"{ANN}.target.flags": " ".join(target.flags),
+                                          f"{ANN}.ir.digest": digest, "org.opencontainers.image.base.name": str(ref),
+                                          "org.opencontainers.image.base.digest": digest},
+                             labels={f"{ANN}.target": target.name})
+            local = f"localhost/bakery-node/{ref.repository}:{tag}"
+            engine.commit(ctr, local)
+        finally:
+            engine.remove(ctr)
+        if not push:
+            return BakeImageResult(local, "", target.to_json(), False, time.monotonic() - t0, outputs=outputs)
+        proc.log(f"bake: pushing {node}", quiet=quiet)
+        new_digest = engine.push(local, str(node), tls_verify=tls)
+        engine.remove_image(local)
+        return BakeImageResult(f"{node}@{new_digest}", new_digest, target.to_json(), False,
+                               time.monotonic() - t0, outputs=outputs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def plan_runtime_base(engine: ContainerEngine, image: str, tls: bool) -> str:
+    info = engine.inspect(image)
+    base = (info.get("ImageAnnotations") or {}).get(f"{ANN}.runtime.base") or \
+        (info.get("OCIv1", {}).get("config", {}).get("Labels") or {}).get(f"{ANN}.runtime.base")
+    if not base:
+        raise BakeryError("the IR image does not say which runtime base it has", "bake without --slim")
+    if not engine.exists(base):
+        engine.pull(base, tls_verify=tls and not oci.is_loopback(oci.Ref.parse(base).registry))
+    return base
