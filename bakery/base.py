@@ -28,19 +28,28 @@ DEBIAN_ALIASES = {"debian:bookworm-slim", "debian:bookworm", "debian:12", "debia
 
 @dataclass(frozen=True)
 class Bases:
+    """Local names (what FROM lines use; the same whatever the registry's port) and
+    the registry copies other machines pull."""
+
     runtime: str
     llvm: str
     build: str
+    registry: str | None = None
+
+    def remote(self, local: str) -> str | None:
+        if not self.registry or not local.startswith("localhost/"):
+            return None
+        return f"{self.registry}/{local[len('localhost/'):]}"
 
 
-def names(registry: str, llvm: int, runtime_base: str | None = None) -> Bases:
+def names(registry: str | None, llvm: int, runtime_base: str | None = None) -> Bases:
     if runtime_base and runtime_base not in DEBIAN_ALIASES:
         slug = re.sub(r"[^a-z0-9]+", "-", runtime_base.lower()).strip("-")[:60]
         runtime = runtime_base
     else:
         slug = SUITE
-        runtime = f"{registry}/bakery/debian:{SUITE}"
-    return Bases(runtime, f"{registry}/bakery/llvm:{llvm}-{slug}", f"{registry}/bakery/build:{llvm}-{slug}")
+        runtime = f"localhost/bakery/debian:{SUITE}"
+    return Bases(runtime, f"localhost/bakery/llvm:{llvm}-{slug}", f"localhost/bakery/build:{llvm}-{slug}", registry)
 
 
 def debian_mirror() -> str:
@@ -96,24 +105,24 @@ def ensure(engine: ContainerEngine, registry: str, llvm: int, runtime_base: str 
     b = names(registry, llvm, runtime_base)
     tls = (not oci.is_loopback(registry)) if tls_verify is None else tls_verify
     reg = oci.Registry(registry, tls_verify=tls)
-    for tag, make in ((b.runtime, "runtime"), (b.llvm, "llvm"), (b.build, "build")):
-        if engine.exists(tag):
-            continue
-        ref = oci.Ref.parse(tag)
-        if ref.registry == registry and reg.head_manifest(ref.repository, ref.tag):
-            proc.log(f"base: pulling {tag}", quiet=quiet)
-            engine.pull(tag, tls_verify=tls)
-            continue
-        if make == "runtime":
-            if runtime_base and runtime_base not in DEBIAN_ALIASES:
-                engine.pull(tag, tls_verify=not oci.is_loopback(ref.registry))
-                continue
-            make_runtime(engine, tag, quiet)
-        elif make == "llvm":
-            _build_from_template(engine, "Containerfiles/llvm.Containerfile.j2", tag, b.runtime, llvm, quiet, tls)
-        else:
-            _build_from_template(engine, "Containerfiles/build.Containerfile.j2", tag, b.llvm, llvm, quiet, tls)
-        if push and ref.registry == registry:
-            proc.log(f"base: pushing {tag}", quiet=quiet)
-            engine.push(tag, tag, tls_verify=tls)
+    for local, kind in ((b.runtime, "runtime"), (b.llvm, "llvm"), (b.build, "build")):
+        remote = b.remote(local)
+        rref = oci.Ref.parse(remote) if remote else None
+        in_registry = bool(rref and reg.head_manifest(rref.repository, rref.tag))
+        if not engine.exists(local):
+            if in_registry:
+                proc.log(f"base: pulling {remote}", quiet=quiet)
+                engine.pull(remote, tls_verify=tls)
+                engine.tag(remote, local)
+            elif kind == "runtime" and remote is None:
+                engine.pull(local, tls_verify=not oci.is_loopback(oci.Ref.parse(local).registry))
+            elif kind == "runtime":
+                make_runtime(engine, local, quiet)
+            elif kind == "llvm":
+                _build_from_template(engine, "Containerfiles/llvm.Containerfile.j2", local, b.runtime, llvm, quiet, tls)
+            else:
+                _build_from_template(engine, "Containerfiles/build.Containerfile.j2", local, b.llvm, llvm, quiet, tls)
+        if push and remote and not in_registry:
+            proc.log(f"base: pushing {remote}", quiet=quiet)
+            engine.push(local, remote, tls_verify=tls)
     return b

@@ -77,6 +77,9 @@ class ContainerEngine(abc.ABC):
     @abc.abstractmethod
     def remove_image(self, image: str) -> None: ...
 
+    @abc.abstractmethod
+    def tag(self, image: str, name: str) -> None: ...
+
 
 class BuildahEngine(ContainerEngine):
     """buildah, as root with chroot isolation (no daemon, no user namespaces needed)."""
@@ -185,6 +188,9 @@ class BuildahEngine(ContainerEngine):
 
     def remove_image(self, image) -> None:
         proc.run(self._b("rmi", "-f", image), check=False)
+
+    def tag(self, image, name) -> None:
+        proc.run(self._b("tag", image, name))
 
 
 ENGINES: dict[str, type[ContainerEngine]] = {"buildah": BuildahEngine}

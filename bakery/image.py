@@ -49,7 +49,7 @@ def render_containerfile(recipe, bases: basemod.Bases, jobs: int = 0) -> str:
         f"{ANN}.recipe.digest": recipe.digest,
         f"{ANN}.plan.mediaType": PLAN_MEDIA_TYPE,
         f"{ANN}.bundle": BUNDLE_DIR,
-        f"{ANN}.runtime.base": bases.runtime,
+        f"{ANN}.runtime.base": bases.remote(bases.runtime) or bases.runtime,
         f"{ANN}.version": __version__,
     }
     entry = [f"{BIN_DIR}/{recipe.entrypoint[0]}", *recipe.entrypoint[1:]] if recipe.entrypoint else []
@@ -120,7 +120,8 @@ def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = N
 def _annotations(recipe, bases, llvm) -> dict:
     return {"org.opencontainers.image.title": recipe.name, "org.opencontainers.image.version": recipe.version,
             f"{ANN}.recipe.digest": recipe.digest, f"{ANN}.toolchain": f"llvm-{llvm}",
-            f"{ANN}.plan.mediaType": PLAN_MEDIA_TYPE, f"{ANN}.runtime.base": bases.runtime}
+            f"{ANN}.plan.mediaType": PLAN_MEDIA_TYPE,
+            f"{ANN}.runtime.base": bases.remote(bases.runtime) or bases.runtime}
 
 
 def _build_progress():

@@ -67,7 +67,8 @@ class Ref:
         return Ref(self.registry, self.repository, tag, None)
 
     def with_digest(self, digest: str) -> "Ref":
-        return Ref(self.registry, self.repository, self.tag, digest)
+        """Pinned by digest alone (engines refuse tag@digest)."""
+        return Ref(self.registry, self.repository, None, digest)
 
     @property
     def reference(self) -> str:
@@ -80,6 +81,11 @@ class Ref:
         if self.digest:
             s += f"@{self.digest}"
         return s
+
+
+def names_registry(text: str) -> bool:
+    first, _, rest = text.split("@", 1)[0].partition("/")
+    return bool(rest) and ("." in first or ":" in first or first == "localhost")
 
 
 def is_loopback(registry: str) -> bool:

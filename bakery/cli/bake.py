@@ -72,9 +72,10 @@ def _bake_bundle(args, bundle: Path) -> int:
 def _bake_image(args) -> int:
     from .. import engine as enginemod
     from .. import image as imagemod
+    from .. import oci
     from .. import registry as registrymod
 
-    registry = args.registry or registrymod.default_registry(quiet=args.quiet)
+    registry = args.registry or (None if oci.names_registry(args.source) else registrymod.default_registry(quiet=args.quiet))
     res = imagemod.bake(args.source, enginemod.get(args.engine), registry, args.target, push=args.push,
                         slim=args.slim, output=args.output, jobs=args.jobs, quiet=args.quiet,
                         tls_verify=args.tls_verify)
