@@ -81,3 +81,43 @@ def disassembly(path: Path, symbol: str | None = None) -> str:
     if symbol:
         argv.insert(2, f"--disassemble={symbol}")
     return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+# -- images: one registry, one set of base images per session --------------------
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    """A real CNCF distribution registry on a free loopback port."""
+    from bakery import registry as registrymod
+
+    emb = registrymod.Embedded(tmp_path_factory.mktemp("registry"))
+    addr = emb.start(port=0, quiet=True)
+    yield addr
+    emb.stop()
+
+
+@pytest.fixture(scope="session")
+def engine():
+    from bakery import engine as enginemod
+
+    return enginemod.get("buildah")
+
+
+class Images:
+    """Session cache of IR images built from the examples."""
+
+    def __init__(self, engine, registry, builds):
+        self.engine, self.registry, self.builds = engine, registry, builds
+        self._built = {}
+
+    def ir(self, name: str):
+        if name not in self._built:
+            from bakery import image as imagemod
+
+            self._built[name] = imagemod.build(self.builds.recipe(name), self.engine, self.registry, quiet=True)
+        return self._built[name]
+
+
+@pytest.fixture(scope="session")
+def images(engine, registry, builds):
+    return Images(engine, registry, builds)

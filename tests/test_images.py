@@ -1,0 +1,165 @@
+"""IR images and node tags on a real registry, built and run with real buildah."""
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bakery import image as imagemod
+from bakery import oci
+from bakery.errors import BakeryError, PlanRefused
+from conftest import EXAMPLES, EXAMPLE_NAMES
+
+pytestmark = pytest.mark.slow
+
+
+def skopeo(ref: str, raw: bool = False) -> dict:
+    argv = ["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"]
+    if raw:
+        argv.insert(2, "--raw")
+    return json.loads(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
+
+
+def run_in_image(engine, ref: str, argv: list[str], volumes=()) -> str:
+    engine.pull(ref, tls_verify=False)
+    ctr = engine.from_image(ref)
+    try:
+        cmd = ["buildah", "run", "--isolation=chroot"]
+        for src, dest in volumes:
+            cmd += ["-v", f"{src}:{dest}"]
+        cp = subprocess.run([*cmd, ctr, "--", *argv], capture_output=True, text=True, timeout=300)
+        assert cp.returncode == 0, cp.stdout + cp.stderr
+        return cp.stdout
+    finally:
+        engine.remove(ctr)
+
+
+def test_plan_artifact_is_attached_and_discoverable(images, registry):
+    res = images.ir("pi")
+    reg = oci.Registry(registry)
+    ref = oci.Ref.parse(res.ref)
+    # The referrers tag schema (CNCF distribution has no referrers API).
+    index = json.loads(reg.get_manifest(ref.repository, res.digest.replace(":", "-"))[0])
+    assert [m["artifactType"] for m in index["manifests"]] == ["application/vnd.bakery.plan.v1+json"]
+    digest, plan, _ = imagemod.resolve_ir(reg, oci.Ref.parse(f"{registry}/pi:1.0"))
+    assert digest == res.digest and plan["app"] == {"name": "pi", "version": "1.0"}
+    manifest = json.loads(reg.get_manifest(ref.repository, res.digest)[0])
+    assert manifest["annotations"]["dev.bakery.toolchain"] == "llvm-16"
+
+
+def test_inspect_cli(images, registry, capsys):
+    from bakery.cli import main
+
+    images.ir("pi")
+    assert main(["inspect", f"{registry}/pi:1.0", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["outputs"] == ["pi"] and info["referrers"]
+
+
+def test_node_tag_is_ir_plus_one_thin_layer(images, engine, registry, tmp_path):
+    images.ir("shapes")
+    res = imagemod.bake(f"{registry}/shapes:1.0", engine, registry, "x86_64_v3", quiet=True)
+    assert not res.reused and res.ref.startswith(f"{registry}/shapes:1.0-x86_64_v3@")
+    ir = skopeo(f"{registry}/shapes:1.0", raw=True)["layers"]
+    node = skopeo(f"{registry}/shapes:1.0-x86_64_v3", raw=True)["layers"]
+    assert [l["digest"] for l in node[:-1]] == [l["digest"] for l in ir]
+    out = imagemod.bake(f"{registry}/shapes:1.0", engine, registry, "x86_64_v3", output=tmp_path / "bin", quiet=True)
+    compressed = sum(len(gzip.compress((tmp_path / "bin" / n).read_bytes())) for n in out.outputs)
+    assert node[-1]["size"] <= 1.1 * compressed, (node[-1]["size"], compressed)
+
+
+def test_second_bake_reuses_the_tag_from_a_clean_store(images, engine, registry):
+    images.ir("pi")
+    t0 = time.monotonic()
+    first = imagemod.bake(f"{registry}/pi:1.0", engine, registry, "x86_64_v2", quiet=True)
+    first_s = time.monotonic() - t0
+    for img in (first.ref.split("@")[0], f"{registry}/pi:1.0"):
+        engine.remove_image(img)
+    t0 = time.monotonic()
+    again = imagemod.bake(f"{registry}/pi:1.0", engine, registry, "x86_64_v2", quiet=True)
+    assert again.reused and again.digest == first.digest
+    assert time.monotonic() - t0 <= max(0.1 * first_s, 0.5)
+
+
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
+def test_verify_passes_inside_the_baked_image(images, engine, registry, builds, name):
+    images.ir(name)
+    res = imagemod.bake(f"{registry}/{name}:1.0", engine, registry, "x86_64_v3", quiet=True)
+    inside = run_in_image(engine, res.ref.split("@")[0], ["/verify/verify", "/usr/local/bin"],
+                          volumes=[(str(EXAMPLES / name), "/verify")])
+    from conftest import run_verify
+
+    assert inside == run_verify(name, builds.from_source(name))
+
+
+def test_slim_has_runtime_base_plus_one_layer(images, engine, registry):
+    images.ir("pi")
+    res = imagemod.bake(f"{registry}/pi:1.0", engine, registry, "x86_64", slim=True, quiet=True)
+    layers = skopeo(res.ref.split("@")[0], raw=True)["layers"]
+    base = skopeo(f"{registry}/bakery/debian:bookworm", raw=True)["layers"]
+    assert [l["digest"] for l in layers[:-1]] == [l["digest"] for l in base]
+    assert "pi = 3.14159" in run_in_image(engine, res.ref.split("@")[0], ["pi", "100000", "2"])
+
+
+def test_tampered_plan_artifact_is_refused(images, engine, registry, tmp_path):
+    res = images.ir("pi")
+    reg = oci.Registry(registry)
+    ref = oci.Ref.parse(res.ref)
+    plan = json.loads(reg.get_blob(ref.repository, res.plan_digest))
+    next(iter(plan["modules"].values()))["flags"].append("-O1")  # an allowed flag: only the digest can tell
+    p = tmp_path / "plan.json"
+    p.write_text(json.dumps(plan))
+    data, mt, digest = reg.get_manifest(ref.repository, res.digest)
+    oci.push_plan(reg, ref.repository, {"mediaType": mt, "digest": digest, "size": len(data)}, p)
+    try:
+        with pytest.raises(PlanRefused, match="differs"):
+            imagemod.bake(f"{registry}/pi:1.0", engine, registry, "haswell", quiet=True)
+        assert reg.head_manifest(ref.repository, "1.0-haswell") is None
+    finally:
+        images._built.pop("pi", None)  # rebuild with a fresh artifact for later tests
+        tag = res.digest.replace(":", "-")
+        index = json.loads(reg.get_manifest(ref.repository, tag)[0])
+        index["manifests"] = index["manifests"][:1]
+        reg.put_manifest(ref.repository, tag, json.dumps(index).encode(), oci.INDEX)
+
+
+def test_killed_bake_leaves_no_tag_and_a_rerun_succeeds(images, registry):
+    """kill -9 at several points of a bake (pull, bake, commit, push): never a tag."""
+    images.ir("kernel")
+    reg = oci.Registry(registry)
+
+    def argv(target):
+        return [sys.executable, "-m", "bakery", "-q", "bake", f"{registry}/kernel:1.0", "-t", target]
+
+    t0 = time.monotonic()
+    subprocess.run(argv("x86_64_v2"), check=True, capture_output=True, timeout=600)
+    full = time.monotonic() - t0
+    killed = 0
+    for fraction, target in ((0.2, "haswell"), (0.5, "broadwell"), (0.8, "skylake")):
+        p = subprocess.Popen(argv(target), start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        time.sleep(fraction * full)
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            killed += 1
+            assert reg.head_manifest("kernel", f"1.0-{target}") is None, f"tag left after kill at {fraction}"
+        cp = subprocess.run(argv(target), capture_output=True, text=True, timeout=600)
+        assert cp.returncode == 0, cp.stderr
+        assert reg.head_manifest("kernel", f"1.0-{target}")
+    assert killed >= 2
+
+
+def test_unknown_reference_is_clear(engine, registry):
+    with pytest.raises(BakeryError, match="not found"):
+        imagemod.bake(f"{registry}/nosuch:1.0", engine, registry, "x86_64", quiet=True)
+
+
+def test_unreachable_registry_is_clear(engine):
+    with pytest.raises(BakeryError, match="unreachable"):
+        imagemod.bake("127.0.0.1:9/pi:1.0", engine, "127.0.0.1:9", "x86_64", quiet=True)
