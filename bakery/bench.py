@@ -113,11 +113,11 @@ def render(result: dict) -> str:
         f"bakery bench: {result['recipe']} for {t['name']} ({' '.join(t['flags'])}), "
         f"`{' '.join(result['command'])}` best of {result['repeat']}",
         "",
-        f"{'binary':<44} {'build/bake s':>12} {'run s':>9} {'speedup':>8}  {'xmm/ymm/zmm' + (' in ' + result['symbol'] if result['symbol'] else '')}",
+        f"{'binary':<58} {'build/bake s':>12} {'run s':>9} {'speedup':>8}  {'xmm/ymm/zmm' + (' in ' + result['symbol'] if result['symbol'] else '')}",
     ]
     for r in result["rows"]:
         regs = r["registers"]
-        lines.append(f"{r['binary']:<44} {r['build_s']:>12.2f} {r['run_s']:>9.4f} {r['speedup_vs_generic_source']:>7.2f}x"
+        lines.append(f"{r['binary']:<58} {r['build_s']:>12.2f} {r['run_s']:>9.4f} {r['speedup_vs_generic_source']:>7.2f}x"
                      f"  {regs['xmm']}/{regs['ymm']}/{regs['zmm']}")
     lines += [
         "",
