@@ -46,8 +46,12 @@ class ContainerEngine(abc.ABC):
         last, so an interrupted push never leaves the tag."""
 
     @abc.abstractmethod
-    def from_image(self, image: str) -> str:
+    def from_image(self, image: str, name: str | None = None) -> str:
         """A working container from ``image``; returns its name."""
+
+    @abc.abstractmethod
+    def containers(self) -> list[str]:
+        """Names of the working containers."""
 
     @abc.abstractmethod
     def run(self, container: str, argv: list[str], *, volumes: Iterable[tuple[str, str]] = (),
@@ -147,8 +151,13 @@ class BuildahEngine(ContainerEngine):
         finally:
             os.unlink(digestfile)
 
-    def from_image(self, image) -> str:
-        return proc.run(self._b("from", "-q", "--pull-never", image)).stdout.strip()
+    def from_image(self, image, name=None) -> str:
+        extra = ["--name", name] if name else []
+        return proc.run(self._b("from", "-q", "--pull-never", *extra, image)).stdout.strip()
+
+    def containers(self) -> list[str]:
+        out = proc.run(self._b("containers", "--format", "{{.ContainerName}}")).stdout
+        return [line.strip() for line in out.splitlines() if line.strip()]
 
     def run(self, container, argv, *, volumes=(), env=None, log=None, on_line=None) -> None:
         cmd = self._b("run", f"--isolation={self.isolation}")

@@ -28,7 +28,7 @@ from . import oci, proc, templates
 from . import plan as planmod
 from . import target as targetmod
 from .engine import ContainerEngine
-from .errors import BakeryError, PlanRefused
+from .errors import BakeryError, CommandFailed, PlanRefused
 
 BUNDLE_DIR = "/bakery/bundle"
 BIN_DIR = "/usr/local/bin"
@@ -193,17 +193,23 @@ def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *,
     inside = engine.read_file(image, f"{BUNDLE_DIR}/plan.json")
     if hashlib.sha256(inside).digest() != hashlib.sha256(plan_bytes).digest():
         raise PlanRefused("plan refused: the IR image's plan differs from the plan artifact attached to it")
+    _remove_stale_containers(engine)
     work = Path(tempfile.mkdtemp(prefix="bakery-node-"))
     try:
         outdir = output.resolve() if output else work / "out"
         outdir.mkdir(parents=True, exist_ok=True)
-        ctr = engine.from_image(image)
+        ctr = engine.from_image(image, name=_container_name("bake"))
         try:
             proc.log(f"bake: baking inside {ref.repository}@{digest[:19]}… for {target.name} (the image's LLVM)",
                      quiet=quiet)
             engine.run(ctr, ["python3", "-m", "bakery", "bake", BUNDLE_DIR, "--target", target.name,
                              "--output", "/bakery/out", "--jobs", str(jobs or os.cpu_count() or 1), "-q"],
                        volumes=[(str(outdir), "/bakery/out")], log=work / "bake.log")
+        except CommandFailed as e:
+            if e.returncode == PlanRefused.exit_code:  # the bake inside refused the image's bundle
+                why = [l for l in e.output.splitlines() if "refused" in l] or ["see the bake log"]
+                raise PlanRefused(f"the IR image was refused by the bake inside it: {why[-1].removeprefix('bakery: error: ')}") from None
+            raise
         finally:
             engine.remove(ctr)
         outputs = sorted(p.name for p in outdir.iterdir())
@@ -212,7 +218,7 @@ def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *,
         base_image = image
         if slim:
             base_image = plan_runtime_base(engine, image, tls)
-        ctr = engine.from_image(base_image)
+        ctr = engine.from_image(base_image, name=_container_name("commit"))
         try:
             for name in outputs:
                 engine.copy(ctr, outdir / name, f"{BIN_DIR}/{name}")
@@ -235,6 +241,29 @@ def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *,
                                time.monotonic() - t0, outputs=outputs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _container_name(step: str) -> str:
+    global _SEQ
+    _SEQ += 1
+    return f"bakery-{step}-{os.getpid()}-{_SEQ}-{int(time.time())}"
+
+
+_SEQ = 0
+
+
+def _remove_stale_containers(engine: ContainerEngine) -> None:
+    """Working containers of bakes that were killed: their process is gone."""
+    for name in engine.containers():
+        parts = name.split("-")
+        if len(parts) >= 5 and parts[0] == "bakery" and parts[2].isdigit():
+            pid = int(parts[2])
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                engine.remove(name)
+            except PermissionError:
+                pass
 
 
 def plan_runtime_base(engine: ContainerEngine, image: str, tls: bool) -> str:

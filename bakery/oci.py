@@ -130,9 +130,24 @@ class Registry:
             self._authed.add(repo)
         return c
 
+    def _reachable(self) -> None:
+        """Fail fast: oras-py retries a refused connection with backoff for minutes."""
+        import socket
+
+        host, _, port = self.host.rpartition(":") if self.host.count(":") == 1 else (self.host, "", "")
+        port = int(port) if port.isdigit() else (80 if self.insecure else 443)
+        try:
+            socket.create_connection((host or self.host, port), timeout=5).close()
+        except OSError as e:
+            raise BakeryError(f"registry {self.host} is unreachable ({e.strerror or e})",
+                              "start the embedded one with 'bakery registry start', or check the address") from None
+        self._checked = True
+
     def _request(self, method: str, url: str, **kw):
         import requests
 
+        if not getattr(self, "_checked", False):
+            self._reachable()
         try:
             return self.oras.do_request(url, method, **kw)
         except requests.exceptions.ConnectionError:

@@ -128,6 +128,30 @@ def test_tampered_plan_artifact_is_refused(images, engine, registry, tmp_path):
         reg.put_manifest(ref.repository, tag, json.dumps(index).encode(), oci.INDEX)
 
 
+def test_tampered_bitcode_layer_is_refused(images, engine, registry, tmp_path):
+    """An image whose bitcode differs from what its (genuine) plan says: the bake refuses it."""
+    res = images.ir("pi")
+    reg = oci.Registry(registry)
+    plan = json.loads(reg.get_blob("pi", res.plan_digest))
+    sha = next(iter(plan["modules"]))
+    engine.pull(f"{registry}/pi:1.0", tls_verify=False)
+    ctr = engine.from_image(f"{registry}/pi:1.0")
+    try:
+        subprocess.run(["buildah", "run", "--isolation=chroot", ctr, "--", "sh", "-c",
+                        f"printf x >> /bakery/bundle/bitcode/{sha}.bc"], check=True)
+        engine.commit(ctr, "localhost/tampered/pi:1.0")
+    finally:
+        engine.remove(ctr)
+    digest = engine.push("localhost/tampered/pi:1.0", f"{registry}/tampered:1.0", tls_verify=False)
+    data, mt, _ = reg.get_manifest("tampered", digest)
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_bytes(reg.get_blob("pi", res.plan_digest))  # the genuine plan, re-attached
+    oci.push_plan(reg, "tampered", {"mediaType": mt, "digest": digest, "size": len(data)}, plan_file)
+    with pytest.raises(PlanRefused, match="tampered"):
+        imagemod.bake(f"{registry}/tampered:1.0", engine, registry, "x86_64", quiet=True)
+    assert reg.head_manifest("tampered", "1.0-x86_64") is None
+
+
 def test_killed_bake_leaves_no_tag_and_a_rerun_succeeds(images, registry):
     """kill -9 at several points of a bake (pull, bake, commit, push): never a tag."""
     images.ir("kernel")
