@@ -165,8 +165,9 @@ def _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, quiet) -> 
     for link in plan["links"]:
         out = work / "out" / link["output"]
         out.parent.mkdir(parents=True, exist_ok=True)
-        argv = [toolchain.driver(link["driver"]) if link["driver"] != "fortran" else toolchain.clang,
-                "-fuse-ld=lld", "-o", str(out)]
+        argv = [toolchain.driver(link["driver"]), "-fuse-ld=lld", "-o", str(out)]
+        if link["driver"] == "fortran":
+            argv += toolchain.fortran_link_flags
         if lto != "none":
             argv += [opt, *target.flags, f"-flto={lto}", f"-Wl,--thinlto-jobs={jobs}" if lto == "thin" else "-flto-jobs=1"]
         has_internal = False

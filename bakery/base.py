@@ -10,6 +10,7 @@ next machine pulls instead of rebuilding.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ from .engine import ContainerEngine
 from .errors import BakeryError
 
 SUITE = "bookworm"
+LLVM_TEMPLATE = "Containerfiles/llvm.Containerfile.j2"
+BUILD_TEMPLATE = "Containerfiles/build.Containerfile.j2"
 # What users write for "plain Debian 12"; without Docker Hub it means our own base.
 DEBIAN_ALIASES = {"debian:bookworm-slim", "debian:bookworm", "debian:12", "debian:12-slim", "debian"}
 
@@ -42,6 +45,14 @@ class Bases:
         return f"{self.registry}/{local[len('localhost/'):]}"
 
 
+def _template_id(*names: str) -> str:
+    """Tags carry a digest of their templates: changing one makes a new base."""
+    h = hashlib.sha256()
+    for name in names:
+        h.update(templates.source(name).encode())
+    return h.hexdigest()[:8]
+
+
 def names(registry: str | None, llvm: int, runtime_base: str | None = None) -> Bases:
     if runtime_base and runtime_base not in DEBIAN_ALIASES:
         slug = re.sub(r"[^a-z0-9]+", "-", runtime_base.lower()).strip("-")[:60]
@@ -49,7 +60,10 @@ def names(registry: str | None, llvm: int, runtime_base: str | None = None) -> B
     else:
         slug = SUITE
         runtime = f"localhost/bakery/debian:{SUITE}"
-    return Bases(runtime, f"localhost/bakery/llvm:{llvm}-{slug}", f"localhost/bakery/build:{llvm}-{slug}", registry)
+    llvm_id = _template_id(LLVM_TEMPLATE)
+    build_id = _template_id(LLVM_TEMPLATE, BUILD_TEMPLATE)
+    return Bases(runtime, f"localhost/bakery/llvm:{llvm}-{slug}-{llvm_id}",
+                 f"localhost/bakery/build:{llvm}-{slug}-{build_id}", registry)
 
 
 def debian_mirror() -> str:
@@ -119,9 +133,9 @@ def ensure(engine: ContainerEngine, registry: str, llvm: int, runtime_base: str 
             elif kind == "runtime":
                 make_runtime(engine, local, quiet)
             elif kind == "llvm":
-                _build_from_template(engine, "Containerfiles/llvm.Containerfile.j2", local, b.runtime, llvm, quiet, tls)
+                _build_from_template(engine, LLVM_TEMPLATE, local, b.runtime, llvm, quiet, tls)
             else:
-                _build_from_template(engine, "Containerfiles/build.Containerfile.j2", local, b.llvm, llvm, quiet, tls)
+                _build_from_template(engine, BUILD_TEMPLATE, local, b.llvm, llvm, quiet, tls)
         if push and remote and not in_registry:
             proc.log(f"base: pushing {remote}", quiet=quiet)
             engine.push(local, remote, tls_verify=tls)

@@ -31,3 +31,8 @@ def environment() -> jinja2.Environment:
 
 def render_file(template: str, /, **context) -> str:
     return environment().get_template(template).render(**context)
+
+
+def source(template: str) -> str:
+    env = environment()
+    return env.loader.get_source(env, template)[0]

@@ -54,6 +54,11 @@ class Toolchain:
                 return str(self.bindir / name)
         raise BakeryError(f"flang for LLVM {self.major} not found", f"install it with: apt-get install flang-{self.major}")
 
+    @property
+    def fortran_link_flags(self) -> list[str]:
+        """Debian's flang-new does not find its own runtime libraries by itself."""
+        return [f"-L{self.bindir.parent / 'lib'}"]
+
     def driver(self, lang: str) -> str:
         return self.clangxx if lang == "c++" else self.flang if lang == "fortran" else self.clang
 

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 LLVM="${BAKERY_LLVM_VERSION:-16}"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-PKGS=(clang-$LLVM llvm-$LLVM lld-$LLVM make cmake autoconf automake libtool binutils git
+PKGS=(clang-$LLVM llvm-$LLVM lld-$LLVM flang-$LLVM make cmake autoconf automake libtool binutils git
       dpkg-dev python3-venv python3-pip buildah skopeo docker-registry debootstrap)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done

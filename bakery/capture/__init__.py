@@ -44,7 +44,10 @@ def write_shims(shimdir: Path, config: dict, toolchain: Toolchain) -> dict[str, 
             f"{shlex.quote(str(shimdir))} {role} \"$@\"\n"
         )
         shim.chmod(0o755)
-    return {"CC": str(shimdir / "cc"), "CXX": str(shimdir / "c++"), "FC": str(shimdir / "gfortran")}
+    compilers = {"CC": str(shimdir / "cc"), "CXX": str(shimdir / "c++")}
+    if "fortran" in config.get("languages", []):
+        compilers |= {"FC": str(shimdir / "gfortran"), "F77": str(shimdir / "gfortran")}
+    return compilers
 
 
 def build_commands(recipe, root: Path, compilers: dict[str, str], jobs: int) -> tuple[list[list[str]], Path]:
@@ -52,6 +55,9 @@ def build_commands(recipe, root: Path, compilers: dict[str, str], jobs: int) -> 
     b = recipe.build
     srcdir = (root / b.subdir).resolve()
     make_vars = [f"CC={compilers['CC']}", f"CXX={compilers['CXX']}"]
+    fortran = "fortran" in recipe.capture_languages
+    if fortran:
+        make_vars += [f"FC={compilers['FC']}", f"F77={compilers['FC']}"]
     if b.system == "make":
         return [["make", f"-j{jobs}", *make_vars, *b.options]], srcdir
     if b.system == "cmake":
@@ -59,7 +65,7 @@ def build_commands(recipe, root: Path, compilers: dict[str, str], jobs: int) -> 
         return [
             ["cmake", "-S", str(srcdir), "-B", str(bindir), "-DCMAKE_BUILD_TYPE=Release",
              f"-DCMAKE_C_COMPILER={compilers['CC']}", f"-DCMAKE_CXX_COMPILER={compilers['CXX']}",
-             *b.options],
+             *([f"-DCMAKE_Fortran_COMPILER={compilers['FC']}"] if fortran else []), *b.options],
             ["cmake", "--build", str(bindir), "--parallel", str(jobs)],
         ], bindir
     if b.system == "autotools":
@@ -132,6 +138,7 @@ def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdi
                           "fortran": _flang_or_none(toolchain, recipe)},
             "languages": recipe.capture_languages, "opt": "-" + recipe.capture_opt,
             "extra_flags": list(extra_flags or []),
+            "fortran_link_flags": toolchain.fortran_link_flags,
         }
         compilers = write_shims(shimdir, config, toolchain)
         log = work / "build.log"
@@ -149,7 +156,8 @@ def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdi
         return plan
     except BakeryError as e:
         if not keep and workdir is None:
-            e.hint = (e.hint + "; " if e.hint else "") + "rerun with --keep to inspect the work tree"
+            keep = True  # what failed stays inspectable; the log names files in it
+            e.hint = (e.hint + "; " if e.hint else "") + f"the work tree is kept in {work}"
         raise
     finally:
         if not keep and workdir is None and mode == "capture":

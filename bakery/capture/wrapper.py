@@ -95,6 +95,8 @@ class Capture:
     def main(self, args: list[str]) -> int:
         extra = self.cfg.get("extra_flags", [])
         if self.mode == "passthrough":
+            if self.lang == "fortran":
+                extra = [*extra, *self.cfg.get("fortran_link_flags", [])]
             return subprocess.call([self.real, *args, *extra])
         parsed = parse(args)
         if parsed["stage"] in ("E", "S", "M") or parsed["stdin"] or not (parsed["inputs"]):
@@ -131,15 +133,22 @@ class Capture:
 
     def compile_one(self, parsed: dict, src: str, lang: str, out: str) -> int:
         flags = parsed["flags"]
-        if lang not in self.cfg.get("languages", ["c", "c++"]) or lang not in ("c", "c++"):
+        if lang not in self.cfg.get("languages", ["c", "c++"]) or lang not in ("c", "c++", "fortran"):
             # Assembly, Fortran (unless enabled) and anything else stay native
             # objects; the link records them as such.
             return subprocess.call([self.real, *flags, *parsed["xlang"](src), "-c", src, "-o", out])
         # 1. pre-optimization bitcode, written where the object goes so that
         #    -MD dependency files and their targets are named as the build expects.
-        bc_flags = capture_flags(flags, self.cfg.get("opt", "-O2"))
-        rc = subprocess.call([self.real, *bc_flags, *parsed["xlang"](src), "-c", "-emit-llvm",
-                              "-Xclang", "-disable-llvm-optzns", src, "-o", out])
+        if lang == "fortran":
+            # flang 16 has no -disable-llvm-optzns, but at -O0 it runs no LLVM
+            # pass and, unlike clang, marks nothing optnone.
+            fortran = self.cfg["compilers"]["fortran"]
+            bc_flags = [f for f in capture_flags(flags, "-O0") if not f.startswith(OPT_LEVELS)] + ["-O0"]
+            rc = subprocess.call([fortran, *bc_flags, *parsed["xlang"](src), "-c", "-emit-llvm", src, "-o", out])
+        else:
+            bc_flags = capture_flags(flags, self.cfg.get("opt", "-O2"))
+            rc = subprocess.call([self.real, *bc_flags, *parsed["xlang"](src), "-c", "-emit-llvm",
+                                  "-Xclang", "-disable-llvm-optzns", src, "-o", out])
         if rc:
             return rc
         bc_sha = sha256_file(out)
@@ -150,8 +159,11 @@ class Capture:
             os.replace(tmp, bc_path)
         else:
             os.unlink(out)
-        # 2. the native object the build asked for, from that same bitcode.
-        rc = subprocess.call([self.real, *codegen_flags(flags, self.cfg.get("opt", "-O2")), "-w",
+        # 2. the native object the build asked for, from that same bitcode
+        #    (clang reads any IR; Fortran's own flags mean nothing to it).
+        native = codegen_flags(flags, self.cfg.get("opt", "-O2")) if lang != "fortran" else \
+            bake_flags(flags, self.cfg.get("opt", "-O2"))
+        rc = subprocess.call([self.cfg["compilers"]["c"], *native, "-w",
                               "-c", "-x", "ir", bc_path, "-o", out])
         if rc:
             return rc
@@ -200,7 +212,8 @@ class Capture:
 
     # -- linking ----------------------------------------------------------------
     def link(self, parsed: dict, link_args: list[str]) -> int:
-        rc = subprocess.call([self.real, *link_args])
+        extra = self.cfg.get("fortran_link_flags", []) if self.lang == "fortran" else []
+        rc = subprocess.call([self.real, *link_args, *extra])
         if rc:
             return rc
         out = parsed["output"] or "a.out"
