@@ -73,10 +73,11 @@ class BakeResult:
     seconds: float = 0.0
     modules: int = 0
     lto: str = "none"
+    variants: dict[str, str] = field(default_factory=dict)  # source -> level of the capture used
 
     def to_json(self) -> dict:
         return {"target": self.target.to_json(), "outputs": self.outputs, "seconds": round(self.seconds, 3),
-                "modules": self.modules, "lto": self.lto}
+                "modules": self.modules, "lto": self.lto, "variants": self.variants}
 
 
 def check_toolchain(plan: dict, toolchain: Toolchain, target: Target) -> None:
@@ -102,10 +103,11 @@ def bake(bundle: Path, plan: dict, toolchain: Toolchain, target: Target, output:
              f"({' '.join(target.flags)}), {len(plan['modules'])} modules, lto={lto}, jobs={jobs}", quiet=quiet)
     work = Path(tempfile.mkdtemp(prefix="bakery-bake-"))
     try:
-        objs = _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, quiet)
+        variants: dict[str, str] = {}
+        objs = _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, quiet, variants)
         outs = _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, quiet)
         output.mkdir(parents=True, exist_ok=True)
-        result = BakeResult(target, seconds=0.0, modules=len(plan["modules"]), lto=lto)
+        result = BakeResult(target, seconds=0.0, modules=len(plan["modules"]), lto=lto, variants=variants)
         for link in plan["links"]:
             dest = output / link["install"]
             tmp = dest.with_name(f".{dest.name}.tmp")
@@ -122,14 +124,29 @@ def bake(bundle: Path, plan: dict, toolchain: Toolchain, target: Target, output:
             proc.log(f"bake: work tree kept in {work}", quiet=quiet)
 
 
-def _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, quiet) -> dict[str, Path]:
+def choose_variant(module: dict, target: Target) -> str | None:
+    """The highest level this unit was captured at that the target satisfies
+    (None: the generic capture)."""
+    from .target import best_level
+
+    levels = [v["level"] for v in module.get("variants", [])]
+    return best_level(target.name, levels) if levels else None
+
+
+def _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, quiet, variants) -> dict[str, Path]:
     (work / "obj").mkdir()
     dis = toolchain.tool("llvm-dis")
     preserve = plan["preserve"]["flags"]
     lto_flag = {"none": [], "thin": ["-flto=thin"], "full": ["-flto=full"]}[lto]
 
     def one(sha: str, m: dict) -> Path:
-        bc = planmod.verify_file(bundle, m["path"], sha)
+        path, digest = m["path"], sha
+        level = choose_variant(m, target)
+        if level:
+            v = next(v for v in m["variants"] if v["level"] == level)
+            path, digest = v["path"], v["sha256"]
+            chosen[m.get("source", sha)] = level
+        bc = planmod.verify_file(bundle, path, digest)
         text = proc.run([dis, str(bc), "-o", "-"]).stdout
         text, _ = retarget_ir(text, target.tune)
         out = work / "obj" / f"{sha}.o"
@@ -138,6 +155,7 @@ def _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, quiet) -> di
         return out
 
     results: dict[str, Path] = {}
+    chosen: dict[str, str] = {}
     total = len(plan["modules"])
     last = time.monotonic()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -154,6 +172,9 @@ def _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, quiet) -> di
                 proc.log(f"bake: [{n}/{total}] modules optimized and compiled")
     for sha, o in plan["objects"].items():
         results[sha] = planmod.verify_file(bundle, o["path"], sha)
+    for source, level in sorted(chosen.items()):
+        proc.log(f"bake: {source}: target-sensitive, using its {level} capture", quiet=quiet)
+    variants.update(chosen)
     return results
 
 

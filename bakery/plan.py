@@ -68,7 +68,8 @@ def soname_of(args) -> str | None:
     return None
 
 
-def assemble(recipe, toolchain, events: list[dict], *, root: Path, outdir: Path, store: Path, bundle: Path) -> dict:
+def assemble(recipe, toolchain, events: list[dict], *, root: Path, outdir: Path, store: Path, bundle: Path,
+             levels: list[str] = ()) -> dict:
     """Turn the capture's events into a plan and copy what it names into ``bundle``."""
     links = [e for e in events if e.get("event") == "link"]
     by_output = {e["output"]: e for e in links}      # the last link of a path wins
@@ -127,6 +128,10 @@ def assemble(recipe, toolchain, events: list[dict], *, root: Path, outdir: Path,
             c = compiles.get(sha, {})
             modules[sha] = {"path": f"bitcode/{sha}.bc", "sha256": sha, "source": c.get("src", "?"),
                             "lang": c.get("lang", "c"), "flags": c.get("flags", ["-O2"])}
+            if c.get("variants"):
+                modules[sha]["variants"] = [{"level": v["level"], "path": f"bitcode/{v['bc']}.bc",
+                                             "sha256": v["bc"]} for v in c["variants"]]
+                modules[sha]["macros"] = c.get("macros", [])
             return {"module": sha}
         if "object" in a:
             objects[a["object"]] = {"path": f"objects/{a['object']}.o", "sha256": a["object"], "name": a.get("name", "")}
@@ -167,6 +172,8 @@ def assemble(recipe, toolchain, events: list[dict], *, root: Path, outdir: Path,
         (bundle / sub).mkdir(exist_ok=True)
         for sha, entry in table.items():
             shutil.copyfile(store / src_dir / (sha + suffix), bundle / entry["path"])
+            for v in entry.get("variants", []):
+                shutil.copyfile(store / src_dir / (v["sha256"] + suffix), bundle / v["path"])
 
     return {
         "schemaVersion": SCHEMA_VERSION,
@@ -180,7 +187,7 @@ def assemble(recipe, toolchain, events: list[dict], *, root: Path, outdir: Path,
         "objects": objects,
         "files": files,
         "links": plan_links,
-        "capture": {"bakery": __version__, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "capture": {"bakery": __version__, "levels": list(levels), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "dropped": dropped, "translation_units": sum(1 for e in events if e.get("event") == "compile")},
     }
 
@@ -344,6 +351,9 @@ def validate(plan: dict, bundle: Path | None = None) -> None:
     for sha, m in plan["modules"].items():
         if m["sha256"] != sha or m["path"] != f"bitcode/{sha}.bc":
             raise PlanRefused(f"plan refused: module {sha[:12]} names {m['path']!r}")
+        for v in m.get("variants", []):
+            if v["path"] != f"bitcode/{v['sha256']}.bc":
+                raise PlanRefused(f"plan refused: variant {v['level']} of {m.get('source', sha)} names {v['path']!r}")
         for f in m["flags"]:
             why = compile_flag_problem(f)
             if why:
@@ -378,6 +388,8 @@ def validate(plan: dict, bundle: Path | None = None) -> None:
         for table, what in ((plan["modules"], "bitcode"), (plan["objects"], "object"), (plan["files"], "file")):
             for entry in table.values():
                 _confined(entry["path"], bundle, what)
+                for v in entry.get("variants", []):
+                    _confined(v["path"], bundle, what)
 
 
 def _check_link_item(a, plan: dict, earlier_ids: set, output: str, prev=None) -> None:

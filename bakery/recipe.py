@@ -74,6 +74,8 @@ class Recipe:
     runtime_packages: list[str]
     capture_opt: str
     capture_languages: list[str]
+    capture_detect: bool
+    capture_levels: list[str]
     entrypoint: list[str]
     test: list[str]
     bench: Bench | None
@@ -397,6 +399,8 @@ def _build_recipe(d: dict, path: Path, raw: bytes) -> Recipe:
         runtime_packages=d["runtime"]["packages"],
         capture_opt=d["capture"]["opt"],
         capture_languages=d["capture"]["languages"],
+        capture_detect=d["capture"]["detect"],
+        capture_levels=d["capture"]["levels"],
         entrypoint=d["entrypoint"],
         test=d["test"],
         bench=Bench(bench["command"], bench["repeat"], bench.get("symbol")) if bench else None,

@@ -87,3 +87,38 @@ def resolve(name: str, *, compiler_version: str, family: str) -> Target:
 def _reason(exc: Exception) -> str:
     text = str(exc)
     return text[text.find("[") + 1 : text.rfind("]")] if "[" in text else text
+
+
+# ISA levels a target-sensitive unit is captured at (lowest first).
+DEFAULT_LEVELS = {
+    "x86_64": ["x86_64", "x86_64_v2", "x86_64_v3", "x86_64_v4"],
+    "aarch64": ["aarch64", "armv8.1a", "armv8.2a", "armv8.4a", "neoverse_v1"],
+}
+
+
+def capture_levels(names: list[str] | None, *, compiler_version: str, family: str) -> list[Target]:
+    """Resolved levels, lowest first (archspec's compatibility order), duplicates after clamping dropped."""
+    chosen = names or DEFAULT_LEVELS.get(family, [])
+    resolved: dict[str, Target] = {}
+    for name in chosen:
+        t = resolve(name, compiler_version=compiler_version, family=family)
+        resolved.setdefault(t.name, t)
+    return sorted(resolved.values(), key=lambda t: len(archspec.cpu.TARGETS[t.name].ancestors))
+
+
+def satisfies(target_name: str, level_name: str) -> bool:
+    """Can code built for ``level_name`` run on ``target_name``?
+
+    archspec's order first (an ancestor always fits); across vendors (a haswell
+    capture on zen4) the level's features must all be the target's.
+    """
+    level, target = archspec.cpu.TARGETS[level_name], archspec.cpu.TARGETS[target_name]
+    if level <= target:
+        return True
+    return level.family == target.family and level.features <= target.features
+
+
+def best_level(target_name: str, levels: list[str]) -> str | None:
+    """The highest of ``levels`` (lowest first) that the target satisfies."""
+    ok = [lv for lv in levels if lv in archspec.cpu.TARGETS and satisfies(target_name, lv)]
+    return ok[-1] if ok else None

@@ -139,6 +139,7 @@ def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdi
             "languages": recipe.capture_languages, "opt": "-" + recipe.capture_opt,
             "extra_flags": list(extra_flags or []),
             "fortran_link_flags": toolchain.fortran_link_flags,
+            **_level_config(recipe, toolchain, mode),
         }
         compilers = write_shims(shimdir, config, toolchain)
         log = work / "build.log"
@@ -148,7 +149,8 @@ def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdi
         if mode != "capture":
             return {"outdir": str(outdir), "seconds": build_seconds, "work": str(work)}
         events = planmod.read_events(store / "events.jsonl")
-        plan = planmod.assemble(recipe, toolchain, events, root=root, outdir=outdir, store=store, bundle=bundle)
+        plan = planmod.assemble(recipe, toolchain, events, root=root, outdir=outdir, store=store, bundle=bundle,
+                                levels=[lv["name"] for lv in config["levels"]])
         plan["capture"]["seconds"] = round(build_seconds, 2)
         planmod.save(plan, bundle)
         proc.log(f"capture: {len(plan['modules'])} bitcode modules, {len(plan['objects'])} native objects, "
@@ -162,6 +164,25 @@ def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdi
     finally:
         if not keep and workdir is None and mode == "capture":
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _level_config(recipe, toolchain: Toolchain, mode: str) -> dict:
+    """Levels for target-sensitive capture, and the feature macros that tell them apart."""
+    if mode != "capture" or not recipe.capture_detect:
+        return {"levels": [], "level_macros": []}
+    from .. import target as targetmod
+
+    levels = targetmod.capture_levels(recipe.capture_levels, compiler_version=toolchain.version,
+                                      family=toolchain.family)
+    if len(levels) < 2:
+        return {"levels": [], "level_macros": []}
+    defined = []
+    for t in levels:
+        out = proc.run([toolchain.clang, "-dM", "-E", "-x", "c", "/dev/null", *t.flags]).stdout
+        defined.append(set(out.splitlines()))
+    differing = set.union(*defined) - set.intersection(*defined)
+    macros = sorted({line.split()[1] for line in differing if line.startswith("#define ")})
+    return {"levels": [{"name": t.name, "flags": list(t.flags)} for t in levels], "level_macros": macros}
 
 
 def _flang_or_none(toolchain: Toolchain, recipe) -> str | None:

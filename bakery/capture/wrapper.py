@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -50,6 +51,7 @@ X_LANG = {"c": "c", "c++": "c++", "assembler": "asm", "assembler-with-cpp": "asm
           "f95": "fortran", "f77": "fortran", "f95-cpp-input": "fortran", "cpp-output": "c",
           "c++-cpp-output": "c++", "c-header": "header", "c++-header": "header", "ir": "ir"}
 FILE_OPTIONS = ("--version-script", "-version-script", "-T", "--script", "--dynamic-list")
+LINE_MARKER = re.compile(rb"^# \d+ .*\n", re.M)
 OPT_LEVELS = ("-O0", "-O1", "-O2", "-O3", "-Os", "-Oz", "-Ofast", "-Og", "-O")
 
 
@@ -151,14 +153,11 @@ class Capture:
                                   "-Xclang", "-disable-llvm-optzns", src, "-o", out])
         if rc:
             return rc
-        bc_sha = sha256_file(out)
+        bc_sha = self.store_bitcode(out, move=True)
         bc_path = os.path.join(self.store, "bc", bc_sha + ".bc")
-        if not os.path.exists(bc_path):
-            tmp = bc_path + f".{os.getpid()}.tmp"
-            shutil.move(out, tmp)
-            os.replace(tmp, bc_path)
-        else:
-            os.unlink(out)
+        variants, macros = [], []
+        if lang != "fortran" and len(self.cfg.get("levels", [])) > 1:
+            variants, macros = self.target_variants(parsed, src, bc_flags)
         # 2. the native object the build asked for, from that same bitcode
         #    (clang reads any IR; Fortran's own flags mean nothing to it).
         native = codegen_flags(flags, self.cfg.get("opt", "-O2")) if lang != "fortran" else \
@@ -170,6 +169,8 @@ class Capture:
         obj_sha = sha256_file(out)
         record = {"bc": bc_sha, "src": self.rel(src) or os.path.abspath(src), "lang": lang,
                   "flags": bake_flags(flags, self.cfg.get("opt", "-O2")), "cwd": self.rel(os.getcwd())}
+        if variants:
+            record |= {"variants": variants, "macros": macros}
         self.save_record(obj_sha, record)
         self.emit({"event": "compile", "obj": obj_sha, **record, "out": self.rel(out) or os.path.abspath(out)})
         return 0
@@ -193,6 +194,71 @@ class Capture:
         except FileExistsError:
             pass
         os.unlink(tmp)
+
+    def store_bitcode(self, path: str, move: bool) -> str:
+        sha = sha256_file(path)
+        dest = os.path.join(self.store, "bc", sha + ".bc")
+        if not os.path.exists(dest):
+            tmp = dest + f".{os.getpid()}.tmp"
+            (shutil.move if move else shutil.copyfile)(path, tmp)
+            os.replace(tmp, dest)
+        elif move:
+            os.unlink(path)
+        return sha
+
+    def target_variants(self, parsed: dict, src: str, bc_flags: list[str]) -> tuple[list[dict], list[str]]:
+        """Does this unit's preprocessed code depend on the target (#ifdef __AVX2__ ...)?
+
+        Preprocess it for the generic target and for the highest level; when
+        they differ, for every level, and capture one bitcode per distinct
+        result. Returns the variants (lowest first) and the macros it tests.
+        """
+        levels = self.cfg["levels"]
+        pp_flags = without_dependency_flags(bc_flags)
+        xl = parsed["xlang"](src)
+
+        def preprocess(extra: list[str]) -> bytes:
+            cp = subprocess.run([self.real, *pp_flags, *extra, *xl, "-E", "-w", src, "-o", "-"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            # Line markers move with the number of predefined macros: not code.
+            return LINE_MARKER.sub(b"", cp.stdout) if cp.returncode == 0 else b""
+
+        generic = preprocess([])
+        if not generic:
+            return [], []
+        top = preprocess(levels[-1]["flags"])
+        if not generic or generic == top:
+            return [], []
+        variants, previous = [], generic
+        for level in levels[1:]:
+            text = top if level is levels[-1] else preprocess(level["flags"])
+            if text and text != previous:
+                fd, tmp = tempfile.mkstemp(suffix=".bc", dir=os.path.join(self.store, "tmp"))
+                os.close(fd)
+                rc = subprocess.call([self.real, *pp_flags, *level["flags"], *xl, "-c", "-emit-llvm", "-w",
+                                      "-Xclang", "-disable-llvm-optzns", src, "-o", tmp])
+                if rc == 0:
+                    variants.append({"level": level["name"], "bc": self.store_bitcode(tmp, move=True)})
+                else:
+                    os.unlink(tmp)
+            previous = text or previous
+        return variants, self.macros_tested(src, pp_flags, xl)
+
+    def macros_tested(self, src: str, pp_flags: list[str], xl: list[str]) -> list[str]:
+        """Which of the levels' feature macros the unit's own files (the source
+        and the build tree's headers it includes) mention."""
+        names = self.cfg.get("level_macros", [])
+        cp = subprocess.run([self.real, *pp_flags, *xl, "-M", "-w", src], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+        files = {src} | {f for f in cp.stdout.replace("\\\n", " ").split()[1:] if self.rel(f) is not None}
+        found = set()
+        for f in files:
+            try:
+                text = open(f, errors="replace").read()
+            except OSError:
+                continue
+            found.update(n for n in names if n in text)
+        return sorted(found)
 
     def compile_and_link(self, parsed: dict) -> int:
         """``cc -o prog a.c b.o -lm``: compile each source alone, then link."""
@@ -430,6 +496,18 @@ def read_archive(path: str) -> list[tuple[str, bytes]]:
             members.append((name, data[body_at:body_at + size]))
         pos = body_at + size + (size & 1)
     return members
+
+
+def without_dependency_flags(flags: list[str]) -> list[str]:
+    out, skip = [], False
+    for f in flags:
+        if skip:
+            skip = False
+        elif f in ("-MF", "-MT", "-MQ", "-MJ"):
+            skip = True
+        elif not f.startswith("-M"):
+            out.append(f)
+    return out
 
 
 def capture_flags(flags: list[str], default_opt: str) -> list[str]:

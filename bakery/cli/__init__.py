@@ -13,8 +13,9 @@ import traceback
 from .. import __version__
 from ..errors import BakeryError
 from . import base, bake, bench, build, capture, inspect, registry, targets, validate
+from . import serve
 
-COMMANDS = (validate, capture, build, bake, inspect, registry, base, bench, targets)
+COMMANDS = (validate, capture, build, bake, inspect, registry, base, bench, targets, serve)
 
 DESCRIPTION = """\
 bakery makes one container image serve every CPU.

@@ -33,6 +33,8 @@ def run(args) -> int:
         "ref": str(ref), "digest": digest, "app": plan["app"], "toolchain": plan["toolchain"],
         "plan_digest": oci.sha256(plan_bytes), "modules": len(plan["modules"]), "objects": len(plan["objects"]),
         "outputs": [l["install"] for l in plan["links"]], "referrers": referrers,
+        "target_sensitive": {m["source"]: {"levels": [v["level"] for v in m["variants"]], "macros": m.get("macros", [])}
+                             for m in plan["modules"].values() if m.get("variants")},
     }
     if args.json:
         print(json.dumps(info, indent=1))
@@ -42,6 +44,9 @@ def run(args) -> int:
     print(f"  toolchain: LLVM {plan['toolchain']['llvm_major']} ({plan['toolchain']['triple']})")
     print(f"  plan:      {info['plan_digest']} ({info['modules']} bitcode modules, {info['objects']} native objects)")
     print(f"  outputs:   {', '.join(info['outputs'])}")
+    for source, info_ in info["target_sensitive"].items():
+        print(f"  sensitive: {source}: captured for {', '.join(info_['levels'])} "
+              f"(tests {', '.join(info_['macros']) or 'feature macros'})")
     for r in referrers:
         print(f"  referrer:  {r['digest']} {r.get('artifactType', '')}")
     return 0

@@ -1,0 +1,88 @@
+"""bakery serve: a registry front that bakes node tags on their first pull."""
+
+import signal
+import sys
+
+from . import common
+
+DESCRIPTION = """\
+Serve the OCI distribution API in front of a registry (--upstream). Everything
+passes through (blobs streamed, uploads, manifests, tags, catalog, referrers,
+auth challenges); a pull of a node tag <repo>:<tag>-<target>[-slim] that the
+upstream does not have bakes it from the IR image <repo>:<tag> and pushes it to
+the upstream first, once for any number of concurrent pulls:
+
+  skopeo inspect --tls-verify=false docker://127.0.0.1:5001/pi:1.0-x86_64_v3
+
+Waiting pulls get the manifest when the bake is done; past --deadline they get
+503 with Retry-After (the bake goes on), past --queue waiting bakes 429. A
+failed bake is answered with its reason and remembered for --backoff seconds,
+then tried again.
+
+Policy (--policy FILE, YAML): which repositories and targets may be baked on
+demand. Without one: every repository, every archspec target of the plan's ISA
+family. Example:
+
+  rules:                       # the first rule whose repositories match decides
+    - repositories: ["hpc/*", "pi"]      # fnmatch globs
+      targets: ["x86_64_v3+", "zen4"]    # names, "*", or NAME+ (NAME and its descendants)
+      slim: true                         # allow <tag>-<target>-slim (default true)
+
+GET /metrics is Prometheus text; GET /healthz checks the upstream's /v2/.
+Each bake is logged as one JSON line on stderr."""
+
+
+def setup_parser(sub, parent):
+    import argparse
+
+    p = sub.add_parser("serve", parents=[parent], help="registry front that bakes node tags on first pull",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--upstream", required=True, metavar="URL",
+                   help="the registry behind, e.g. http://127.0.0.1:5000 (node tags are pushed there)")
+    p.add_argument("--listen", default="127.0.0.1:5001", metavar="HOST:PORT",
+                   help="address to serve on (default 127.0.0.1:5001; port 0: any free port)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="bakes run at once (default 1: a bake already uses every core)")
+    p.add_argument("--queue", type=int, default=16, metavar="N",
+                   help="bakes that may wait for a worker; more get 429 (default 16)")
+    p.add_argument("--deadline", type=float, default=300.0, metavar="SECONDS",
+                   help="longest a pull waits for its bake before 503 + Retry-After (default 300)")
+    p.add_argument("--backoff", type=float, default=30.0, metavar="SECONDS",
+                   help="how long a failed bake's error is answered before it is tried again (default 30)")
+    p.add_argument("--policy", metavar="FILE", help="YAML policy (default: all repositories, all targets)")
+    p.add_argument("--jobs", type=int, default=0, help="compile jobs per bake (default: all cores)")
+    p.add_argument("--tls-verify", type=common._bool, default=None, metavar="BOOL",
+                   help="verify the upstream's TLS (default: true, false for loopback)")
+    p.add_argument("--engine", help="container engine (default: $BAKERY_ENGINE, else buildah)")
+    return p
+
+
+def run(args) -> int:
+    from .. import engine as enginemod
+    from .. import serve as servemod
+    from ..serve_lazy import JsonLog, Policy, bake_with_engine
+
+    policy = Policy.load(args.policy) if args.policy else Policy.default()
+    engine = enginemod.get(args.engine)
+    log = JsonLog()
+    server = servemod.make_server(upstream=args.upstream, listen=args.listen, bake_fn=bake_with_engine(engine, jobs=args.jobs),
+                                  policy=policy, workers=args.workers, queue_size=args.queue, deadline=args.deadline,
+                                  backoff=args.backoff, tls_verify=args.tls_verify, log=log)
+    ok, detail = server.check_upstream()
+    log("listening", address=server.address, upstream=server.upstream.base, upstream_ok=ok, upstream_detail=detail,
+        policy=policy.source, workers=args.workers, queue=args.queue, deadline=args.deadline, backoff=args.backoff)
+    if not args.quiet:
+        print(f"http://{server.address}", flush=True)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever(poll_interval=0.5)
+    except KeyboardInterrupt:
+        log("stopping", address=server.address)
+    finally:
+        server.server_close()
+    sys.stdout.flush()
+    return 0

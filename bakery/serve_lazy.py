@@ -1,0 +1,514 @@
+"""Lazy node tags for ``bakery serve``: the policy, the single-flight bake queue, the metrics.
+
+A manifest request for ``<repo>:<tag>-<target>`` that the upstream answers 404
+comes here. :meth:`Lazy.ensure` decides, in this order:
+
+1. not a node tag (the part after the last ``-`` is no archspec name, once an
+   optional ``-slim`` is set aside): the upstream's 404 stands, unless
+   ``<repo>:<tag>`` exists, in which case the answer is a 404 saying the target
+   is unknown;
+2. a failure remembered for this node tag, less than ``backoff`` seconds old:
+   the same error again, with ``Retry-After``;
+3. the policy refuses the repository or the target: 403 ``DENIED``;
+4. a bake of this node tag is already under way: wait for it (single flight);
+5. otherwise this request leads a new flight: it *prepares* (the IR image and
+   its plan, the target against the plan's ISA family; a few registry round
+   trips), then queues the bake for a worker. A full queue is 429
+   ``TOOMANYREQUESTS``.
+
+Every request waits at most ``deadline`` seconds from its arrival; past that it
+gets 503 ``UNAVAILABLE`` with ``Retry-After`` while the bake goes on, and a
+retry joins the same flight (or finds the tag). The bake pushes blobs first and
+the manifest last, so a service killed mid-bake leaves no tag and the next
+request bakes again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import json
+import math
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import archspec.cpu
+import prometheus_client as prom
+
+from . import oci
+from . import target as targetmod
+from .errors import BakeryError
+
+SLIM = "-slim"
+MAX_MESSAGE = 2000
+
+
+# -- node tags ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class NodeTag:
+    base: str        # the IR image's tag
+    target: str      # archspec name as asked
+    slim: bool
+
+    @property
+    def tag(self) -> str:
+        return f"{self.base}-{self.target}" + (SLIM if self.slim else "")
+
+
+def split_tag(tag: str) -> tuple[str, str, bool] | None:
+    """``1.0-x86_64_v3`` -> ("1.0", "x86_64_v3", False); ``1.0-zen4-slim`` -> (.., True).
+
+    Archspec names contain ``_``, never ``-``, so the target is what follows the
+    last ``-`` (after setting a ``-slim`` suffix aside). The target is not checked.
+    """
+    slim = tag.endswith(SLIM)
+    rest = tag[: -len(SLIM)] if slim else tag
+    base, sep, target = rest.rpartition("-")
+    if not sep or not base or not target or not oci._TAG.match(base):
+        return None
+    return base, target, slim
+
+
+def parse_node_tag(tag: str) -> NodeTag | None:
+    """A node tag whose target is a known archspec name, else None."""
+    parts = split_tag(tag)
+    if parts is None or parts[1] not in archspec.cpu.TARGETS:
+        return None
+    return NodeTag(*parts)
+
+
+# -- policy ------------------------------------------------------------------------
+
+DEFAULT_POLICY_TEXT = """\
+# Default policy: every repository, every archspec target of the plan's ISA family.
+rules:
+  - repositories: ["*"]
+    targets: ["*"]
+"""
+
+
+@dataclass(frozen=True)
+class Rule:
+    repositories: tuple[str, ...]
+    targets: tuple[str, ...]
+    slim: bool = True
+
+    def target_allowed(self, name: str) -> bool:
+        for t in self.targets:
+            if t == "*" or t == name:
+                return True
+            if t.endswith("+"):
+                base = t[:-1]
+                uarch = archspec.cpu.TARGETS.get(name)
+                if name == base or (uarch is not None and base in {a.name for a in uarch.ancestors}):
+                    return True
+        return False
+
+
+@dataclass
+class Policy:
+    """Which node tags may be baked lazily. The first rule whose ``repositories``
+    glob matches the repository decides; no matching rule: refused.
+
+    ``targets`` entries: an archspec name, ``"*"`` (any target of the plan's
+    family), or ``"NAME+"`` (NAME and every target that has it as an ancestor,
+    e.g. ``x86_64_v3+`` takes haswell, zen3, icelake, x86_64_v4 ...).
+    """
+
+    rules: list[Rule]
+    source: str = "default"
+
+    @classmethod
+    def default(cls) -> "Policy":
+        return cls([Rule(("*",), ("*",))], "default (all repositories, all targets of the plan's family)")
+
+    @classmethod
+    def load(cls, path: Path) -> "Policy":
+        import yaml
+
+        try:
+            doc = yaml.safe_load(Path(path).read_text())
+        except OSError as e:
+            raise BakeryError(f"policy {path}: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise BakeryError(f"policy {path}: not YAML: {e}") from None
+        return cls.from_dict(doc, str(path))
+
+    @classmethod
+    def from_dict(cls, doc, source: str = "policy") -> "Policy":
+        if not isinstance(doc, dict) or set(doc) - {"rules"} or not isinstance(doc.get("rules"), list):
+            raise BakeryError(f"{source}: expected a mapping with one key, 'rules', a list",
+                              "see registry/README.md for the format")
+        rules = []
+        for i, r in enumerate(doc["rules"]):
+            where = f"{source}: rules[{i}]"
+            if not isinstance(r, dict) or set(r) - {"repositories", "targets", "slim"}:
+                raise BakeryError(f"{where}: keys are repositories, targets and slim")
+            repos, targets = r.get("repositories", ["*"]), r.get("targets", ["*"])
+            for key, val in (("repositories", repos), ("targets", targets)):
+                if isinstance(val, str):
+                    val = [val]
+                if not isinstance(val, list) or not all(isinstance(v, str) and v for v in val):
+                    raise BakeryError(f"{where}.{key}: expected a list of strings")
+            repos = [repos] if isinstance(repos, str) else repos
+            targets = [targets] if isinstance(targets, str) else targets
+            for t in targets:
+                name = t[:-1] if t.endswith("+") else t
+                if name != "*" and name not in archspec.cpu.TARGETS:
+                    close = difflib.get_close_matches(name, archspec.cpu.TARGETS, n=3)
+                    raise BakeryError(f"{where}.targets: {t!r} is not an archspec target"
+                                      + (f" (did you mean {', '.join(close)}?)" if close else ""))
+            slim = r.get("slim", True)
+            if not isinstance(slim, bool):
+                raise BakeryError(f"{where}.slim: expected true or false")
+            rules.append(Rule(tuple(repos), tuple(targets), slim))
+        return cls(rules, source)
+
+    def allows(self, repo: str, node: NodeTag) -> str | None:
+        """None when allowed, else the reason it is not."""
+        for rule in self.rules:
+            if any(fnmatch.fnmatchcase(repo, g) for g in rule.repositories):
+                if node.slim and not rule.slim:
+                    return f"the policy ({self.source}) does not allow lazy -slim bakes of {repo}"
+                if not rule.target_allowed(node.target):
+                    return (f"the policy ({self.source}) does not allow lazy bakes of {repo} for {node.target} "
+                            f"(allowed: {', '.join(rule.targets)})")
+                return None
+        return f"the policy ({self.source}) does not allow lazy bakes of {repo}"
+
+
+# -- outcomes, flights ---------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """What the requests of one flight are answered: status 200 = the tag is there."""
+
+    status: int
+    code: str | None = None
+    message: str = ""
+    digest: str | None = None
+    retry_after: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    def body(self) -> bytes:
+        return json.dumps({"errors": [{"code": self.code, "message": self.message,
+                                       "detail": {"retryAfter": self.retry_after} if self.retry_after else {}}]},
+                          separators=(",", ":")).encode()
+
+
+@dataclass
+class Flight:
+    repo: str
+    node: NodeTag
+    created: float = field(default_factory=time.monotonic)
+    event: threading.Event = field(default_factory=threading.Event)
+    outcome: Outcome | None = None
+    waiters: int = 1
+    target: targetmod.Target | None = None
+    ir_digest: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.repo, self.node.tag)
+
+
+class Metrics:
+    """Prometheus metrics of one service (own registry: several services may share a process)."""
+
+    def __init__(self):
+        self.registry = prom.CollectorRegistry()
+        r = self.registry
+        self.started = prom.Counter("bakery_serve_bakes_started", "Bakes handed to a worker", registry=r)
+        self.succeeded = prom.Counter("bakery_serve_bakes_succeeded", "Bakes that pushed their node tag", registry=r)
+        self.failed = prom.Counter("bakery_serve_bakes_failed",
+                                   "Lazy bakes that failed (preparing: no plan, registry errors; or baking)",
+                                   registry=r)
+        self.cache_hits = prom.Counter("bakery_serve_cache_hits",
+                                       "Node-tag manifest requests answered by the upstream", registry=r)
+        self.rejected = prom.Counter("bakery_serve_rejected",
+                                     "Lazy node-tag requests answered with an error without a new bake",
+                                     ["reason"], registry=r)
+        for reason in ("invalid", "policy", "busy", "deadline", "backoff"):
+            self.rejected.labels(reason)
+        self.duration = prom.Histogram("bakery_serve_bake_duration_seconds", "Duration of bakes run by workers",
+                                       buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, math.inf),
+                                       registry=r)
+        self.queue_depth = prom.Gauge("bakery_serve_queue_depth", "Bakes waiting for a worker", registry=r)
+        self.in_flight = prom.Gauge("bakery_serve_bakes_in_flight", "Bakes being run by workers", registry=r)
+        self.waiting = prom.Gauge("bakery_serve_requests_waiting", "Requests waiting for a bake", registry=r)
+
+    def text(self) -> bytes:
+        return prom.generate_latest(self.registry)
+
+
+class JsonLog:
+    """One JSON object per line on stderr (or ``stream``)."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.lock = threading.Lock()
+
+    def __call__(self, event: str, **fields) -> None:
+        rec = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+               "event": event, **fields}
+        line = json.dumps(rec, default=str) + "\n"
+        with self.lock:
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
+class Rejected(Exception):
+    """A request this service answers with an error that is the client's (404)."""
+
+    def __init__(self, outcome: Outcome, reason: str = "invalid", remember: bool = False):
+        super().__init__(outcome.message)
+        self.outcome, self.reason, self.remember = outcome, reason, remember
+
+
+BakeFn = Callable[["Flight", "Lazy"], str]   # returns the digest of the node tag
+
+
+def bake_with_engine(engine, *, jobs: int = 0) -> BakeFn:
+    """The real bake: :func:`bakery.image.bake` on the upstream, pushed there."""
+
+    def run(flight: Flight, lazy: "Lazy") -> str:
+        from . import image as imagemod
+
+        res = imagemod.bake(f"{lazy.upstream}/{flight.repo}:{flight.node.base}", engine, lazy.upstream,
+                            flight.node.target, push=True, slim=flight.node.slim, jobs=jobs, quiet=True,
+                            tls_verify=lazy.tls_verify)
+        return res.digest
+    return run
+
+
+class Lazy:
+    """Single-flight lazy bakes with a bounded queue, ``workers`` threads, a per-request
+    deadline and a failure memory of ``backoff`` seconds."""
+
+    def __init__(self, upstream: str, bake_fn: BakeFn, *, policy: Policy | None = None, workers: int = 1,
+                 queue_size: int = 16, deadline: float = 300.0, backoff: float = 30.0,
+                 tls_verify: bool | None = None, metrics: Metrics | None = None, log: JsonLog | None = None):
+        if workers < 1 or queue_size < 1 or deadline <= 0 or backoff < 0:
+            raise BakeryError("--workers and --queue must be >= 1, --deadline > 0 and --backoff >= 0")
+        self.upstream = upstream
+        self.tls_verify = (not oci.is_loopback(upstream)) if tls_verify is None else tls_verify
+        self.bake_fn = bake_fn
+        self.policy = policy or Policy.default()
+        self.deadline, self.backoff = deadline, backoff
+        self.metrics = metrics or Metrics()
+        self.log = log or JsonLog()
+        self.lock = threading.Lock()
+        self.flights: dict[tuple[str, str], Flight] = {}
+        self.failures: dict[tuple[str, str], tuple[float, Outcome]] = {}
+        self.queue: queue.Queue[Flight] = queue.Queue(maxsize=queue_size)   # bakes waiting for a worker
+        self.queue_size = queue_size
+        self.workers = workers
+        self.estimate = 10.0          # seconds a bake takes, updated as bakes finish (for Retry-After)
+        self.metrics.queue_depth.set_function(self.queue.qsize)
+        self._local = threading.local()
+        for i in range(workers):
+            threading.Thread(target=self._worker, name=f"bake-worker-{i}", daemon=True).start()
+
+    # -- registry access (the service's own credentials) --
+
+    def registry(self) -> oci.Registry:
+        reg = getattr(self._local, "reg", None)
+        if reg is None:
+            reg = self._local.reg = oci.Registry(self.upstream, tls_verify=self.tls_verify)
+        return reg
+
+    # -- entry point --
+
+    def ensure(self, repo: str, tag: str, arrived: float | None = None) -> Outcome | None:
+        """None: not a node tag (let the upstream's 404 stand). Else the outcome to answer."""
+        arrived = time.monotonic() if arrived is None else arrived
+        node = parse_node_tag(tag)
+        if node is None:
+            return self._unknown_target(repo, tag)
+        key = (repo, node.tag)
+        with self.lock:
+            remembered = self.failures.get(key)
+            if remembered and remembered[0] > time.monotonic():
+                self.metrics.rejected.labels("backoff").inc()
+                return dataclasses.replace(remembered[1], retry_after=max(1, math.ceil(remembered[0] - time.monotonic())))
+            flight = self.flights.get(key)
+            if flight is not None:
+                flight.waiters += 1
+                leader = False
+            else:
+                why = self.policy.allows(repo, node)
+                if why:
+                    self.metrics.rejected.labels("policy").inc()
+                    self.log("lazy", repo=repo, tag=node.base, target=node.target, outcome="denied", error=why)
+                    return Outcome(403, "DENIED", f"{repo}:{tag} is not baked on demand here: {why}")
+                flight = Flight(repo, node, created=arrived)
+                self.flights[key] = flight
+                leader = True
+        if leader:
+            self._lead(flight)
+        self.metrics.waiting.inc()
+        try:
+            done = flight.event.wait(timeout=max(0.0, self.deadline - (time.monotonic() - arrived)))
+        finally:
+            self.metrics.waiting.dec()
+        if not done:
+            self.metrics.rejected.labels("deadline").inc()
+            left = max(1, math.ceil(self.estimate - (time.monotonic() - flight.created)))
+            return Outcome(503, "UNAVAILABLE",
+                           f"{repo}:{node.tag} is still being baked after the deadline of {self.deadline:g}s; "
+                           f"retry later (the bake goes on)", retry_after=min(left, 300))
+        return flight.outcome
+
+    def _unknown_target(self, repo: str, tag: str) -> Outcome | None:
+        parts = split_tag(tag)
+        if parts is None:
+            return None
+        base, target, _ = parts
+        try:
+            if self.registry().head_manifest(repo, base) is None:
+                return None
+        except BakeryError:
+            return None
+        close = difflib.get_close_matches(target, archspec.cpu.TARGETS, n=3)
+        self.metrics.rejected.labels("invalid").inc()
+        return Outcome(404, "MANIFEST_UNKNOWN",
+                       f"{repo}:{tag} does not exist and cannot be baked: {target!r} is not an archspec target"
+                       + (f" (did you mean {', '.join(close)}?)" if close else "")
+                       + f"; node tags are <tag>-<archspec target>[-slim], e.g. {base}-x86_64_v3")
+
+    # -- the leader prepares and queues --
+
+    def _lead(self, flight: Flight) -> None:
+        repo, node = flight.repo, flight.node
+        t0 = time.monotonic()
+        try:
+            existing = self._prepare(flight)
+        except Rejected as r:
+            self.metrics.rejected.labels(r.reason).inc()
+            self.log("lazy", repo=repo, tag=node.base, target=node.target, outcome="rejected", error=r.outcome.message)
+            self._finish(flight, r.outcome, remember=r.remember)
+            return
+        except Exception as e:  # noqa: BLE001 - the client gets the reason, the service goes on
+            msg = e.message if isinstance(e, BakeryError) else f"{type(e).__name__}: {e}"
+            self.metrics.failed.inc()
+            out = Outcome(502, "UNKNOWN", _clip(f"cannot bake {repo}:{node.tag}: {msg}"))
+            self.log("bake", repo=repo, tag=node.base, target=node.target, node_tag=node.tag,
+                     duration=round(time.monotonic() - t0, 3), outcome="failed", phase="prepare", error=_clip(msg))
+            self._finish(flight, out, remember=True)
+            return
+        if existing:
+            self._finish(flight, Outcome(200, digest=existing, message="exists"))
+            return
+        try:
+            self.queue.put_nowait(flight)
+        except queue.Full:
+            self.metrics.rejected.labels("busy").inc()
+            wait = min(300, max(1, math.ceil(self.estimate * (self.queue.qsize() / self.workers + 1))))
+            out = Outcome(429, "TOOMANYREQUESTS",
+                          f"the bake queue is full ({self.queue_size} waiting, {self.workers} baking); "
+                          f"{repo}:{node.tag} was not queued, retry later", retry_after=wait)
+            self.log("lazy", repo=repo, tag=node.base, target=node.target, outcome="busy")
+            self._finish(flight, out)
+
+    def _prepare(self, flight: Flight) -> str | None:
+        """The node tag's digest when it exists already; else check it can be baked."""
+        from . import image as imagemod
+
+        reg, repo, node = self.registry(), flight.repo, flight.node
+        existing = reg.head_manifest(repo, node.tag)
+        if existing:
+            return existing
+        if reg.head_manifest(repo, node.base) is None:
+            raise Rejected(Outcome(404, "MANIFEST_UNKNOWN",
+                                   f"{repo}:{node.tag} cannot be baked: there is no IR image {repo}:{node.base}"))
+        ref = oci.Ref.parse(f"{self.upstream}/{repo}:{node.base}")
+        flight.ir_digest, plan, _ = imagemod.resolve_ir(reg, ref)
+        tc = plan["toolchain"]
+        try:
+            flight.target = targetmod.resolve(node.target, compiler_version=tc.get("version", f"{tc['llvm_major']}.0.0"),
+                                              family=tc["family"])
+        except BakeryError as e:
+            raise Rejected(Outcome(404, "MANIFEST_UNKNOWN", f"{repo}:{node.tag} cannot be baked: {e.message}"),
+                           remember=True) from None
+        return None
+
+    # -- workers bake --
+
+    def _worker(self) -> None:
+        while True:
+            flight = self.queue.get()
+            try:
+                self._bake(flight)
+            except BaseException as e:  # noqa: BLE001 - never leave waiters hanging
+                if not flight.event.is_set():
+                    self._finish(flight, Outcome(500, "UNKNOWN", f"internal error: {e!r}"), remember=True)
+
+    def _bake(self, flight: Flight) -> None:
+        repo, node = flight.repo, flight.node
+        m = self.metrics
+        m.started.inc()
+        m.in_flight.inc()
+        t0 = time.monotonic()
+        self.log("bake_start", repo=repo, tag=node.base, target=node.target, node_tag=node.tag,
+                 ir_digest=flight.ir_digest, waiters=flight.waiters)
+        try:
+            digest = self.bake_fn(flight, self)
+            if flight.target is not None and flight.target.name != node.target:
+                digest = self._alias(flight, digest)
+            out, remember = Outcome(200, digest=digest, message="baked"), False
+        except Exception as e:  # noqa: BLE001
+            msg = e.message if isinstance(e, BakeryError) else f"{type(e).__name__}: {e}"
+            out, remember = Outcome(502, "UNKNOWN", _clip(f"the bake of {repo}:{node.tag} failed: {msg}")), True
+        finally:
+            m.in_flight.dec()
+        seconds = time.monotonic() - t0
+        m.duration.observe(seconds)
+        (m.succeeded if out.ok else m.failed).inc()
+        if out.ok:
+            self.estimate = 0.7 * self.estimate + 0.3 * seconds
+        self.log("bake", repo=repo, tag=node.base, target=node.target, node_tag=node.tag,
+                 resolved_target=flight.target.name if flight.target else None, duration=round(seconds, 3),
+                 outcome="succeeded" if out.ok else "failed", digest=out.digest, waiters=flight.waiters,
+                 **({} if out.ok else {"error": out.message}))
+        self._finish(flight, out, remember=remember)
+
+    def _alias(self, flight: Flight, digest: str) -> str:
+        """A target the toolchain clamps (zen5 -> zen4) was baked under the clamped name:
+        the requested tag points to the same manifest."""
+        reg = self.registry()
+        data, mt, got = reg.get_manifest(flight.repo, digest)
+        reg.put_manifest(flight.repo, flight.node.tag, data, mt)
+        return got
+
+    def _finish(self, flight: Flight, outcome: Outcome, remember: bool = False) -> None:
+        now = time.monotonic()
+        if remember and self.backoff > 0 and outcome.retry_after is None:
+            outcome.retry_after = max(1, math.ceil(self.backoff))
+        with self.lock:
+            flight.outcome = outcome
+            if self.flights.get(flight.key) is flight:
+                del self.flights[flight.key]
+            if remember and self.backoff > 0:
+                for k in [k for k, (exp, _) in self.failures.items() if exp <= now]:
+                    del self.failures[k]
+                self.failures[flight.key] = (now + self.backoff, outcome)
+            else:
+                self.failures.pop(flight.key, None)
+        flight.event.set()
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 15] + " ... (clipped)"
