@@ -94,6 +94,7 @@ def bake(bundle: Path, plan: dict, toolchain: Toolchain, target: Target, output:
          jobs: int = 0, lto: str = "none", quiet: bool = False, keep: bool = False) -> BakeResult:
     if lto not in LTO_MODES:
         raise BakeryError(f"--lto {lto!r}: choose one of {', '.join(LTO_MODES)}")
+    toolchain = toolchain.for_triple(plan["toolchain"]["triple"])  # off-node: bake another ISA's IR
     check_toolchain(plan, toolchain, target)
     jobs = jobs or os.cpu_count() or 1
     t0 = time.monotonic()
@@ -150,7 +151,7 @@ def _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, quiet, varia
         text = proc.run([dis, str(bc), "-o", "-"]).stdout
         text, _ = retarget_ir(text, target.tune)
         out = work / "obj" / f"{sha}.o"
-        proc.run([toolchain.clang, "-c", "-x", "ir", "-", "-o", str(out), "-w",
+        proc.run([toolchain.clang, *toolchain.cross_flags, "-c", "-x", "ir", "-", "-o", str(out), "-w",
                   *m["flags"], *preserve, *target.flags, *lto_flag], input=text)
         return out
 
@@ -186,7 +187,7 @@ def _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, quiet) -> 
     for link in plan["links"]:
         out = work / "out" / link["output"]
         out.parent.mkdir(parents=True, exist_ok=True)
-        argv = [toolchain.driver(link["driver"]), "-fuse-ld=lld", "-o", str(out)]
+        argv = [toolchain.driver(link["driver"]), *toolchain.cross_flags, "-fuse-ld=lld", "-o", str(out)]
         if link["driver"] == "fortran":
             argv += toolchain.fortran_link_flags
         if lto != "none":

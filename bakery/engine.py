@@ -1,8 +1,9 @@
 """Container engines behind one interface; buildah first.
 
 Callers speak only :class:`ContainerEngine`. An engine is picked by name
-(``--engine`` / ``BAKERY_ENGINE``); an unknown name is an error listing the
-known ones. Credentials are never passed on argv: buildah reads the standard
+(``--engine`` / ``BAKERY_ENGINE``; else buildah when it is installed, else docker
+when a Docker socket answers); an unknown name is an error listing the known
+ones. Credentials are never passed on argv: buildah reads the standard
 containers auth file and the docker config itself.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import abc
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -202,11 +204,26 @@ class BuildahEngine(ContainerEngine):
         proc.run(self._b("tag", image, name))
 
 
-ENGINES: dict[str, type[ContainerEngine]] = {"buildah": BuildahEngine}
+def _docker() -> ContainerEngine:
+    from .engine_docker import DockerEngine  # imported on use: the docker SDK is needed only here
+
+    return DockerEngine()
+
+
+ENGINES: dict[str, Callable[[], ContainerEngine]] = {"buildah": BuildahEngine, "docker": _docker}
+
+
+def _automatic() -> str:
+    """buildah when it is on PATH, else docker when a Docker socket answers (else buildah, to say it is missing)."""
+    if shutil.which("buildah"):
+        return "buildah"
+    from .engine_docker import socket_answers
+
+    return "docker" if socket_answers() else "buildah"
 
 
 def get(name: str | None = None) -> ContainerEngine:
-    name = name or os.environ.get("BAKERY_ENGINE", "buildah")
+    name = name or os.environ.get("BAKERY_ENGINE") or _automatic()
     try:
         return ENGINES[name]()
     except KeyError:

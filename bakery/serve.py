@@ -11,26 +11,32 @@ that the upstream answers 404 bakes that node tag from the IR image
 ``<repo>:<tag>`` (see :mod:`bakery.serve_lazy`), then answers with the upstream's
 manifest. ``/metrics`` (Prometheus) and ``/healthz`` are the service's own.
 
-Why stdlib ``ThreadingHTTPServer`` + ``http.client``: one thread per client
-connection is what a registry front needs here. The work it does per request is
-blocking I/O (relaying a socket to a socket) or waiting on a bake; threads keep
-both simple and let a slow blob transfer or a long wait never stall other
-clients. Each client connection keeps its own keep-alive ``http.client``
-connection to the upstream, so a cache hit costs one loopback round trip more
-than a direct pull and no connection set-up; no third-party server (and its
-event-loop/thread-pool bridging for the blocking bakes) is needed. Responses
-are written with a single ``sendall`` for small bodies and ``TCP_NODELAY`` is on
-both sides, so no Nagle/delayed-ACK stall adds latency.
+Why stdlib ``ThreadingHTTPServer`` and a small HTTP/1.1 client of our own:
+one thread per client connection is what a registry front needs here. What it
+does per request is blocking I/O (relaying a socket to a socket) or waiting on
+a bake; threads keep both simple and a slow blob transfer or a long wait never
+stalls other clients, with no event loop to bridge to the blocking bakes and no
+third-party server. Each client connection keeps its own keep-alive connection
+to the upstream, so a cache hit costs one loopback round trip more than a
+direct pull and no connection set-up. The stdlib's header parsing (the
+``email`` package, ~60 us per header block) was most of the service's own
+cost per request, so requests and upstream responses are parsed here by a
+plain line reader: HTTP/1.1 framing (Content-Length, chunked, close-delimited,
+HEAD/204/304, 1xx) is all a registry speaks. Small answers go out in one
+``sendall`` and ``TCP_NODELAY`` is on both sides, so no Nagle/delayed-ACK stall
+adds latency. ``bench/serve_latency.py`` measures the result.
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import select
 import socket
 import threading
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -43,12 +49,77 @@ CHUNK = 64 << 10
 SMALL = 256 << 10          # bodies up to this size are read whole and sent with the headers
 UPSTREAM_TIMEOUT = 300.0   # seconds per socket operation to the upstream
 CLIENT_TIMEOUT = 600.0     # idle / stalled client connections are closed after this
+MAX_HEADERS = 200
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "trailers", "transfer-encoding", "upgrade", "proxy-connection", "host", "content-length",
                         "expect"})
 MANIFEST_PATH = re.compile(r"^/v2/(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*)/manifests/(?P<ref>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
+REASONS = {s.value: s.phrase for s in HTTPStatus}
 
+
+class UpstreamDown(Exception):
+    pass
+
+
+class BadRequest(Exception):
+    pass
+
+
+# -- headers ---------------------------------------------------------------------
+
+class Headers:
+    """Header lines in order (repeats kept: Go sends one ``Accept`` line per media type),
+    looked up case-insensitively; what the handler and ``http.server`` use of
+    ``email.message.Message``."""
+
+    __slots__ = ("_items", "_first")
+
+    def __init__(self, items: list[tuple[str, str]]):
+        self._items = items
+        self._first: dict[str, str] = {}
+        for k, v in items:
+            self._first.setdefault(k.lower(), v)
+
+    def get(self, name: str, default=None):
+        return self._first.get(name.lower(), default)
+
+    def __getitem__(self, name: str):
+        return self._first.get(name.lower())
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower() in self._first
+
+    def items(self) -> list[tuple[str, str]]:
+        return self._items
+
+    def get_all(self, name: str, default=None):
+        name = name.lower()
+        found = [v for k, v in self._items if k.lower() == name]
+        return found or default
+
+
+def read_headers(fp) -> Headers:
+    items: list[tuple[str, str]] = []
+    while True:
+        line = fp.readline(65537)
+        if len(line) > 65536:
+            raise http.client.LineTooLong("header line")
+        if line in (b"\r\n", b"\n", b""):
+            return Headers(items)
+        if line[:1] in (b" ", b"\t") and items:  # obsolete line folding
+            k, v = items[-1]
+            items[-1] = (k, f"{v} {line.decode('latin-1').strip()}")
+            continue
+        k, sep, v = line.decode("latin-1").partition(":")
+        if not sep or not k or k != k.strip():
+            raise http.client.HTTPException(f"malformed header line {line[:80]!r}")
+        items.append((k, v.strip()))
+        if len(items) > MAX_HEADERS:
+            raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
+
+
+# -- the upstream ----------------------------------------------------------------
 
 class Upstream:
     """Where the registry is: ``http://127.0.0.1:5000`` (a bare HOST:PORT is http on
@@ -67,25 +138,165 @@ class Upstream:
         self.tls_verify = tls_verify
         self.base = f"{self.scheme}://{self.netloc}"
 
-    def connect(self) -> http.client.HTTPConnection:
+    def socket(self) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout=UPSTREAM_TIMEOUT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.scheme == "https":
             import ssl
 
             ctx = ssl.create_default_context()
             if not self.tls_verify:
                 ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-            return http.client.HTTPSConnection(self.host, self.port, timeout=UPSTREAM_TIMEOUT, context=ctx,
-                                               blocksize=CHUNK)
-        return http.client.HTTPConnection(self.host, self.port, timeout=UPSTREAM_TIMEOUT, blocksize=CHUNK)
+            sock = ctx.wrap_socket(sock, server_hostname=self.host)
+        return sock
 
 
-class UpstreamDown(Exception):
-    pass
+class UpstreamConn:
+    """One keep-alive HTTP/1.1 connection to the upstream, used by one thread."""
+
+    def __init__(self, upstream: Upstream):
+        self.upstream = upstream
+        self.sock: socket.socket | None = None
+        self.rfile = None
+        self.reused = False
+
+    def open(self) -> None:
+        if self.sock is None:
+            self.sock = self.upstream.socket()
+            self.rfile = self.sock.makefile("rb", buffering=CHUNK)
+            self.reused = False
+
+    def idle_but_closed(self) -> bool:
+        """An idle keep-alive connection that is readable was closed by the upstream."""
+        if self.sock is None:
+            return False
+        try:
+            return bool(select.select([self.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
+    def close(self) -> None:
+        if self.sock is not None:
+            try:
+                self.rfile.close()
+                self.sock.close()
+            except OSError:
+                pass
+        self.sock = self.rfile = None
+
+    def send(self, method: str, path: str, headers: list[tuple[str, str]], body=None, chunked: bool = False) -> None:
+        head = [f"{method} {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers]
+        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
+        sock = self.sock
+        if body is None or isinstance(body, bytes):
+            sock.sendall(data + (body or b""))
+        elif chunked:
+            sock.sendall(data)
+            for piece in body:
+                if piece:
+                    sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+            sock.sendall(b"0\r\n\r\n")
+        else:
+            sock.sendall(data)
+            while True:
+                piece = body.read(CHUNK)
+                if not piece:
+                    break
+                sock.sendall(piece)
+
+    def response(self, method: str) -> "Response":
+        while True:
+            line = self.rfile.readline(65537)
+            if not line:
+                raise http.client.RemoteDisconnected("the upstream closed the connection without a response")
+            parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+                raise http.client.BadStatusLine(line[:80])
+            version, status, reason = parts[0], int(parts[1]), parts[2] if len(parts) > 2 else ""
+            headers = read_headers(self.rfile)
+            if 100 <= status < 200 and status != 101:
+                continue  # 100 Continue and friends: the real answer follows
+            break
+        conn_hdr = (headers.get("Connection") or "").lower()
+        will_close = "close" in conn_hdr or (version == "HTTP/1.0" and "keep-alive" not in conn_hdr)
+        te = (headers.get("Transfer-Encoding") or "").lower()
+        length = headers.get("Content-Length")
+        if method == "HEAD" or status in (204, 304):
+            mode, n = "none", 0
+        elif "chunked" in te:
+            mode, n = "chunked", None
+        elif length is not None and length.strip().isdigit():
+            mode, n = "length", int(length)
+        else:
+            mode, n, will_close = "close", None, True
+        return Response(self, status, reason, headers, mode, n, will_close)
 
 
-class BadRequest(Exception):
-    pass
+class Response:
+    """An upstream answer whose body is read in pieces (``readinto``) or whole (``read``)."""
 
+    def __init__(self, conn: UpstreamConn, status: int, reason: str, headers: Headers, mode: str,
+                 length: int | None, will_close: bool):
+        self.conn, self.status, self.reason, self.headers = conn, status, reason, headers
+        self.mode, self.left, self.will_close = mode, length, will_close
+        self.done = mode == "none" or (mode == "length" and length == 0)
+        self._chunk_left = 0
+
+    @property
+    def length(self) -> int | None:
+        return self.headers.get("Content-Length") if self.mode in ("length", "none") else None
+
+    def readinto(self, view: memoryview) -> int:
+        if self.done:
+            return 0
+        f = self.conn.rfile
+        if self.mode == "length":
+            n = f.readinto1(view[: min(len(view), self.left)])
+            if not n:
+                raise ConnectionError("the upstream closed the connection in the middle of a body")
+            self.left -= n
+            self.done = self.left == 0
+            return n
+        if self.mode == "close":
+            n = f.readinto1(view)
+            self.done = not n
+            return n
+        if self._chunk_left == 0:  # chunked: the next chunk's size line
+            line = f.readline(1024)
+            if not line:
+                raise ConnectionError("the upstream closed the connection in the middle of a chunked body")
+            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            if size == 0:
+                while f.readline(1024) not in (b"\r\n", b"\n", b""):  # trailers
+                    pass
+                self.done = True
+                return 0
+            self._chunk_left = size
+        n = f.readinto1(view[: min(len(view), self._chunk_left)])
+        if not n:
+            raise ConnectionError("the upstream closed the connection in the middle of a chunk")
+        self._chunk_left -= n
+        if self._chunk_left == 0:
+            f.readline(16)
+        return n
+
+    def read(self) -> bytes:
+        if self.done:
+            return b""
+        if self.mode == "length":
+            data = self.conn.rfile.read(self.left)
+            if len(data) != self.left:
+                raise ConnectionError("the upstream closed the connection in the middle of a body")
+            self.left, self.done = 0, True
+            return data
+        out = bytearray()
+        buf = memoryview(bytearray(CHUNK))
+        while n := self.readinto(buf):
+            out += buf[:n]
+        return bytes(out)
+
+
+# -- the request body, from the client -----------------------------------------------
 
 class _Limited:
     """The request body: exactly ``n`` bytes of the client's stream, read in pieces."""
@@ -97,9 +308,9 @@ class _Limited:
         if self.left <= 0:
             return b""
         size = self.left if size is None or size < 0 else min(size, self.left)
-        data = self.f.read(size)
+        data = self.f.read1(size)
         if not data:
-            raise ConnectionError("client closed the connection in the middle of the body")
+            raise ConnectionError("the client closed the connection in the middle of the body")
         self.left -= len(data)
         return data
 
@@ -109,7 +320,7 @@ def _dechunk(f):
     while True:
         line = f.readline(1024)
         if not line:
-            raise ConnectionError("client closed the connection in the middle of a chunked body")
+            raise ConnectionError("the client closed the connection in the middle of a chunked body")
         size = int(line.split(b";", 1)[0].strip() or b"0", 16)
         if size == 0:
             while f.readline(1024) not in (b"\r\n", b"\n", b""):  # trailers
@@ -117,13 +328,15 @@ def _dechunk(f):
             return
         left = size
         while left:
-            data = f.read(min(left, CHUNK))
+            data = f.read1(min(left, CHUNK))
             if not data:
-                raise ConnectionError("client closed the connection in the middle of a chunk")
+                raise ConnectionError("the client closed the connection in the middle of a chunk")
             left -= len(data)
             yield data
         f.readline(16)
 
+
+# -- the handler -------------------------------------------------------------------
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -137,36 +350,48 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self):
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._up: http.client.HTTPConnection | None = None
+        self._up = UpstreamConn(self.server.upstream)
 
     def finish(self):
         try:
             super().finish()
         finally:
-            self._drop_upstream()
+            self._up.close()
 
-    def log_message(self, format, *args):  # no access log: the bakes are logged as JSON lines
+    def log_message(self, format, *args):  # no access log: bakes are logged as JSON lines
         pass
 
-    def _drop_upstream(self):
-        if self._up is not None:
-            self._up.close()
-            self._up = None
-
-    def _upstream_conn(self) -> http.client.HTTPConnection:
-        conn = self._up
-        if conn is not None and conn.sock is not None:
-            # An idle keep-alive connection that is readable has been closed by the upstream.
-            try:
-                readable = select.select([conn.sock], [], [], 0)[0]
-            except (OSError, ValueError):
-                readable = True
-            if readable:
-                self._drop_upstream()
-                conn = None
-        if conn is None:
-            conn = self._up = self.server.upstream.connect()
-        return conn
+    def parse_request(self) -> bool:
+        """``BaseHTTPRequestHandler.parse_request`` with the fast header reader."""
+        self.command = None
+        self.request_version = self.default_request_version
+        self.close_connection = True
+        self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = self.requestline.split()
+        if len(words) != 3:
+            if words:
+                self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request syntax ({self.requestline[:100]!r})")
+            return False
+        command, path, version = words
+        if version not in ("HTTP/1.1", "HTTP/1.0"):
+            self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"Unsupported HTTP version ({version[:20]!r})")
+            return False
+        self.request_version = version
+        self.command, self.path = command, path
+        if self.path.startswith("//"):
+            self.path = "/" + self.path.lstrip("/")
+        try:
+            self.headers = read_headers(self.rfile)
+        except (http.client.HTTPException, ValueError) as e:
+            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
+                            if isinstance(e, http.client.LineTooLong) else HTTPStatus.BAD_REQUEST, str(e)[:200])
+            return False
+        conntype = (self.headers.get("Connection") or "").lower()
+        self.close_connection = (version == "HTTP/1.0" and conntype != "keep-alive") or conntype == "close"
+        if (self.headers.get("Expect") or "").lower() == "100-continue" and version == "HTTP/1.1":
+            if not self.handle_expect_100():
+                return False
+        return True
 
     # -- dispatch --
 
@@ -182,10 +407,10 @@ class Handler(BaseHTTPRequestHandler):
         if p == "/healthz" and self.command in ("GET", "HEAD"):
             return self._health()
         if not (p == "/v2" or p.startswith("/v2/")):
-            return self._oci_error(Outcome(404, "UNSUPPORTED", f"{p} is not an OCI distribution path"))
+            return self._oci_error(Outcome(404, "UNSUPPORTED", f"{p[:200]} is not an OCI distribution path"))
         if self.command in ("GET", "HEAD"):
             m = MANIFEST_PATH.match(p)
-            if m and not m["ref"].startswith("sha256"):
+            if m:
                 return self._manifest(path, m["repo"], m["ref"])
         try:
             resp = self._forward(path)
@@ -203,14 +428,18 @@ class Handler(BaseHTTPRequestHandler):
         except (UpstreamDown, BadRequest) as e:
             return self._upstream_down(e)
         if resp.status != 404 or "-" not in ref:
-            if resp.status == 200 and parse_node_tag(ref):
+            if resp.status == 200 and "-" in ref and parse_node_tag(ref):
                 self.server.lazy.metrics.cache_hits.inc()
             return self._relay(resp)
-        body = resp.read()  # a small error document: kept, in case the 404 stands
-        headers = resp.getheaders()
+        try:
+            body = resp.read()  # a small error document: kept, in case the 404 stands
+        except (OSError, http.client.HTTPException) as e:
+            self._up.close()
+            return self._upstream_down(UpstreamDown(f"the upstream {self.server.upstream.base} broke off: {e}"))
+        self._done(resp)
         outcome = self.server.lazy.ensure(repo, ref, self.arrived)
         if outcome is None:
-            return self._send(404, headers, body)
+            return self._send(404, resp.headers.items(), body, reason=resp.reason)
         if not outcome.ok:
             return self._oci_error(outcome)
         try:
@@ -221,9 +450,8 @@ class Handler(BaseHTTPRequestHandler):
 
     # -- upstream round trip --
 
-    def _forward(self, path: str) -> http.client.HTTPResponse:
+    def _forward(self, path: str) -> Response:
         up = self.server.upstream
-        # A list, not a dict: clients repeat headers (Go sends one Accept line per media type).
         headers = [(k, v) for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP]
         headers.append(("Host", up.netloc))
         body, chunked = None, False
@@ -234,119 +462,109 @@ class Handler(BaseHTTPRequestHandler):
         else:
             length = self.headers.get("Content-Length")
             if length is not None:
-                try:
-                    n = int(length)
-                except ValueError:
-                    n = -1
-                if n < 0:
+                if not length.strip().isdigit():
                     self.close_connection = True
-                    raise BadRequest(f"bad Content-Length {length!r}")
+                    raise BadRequest(f"bad Content-Length {length[:40]!r}")
+                n = int(length)
                 headers.append(("Content-Length", str(n)))
                 body = _Limited(self.rfile, n) if n else b""
-        replayable = body is None or body == b""
+        replayable = body is None or isinstance(body, bytes)
+        conn = self._up
         for attempt in (0, 1):
-            conn = self._upstream_conn()
+            if conn.idle_but_closed():
+                conn.close()
             try:
-                conn.putrequest(self.command, path, skip_host=True, skip_accept_encoding=True)
-                for k, v in headers:
-                    conn.putheader(k, v)
-                conn.endheaders(body, encode_chunked=chunked)
-                # (when the upstream closes after this response, http.client hands the socket to
-                # the response and opens a new connection for the next request by itself)
-                return conn.getresponse()
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
-                    http.client.BadStatusLine) as e:
-                self._drop_upstream()
-                if attempt == 0 and replayable:
+                fresh = conn.sock is None
+                conn.open()
+                conn.send(self.command, path, headers, body, chunked)
+                resp = conn.response(self.command)
+                conn.reused = True
+                return resp
+            except ConnectionError as e:
+                if isinstance(e, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)) \
+                        and not fresh and attempt == 0 and replayable:
+                    conn.close()
                     continue  # a stale keep-alive connection: once more on a fresh one
+                conn.close()
                 self.close_connection = True
-                raise UpstreamDown(f"the upstream {up.base} dropped the connection: {e!r}") from None
-            except ConnectionError as e:  # the client went away while its body was sent on
-                self._drop_upstream()
-                self.close_connection = True
-                raise UpstreamDown(str(e)) from None
-            except OSError as e:
-                self._drop_upstream()
+                who = "the client" if "client" in str(e) else f"the upstream {up.base}"
+                raise UpstreamDown(f"{who} broke off the connection: {e}") from None
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
                 if not replayable:
                     self.close_connection = True
-                raise UpstreamDown(f"the upstream {up.base} is unreachable: {e.strerror or e}") from None
+                raise UpstreamDown(f"the upstream {up.base} is unreachable: "
+                                   f"{getattr(e, 'strerror', None) or e}") from None
         raise AssertionError("unreachable")
+
+    def _done(self, resp: Response) -> None:
+        """After a response: keep the upstream connection only if it is reusable."""
+        if resp.will_close or not resp.done:
+            self._up.close()
 
     def _rewrite(self, value: str) -> str:
         up = self.server.upstream
         mine = f"http://{self.headers.get('Host') or self.server.address}"
-        for prefix in (up.base, f"http://{up.netloc}", f"https://{up.netloc}"):
+        for prefix in (f"http://{up.netloc}", f"https://{up.netloc}"):
             if value.startswith(prefix):
                 return mine + value[len(prefix):]
-        return value.replace(f"<{up.base}/", f"<{mine}/")
+            value = value.replace(f"<{prefix}/", f"<{mine}/")
+        return value
 
-    def _relay(self, resp: http.client.HTTPResponse):
+    def _relay(self, resp: Response):
         headers = []
-        for k, v in resp.getheaders():
+        for k, v in resp.headers.items():
             lk = k.lower()
             if lk in HOP_BY_HOP:
                 continue
             if lk in ("location", "link"):
                 v = self._rewrite(v)
             headers.append((k, v))
-        length = resp.getheader("Content-Length")
-        no_body = self.command == "HEAD" or resp.status in (204, 304) or resp.status < 200
         try:
-            if no_body:
-                if length is not None:
+            if resp.mode == "none":
+                length = resp.headers.get("Content-Length")
+                if length is not None and resp.status not in (204, 304):
                     headers.append(("Content-Length", length))
-                resp.read()
                 self._write_head(resp.status, resp.reason, headers)
-            elif length is not None and int(length) <= SMALL:
+            elif resp.mode == "length" and resp.left <= SMALL:
                 self._send(resp.status, headers, resp.read(), reason=resp.reason)
-            elif length is not None:
-                headers.append(("Content-Length", length))
+            elif resp.mode == "length":
+                headers.append(("Content-Length", str(resp.left)))
                 self._write_head(resp.status, resp.reason, headers)
-                self._copy(resp, int(length))
+                self._copy(resp)
             else:
-                if self.request_version == "HTTP/1.1":
+                chunked = self.request_version == "HTTP/1.1"
+                if chunked:
                     headers.append(("Transfer-Encoding", "chunked"))
                 else:
                     self.close_connection = True
                 self._write_head(resp.status, resp.reason, headers)
-                self._copy(resp, None, chunked=self.request_version == "HTTP/1.1")
+                self._copy(resp, chunked=chunked)
         except (OSError, http.client.HTTPException):
             # The client or the upstream went away mid-body: neither connection can be reused.
-            self._drop_upstream()
             self.close_connection = True
         finally:
-            if not resp.isclosed():
-                resp.close()
-                self._drop_upstream()
+            self._done(resp)
 
-    def _copy(self, resp, length: int | None, chunked: bool = False):
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
+    def _copy(self, resp: Response, chunked: bool = False):
+        view = memoryview(bytearray(CHUNK))
         w = self.wfile
-        left = length
-        while left is None or left > 0:
-            n = resp.readinto(view if left is None or left >= CHUNK else view[:left])
-            if not n:
-                if left:
-                    raise ConnectionError("the upstream closed the connection in the middle of a body")
-                break
+        while n := resp.readinto(view):
             if chunked:
                 w.write(b"%x\r\n" % n + view[:n].tobytes() + b"\r\n")
             else:
                 w.write(view[:n])
-            if left is not None:
-                left -= n
         if chunked:
             w.write(b"0\r\n\r\n")
 
     # -- writing answers --
 
     def _write_head(self, status: int, reason: str | None, headers, extra: bytes = b""):
-        lines = [f"HTTP/1.1 {status} {reason or self.responses.get(status, ('',))[0]}"]
+        lines = [f"HTTP/1.1 {status} {reason or REASONS.get(status, '')}"]
         lines += [f"{k}: {v}" for k, v in headers]
         if self.close_connection:
             lines.append("Connection: close")
-        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + extra)
+        self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + extra)
 
     def _send(self, status: int, headers, body: bytes, reason: str | None = None):
         headers = [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP]
@@ -364,10 +582,10 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # an unread request body
         reason = None
         if outcome.status >= 500:
-            # containers/image (skopeo, buildah, podman) shows no body of a 5xx answer, only its status
-            # line: the reason goes there too, on one line.
+            # containers/image (skopeo, buildah, podman) shows no body of a 5xx answer, only its
+            # status line: the reason goes there too, on one line.
             text = " ".join(outcome.message.split()).encode("latin-1", "replace").decode("latin-1")
-            reason = f"{self.responses.get(outcome.status, ('Error',))[0]}: {text[:300]}"
+            reason = f"{REASONS.get(outcome.status, 'Error')}: {text[:300]}"
         self._send(outcome.status, headers, outcome.body(), reason=reason)
 
     def _upstream_down(self, e: Exception):
@@ -377,8 +595,6 @@ class Handler(BaseHTTPRequestHandler):
         self._oci_error(Outcome(502, "UNAVAILABLE", str(e), retry_after=5))
 
     def _health(self):
-        import json
-
         ok, detail = self.server.check_upstream()
         body = json.dumps({"status": "ok" if ok else "unhealthy", "upstream": self.server.upstream.base,
                            "detail": detail}).encode()
@@ -397,11 +613,12 @@ class Server(ThreadingHTTPServer):
         self.address = f"{host}:{port}"
 
     def check_upstream(self) -> tuple[bool, str]:
-        conn = self.upstream.connect()
-        conn.timeout = 5
+        conn = UpstreamConn(self.upstream)
         try:
-            conn.request("GET", "/v2/", headers={"Host": self.upstream.netloc})
-            r = conn.getresponse()
+            conn.open()
+            conn.sock.settimeout(5)
+            conn.send("GET", "/v2/", [("Host", self.upstream.netloc)])
+            r = conn.response("GET")
             r.read()
             return r.status in (200, 401), f"GET /v2/: HTTP {r.status}"
         except (OSError, http.client.HTTPException) as e:
@@ -425,8 +642,7 @@ def make_server(*, upstream: str, listen: str, engine=None, bake_fn=None, policy
     from .serve_lazy import bake_with_engine
 
     up = Upstream(upstream)
-    verify = (not oci.is_loopback(up.netloc)) if tls_verify is None else tls_verify
-    up.tls_verify = verify
+    up.tls_verify = (not oci.is_loopback(up.netloc)) if tls_verify is None else tls_verify
     if bake_fn is None:
         if engine is None:
             from . import engine as enginemod
@@ -435,7 +651,7 @@ def make_server(*, upstream: str, listen: str, engine=None, bake_fn=None, policy
         bake_fn = bake_with_engine(engine)
     log = log or JsonLog()
     lazy = Lazy(up.netloc, bake_fn, policy=policy, workers=workers, queue_size=queue_size, deadline=deadline,
-                backoff=backoff, tls_verify=verify, log=log)
+                backoff=backoff, tls_verify=up.tls_verify, log=log)
     try:
         return Server(parse_listen(listen), up, lazy, log)
     except OSError as e:

@@ -358,7 +358,9 @@ class Lazy:
                 self.flights[key] = flight
                 leader = True
         if leader:
-            self._lead(flight)
+            # Preparing takes registry round trips: in a thread of its own, so that the leader
+            # too waits no longer than the deadline, whatever the upstream does.
+            threading.Thread(target=self._lead, args=(flight,), name="bake-prepare", daemon=True).start()
         self.metrics.waiting.inc()
         try:
             done = flight.event.wait(timeout=max(0.0, self.deadline - (time.monotonic() - arrived)))
@@ -377,6 +379,8 @@ class Lazy:
         if parts is None:
             return None
         base, target, _ = parts
+        if base == "sha256":  # the referrers tag schema (sha256-<hex>), cosign's sha256-<hex>.sig ...
+            return None
         try:
             if self.registry().head_manifest(repo, base) is None:
                 return None
@@ -392,6 +396,13 @@ class Lazy:
     # -- the leader prepares and queues --
 
     def _lead(self, flight: Flight) -> None:
+        try:
+            self._prepare_and_queue(flight)
+        except BaseException as e:  # noqa: BLE001 - never leave waiters hanging
+            if not flight.event.is_set():
+                self._finish(flight, Outcome(500, "UNKNOWN", f"internal error: {e!r}"), remember=True)
+
+    def _prepare_and_queue(self, flight: Flight) -> None:
         repo, node = flight.repo, flight.node
         t0 = time.monotonic()
         try:

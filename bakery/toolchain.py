@@ -25,10 +25,29 @@ def default_major() -> int:
     return int(value)
 
 
+PLATFORMS = {"linux/amd64": "x86_64-linux-gnu", "linux/arm64": "aarch64-linux-gnu",
+             "linux/arm64/v8": "aarch64-linux-gnu"}
+# Debian's cross sysroots that clang --target=TRIPLE finds by itself.
+CROSS_PACKAGES = {"aarch64-linux-gnu": "libc6-dev-arm64-cross libstdc++-12-dev-arm64-cross libgcc-12-dev-arm64-cross",
+                  "x86_64-linux-gnu": "libc6-dev-amd64-cross libstdc++-12-dev-amd64-cross libgcc-12-dev-amd64-cross"}
+
+
+def triple_of_platform(platform: str) -> str:
+    try:
+        return PLATFORMS[platform]
+    except KeyError:
+        raise BakeryError(f"unknown platform {platform!r}", f"known: {', '.join(PLATFORMS)}") from None
+
+
+def platform_of_family(family: str) -> str:
+    return {"x86_64": "linux/amd64", "aarch64": "linux/arm64"}[family]
+
+
 @dataclass(frozen=True)
 class Toolchain:
     major: int
     bindir: Path
+    target_triple: str | None = None   # cross compilation: clang --target=
 
     def tool(self, name: str) -> str:
         path = self.bindir / name
@@ -72,8 +91,38 @@ class Toolchain:
         return m.group(1)
 
     @functools.cached_property
-    def triple(self) -> str:
+    def host_triple(self) -> str:
         return proc.run([self.clang, "-dumpmachine"]).stdout.strip()
+
+    @property
+    def triple(self) -> str:
+        return self.target_triple or self.host_triple
+
+    @property
+    def is_cross(self) -> bool:
+        return self.triple.split("-")[0] != self.host_triple.split("-")[0]
+
+    @property
+    def cross_flags(self) -> list[str]:
+        """Added to every compile and link of a cross capture or bake."""
+        if not self.is_cross:
+            return []
+        return [f"--target={self.triple}", "-fuse-ld=lld", "-Wno-unused-command-line-argument"]
+
+    def for_triple(self, triple: str | None) -> "Toolchain":
+        if not triple or triple.split("-")[0] == self.host_triple.split("-")[0]:
+            return self
+        tc = Toolchain(self.major, self.bindir, triple)
+        sysroot = Path("/usr") / triple
+        if not (sysroot / "include").exists():
+            raise BakeryError(f"no {triple} sysroot in {sysroot}",
+                              f"install it with: apt-get install {CROSS_PACKAGES.get(triple, 'the cross -dev packages')}")
+        return tc
+
+    @property
+    def run_env(self) -> dict[str, str]:
+        """Lets a cross build run the programs it makes (configure checks) through qemu-user."""
+        return {"QEMU_LD_PREFIX": f"/usr/{self.triple}"} if self.is_cross else {}
 
     @property
     def family(self) -> str:

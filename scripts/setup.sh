@@ -7,7 +7,8 @@ LLVM="${BAKERY_LLVM_VERSION:-16}"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 PKGS=(clang-$LLVM llvm-$LLVM lld-$LLVM flang-$LLVM make cmake autoconf automake libtool binutils git
-      dpkg-dev python3-venv python3-pip buildah skopeo docker-registry debootstrap)
+      dpkg-dev python3-venv python3-pip buildah skopeo docker-registry debootstrap
+      qemu-user-static binfmt-support libc6-dev-arm64-cross libstdc++-12-dev-arm64-cross libgcc-12-dev-arm64-cross)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 
@@ -27,6 +28,13 @@ if [ ${#missing[@]} -gt 0 ] || [ -n "${need_update:-}" ]; then
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Cross-built programs (arm64 bakes, configure checks of cross captures) run
+# through qemu-user: register its binfmt handlers when the kernel allows it.
+if [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  mountpoint -q /proc/sys/fs/binfmt_misc || $SUDO mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null || true
+  $SUDO update-binfmts --enable qemu-aarch64 >/dev/null 2>&1 || true
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -35,22 +35,26 @@ class Builds:
     def recipe(self, name: str):
         return recipemod.load(EXAMPLES / name / "recipe.yaml")
 
-    def bundle(self, name: str) -> Path:
-        if name not in self._bundles:
-            out = self.root / "bundles" / name
-            capturemod.capture(self.recipe(name), out, self.tc, quiet=True)
-            self._bundles[name] = out
-        return self._bundles[name]
+    def bundle(self, name: str, platform: str | None = None) -> Path:
+        key = (name, platform)
+        if key not in self._bundles:
+            out = self.root / "bundles" / f"{name}-{(platform or 'host').replace('/', '-')}"
+            tc = self.tc.for_triple(toolchainmod.triple_of_platform(platform)) if platform else self.tc
+            capturemod.capture(self.recipe(name), out, tc, quiet=True)
+            self._bundles[key] = out
+        return self._bundles[key]
 
-    def target(self, name: str):
-        return targetmod.resolve(name, compiler_version=self.tc.version, family=self.tc.family)
+    def target(self, name: str, family: str | None = None):
+        return targetmod.resolve(name, compiler_version=self.tc.version, family=family or self.tc.family)
 
-    def baked(self, name: str, target: str, lto: str = "none") -> Path:
-        key = (name, target, lto)
+    def baked(self, name: str, target: str, lto: str = "none", platform: str | None = None) -> Path:
+        key = (name, target, lto, platform)
         if key not in self._bakes:
-            bundle = self.bundle(name)
-            out = self.root / "baked" / f"{name}-{target}-{lto}"
-            bakemod.bake(bundle, planmod.load(bundle), self.tc, self.target(target), out, lto=lto, quiet=True)
+            bundle = self.bundle(name, platform)
+            plan = planmod.load(bundle)
+            out = self.root / "baked" / f"{name}-{target}-{lto}-{(platform or 'host').replace('/', '-')}"
+            bakemod.bake(bundle, plan, self.tc, self.target(target, plan["toolchain"]["family"]), out, lto=lto,
+                         quiet=True)
             self._bakes[key] = out
         return self._bakes[key]
 

@@ -78,13 +78,13 @@ def build_commands(recipe, root: Path, compilers: dict[str, str], jobs: int) -> 
     return [["bash", "-euo", "pipefail", "-c", line] for line in b.script], srcdir
 
 
-def run_build(recipe, root: Path, shimdir: Path, compilers: dict, jobs: int, log: Path,
+def run_build(recipe, root: Path, shimdir: Path, compilers: dict, jobs: int, log: Path, toolchain: Toolchain,
               quiet: bool = False, progress=None) -> Path:
     cmds, outdir = build_commands(recipe, root, compilers, jobs)
     env = proc.env_with({
         "PATH": f"{shimdir}{os.pathsep}{os.environ.get('PATH', '')}",
         "MAKEFLAGS": "", "MFLAGS": "", "JOBS": str(jobs),
-        **compilers, **recipe.build.env,
+        **compilers, **toolchain.run_env, **recipe.build.env,
     })
     cwd = (root / recipe.build.subdir).resolve()
     for cmd in cmds:
@@ -139,12 +139,13 @@ def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdi
             "languages": recipe.capture_languages, "opt": "-" + recipe.capture_opt,
             "extra_flags": list(extra_flags or []),
             "fortran_link_flags": toolchain.fortran_link_flags,
+            "target_flags": toolchain.cross_flags,
             **_level_config(recipe, toolchain, mode),
         }
         compilers = write_shims(shimdir, config, toolchain)
         log = work / "build.log"
         with _Progress(store, quiet or mode != "capture"):
-            outdir = run_build(recipe, root, shimdir, compilers, jobs, log, quiet)
+            outdir = run_build(recipe, root, shimdir, compilers, jobs, log, toolchain, quiet)
         build_seconds = time.monotonic() - t0
         if mode != "capture":
             return {"outdir": str(outdir), "seconds": build_seconds, "work": str(work)}
@@ -178,7 +179,7 @@ def _level_config(recipe, toolchain: Toolchain, mode: str) -> dict:
         return {"levels": [], "level_macros": []}
     defined = []
     for t in levels:
-        out = proc.run([toolchain.clang, "-dM", "-E", "-x", "c", "/dev/null", *t.flags]).stdout
+        out = proc.run([toolchain.clang, *toolchain.cross_flags, "-dM", "-E", "-x", "c", "/dev/null", *t.flags]).stdout
         defined.append(set(out.splitlines()))
     differing = set.union(*defined) - set.intersection(*defined)
     macros = sorted({line.split()[1] for line in differing if line.startswith("#define ")})

@@ -72,7 +72,9 @@ class Capture:
         self.root = self.cfg["root"]
         self.mode = self.cfg.get("mode", "capture")
         self.lang = {"cc": "c", "c++": "c++", "fortran": "fortran"}[role]
-        self.real = self.cfg["compilers"][self.lang]
+        # A cross capture adds --target=TRIPLE (and lld) to every compiler call.
+        self.cross = self.cfg.get("target_flags", [])
+        self.real = [self.cfg["compilers"][self.lang], *self.cross]
 
     # -- events ---------------------------------------------------------------
     def emit(self, event: dict) -> None:
@@ -99,12 +101,12 @@ class Capture:
         if self.mode == "passthrough":
             if self.lang == "fortran":
                 extra = [*extra, *self.cfg.get("fortran_link_flags", [])]
-            return subprocess.call([self.real, *args, *extra])
+            return subprocess.call([*self.real, *args, *extra])
         parsed = parse(args)
         if parsed["stage"] in ("E", "S", "M") or parsed["stdin"] or not (parsed["inputs"]):
-            return subprocess.call([self.real, *args])
+            return subprocess.call([*self.real, *args])
         if self.is_probe(parsed):
-            return subprocess.call([self.real, *args])
+            return subprocess.call([*self.real, *args])
         if parsed["stage"] == "c":
             return self.compile_only(parsed)
         return self.compile_and_link(parsed)
@@ -125,7 +127,7 @@ class Capture:
     def compile_only(self, parsed: dict) -> int:
         sources = [(s, lang) for s, lang in parsed["sources"]]
         if parsed["output"] and len(sources) > 1:
-            return subprocess.call([self.real, *parsed["argv"]])
+            return subprocess.call([*self.real, *parsed["argv"]])
         for src, lang in sources:
             out = parsed["output"] or os.path.splitext(os.path.basename(src))[0] + ".o"
             rc = self.compile_one(parsed, src, lang, out)
@@ -138,7 +140,7 @@ class Capture:
         if lang not in self.cfg.get("languages", ["c", "c++"]) or lang not in ("c", "c++", "fortran"):
             # Assembly, Fortran (unless enabled) and anything else stay native
             # objects; the link records them as such.
-            return subprocess.call([self.real, *flags, *parsed["xlang"](src), "-c", src, "-o", out])
+            return subprocess.call([*self.real, *flags, *parsed["xlang"](src), "-c", src, "-o", out])
         # 1. pre-optimization bitcode, written where the object goes so that
         #    -MD dependency files and their targets are named as the build expects.
         if lang == "fortran":
@@ -146,10 +148,10 @@ class Capture:
             # pass and, unlike clang, marks nothing optnone.
             fortran = self.cfg["compilers"]["fortran"]
             bc_flags = [f for f in capture_flags(flags, "-O0") if not f.startswith(OPT_LEVELS)] + ["-O0"]
-            rc = subprocess.call([fortran, *bc_flags, *parsed["xlang"](src), "-c", "-emit-llvm", src, "-o", out])
+            rc = subprocess.call([fortran, *self.cross, *bc_flags, *parsed["xlang"](src), "-c", "-emit-llvm", src, "-o", out])
         else:
             bc_flags = capture_flags(flags, self.cfg.get("opt", "-O2"))
-            rc = subprocess.call([self.real, *bc_flags, *parsed["xlang"](src), "-c", "-emit-llvm",
+            rc = subprocess.call([*self.real, *bc_flags, *parsed["xlang"](src), "-c", "-emit-llvm",
                                   "-Xclang", "-disable-llvm-optzns", src, "-o", out])
         if rc:
             return rc
@@ -162,7 +164,7 @@ class Capture:
         #    (clang reads any IR; Fortran's own flags mean nothing to it).
         native = codegen_flags(flags, self.cfg.get("opt", "-O2")) if lang != "fortran" else \
             bake_flags(flags, self.cfg.get("opt", "-O2"))
-        rc = subprocess.call([self.cfg["compilers"]["c"], *native, "-w",
+        rc = subprocess.call([self.cfg["compilers"]["c"], *self.cross, *native, "-w",
                               "-c", "-x", "ir", bc_path, "-o", out])
         if rc:
             return rc
@@ -218,7 +220,7 @@ class Capture:
         xl = parsed["xlang"](src)
 
         def preprocess(extra: list[str]) -> bytes:
-            cp = subprocess.run([self.real, *pp_flags, *extra, *xl, "-E", "-w", src, "-o", "-"],
+            cp = subprocess.run([*self.real, *pp_flags, *extra, *xl, "-E", "-w", src, "-o", "-"],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             # Line markers move with the number of predefined macros: not code.
             return LINE_MARKER.sub(b"", cp.stdout) if cp.returncode == 0 else b""
@@ -235,7 +237,7 @@ class Capture:
             if text and text != previous:
                 fd, tmp = tempfile.mkstemp(suffix=".bc", dir=os.path.join(self.store, "tmp"))
                 os.close(fd)
-                rc = subprocess.call([self.real, *pp_flags, *level["flags"], *xl, "-c", "-emit-llvm", "-w",
+                rc = subprocess.call([*self.real, *pp_flags, *level["flags"], *xl, "-c", "-emit-llvm", "-w",
                                       "-Xclang", "-disable-llvm-optzns", src, "-o", tmp])
                 if rc == 0:
                     variants.append({"level": level["name"], "bc": self.store_bitcode(tmp, move=True)})
@@ -248,7 +250,7 @@ class Capture:
         """Which of the levels' feature macros the unit's own files (the source
         and the build tree's headers it includes) mention."""
         names = self.cfg.get("level_macros", [])
-        cp = subprocess.run([self.real, *pp_flags, *xl, "-M", "-w", src], stdout=subprocess.PIPE,
+        cp = subprocess.run([*self.real, *pp_flags, *xl, "-M", "-w", src], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
         files = {src} | {f for f in cp.stdout.replace("\\\n", " ").split()[1:] if self.rel(f) is not None}
         found = set()
@@ -279,7 +281,7 @@ class Capture:
     # -- linking ----------------------------------------------------------------
     def link(self, parsed: dict, link_args: list[str]) -> int:
         extra = self.cfg.get("fortran_link_flags", []) if self.lang == "fortran" else []
-        rc = subprocess.call([self.real, *link_args, *extra])
+        rc = subprocess.call([*self.real, *link_args, *extra])
         if rc:
             return rc
         out = parsed["output"] or "a.out"

@@ -20,6 +20,9 @@ def setup_parser(sub, common):
     p.add_argument("-j", "--jobs", type=int, default=0, help="parallel build jobs (default: all cores)")
     p.add_argument("--workdir", type=Path, help="build here instead of a temporary directory (kept)")
     p.add_argument("--keep", action="store_true", help="keep the temporary work tree")
+    p.add_argument("--platform", default=None, metavar="OS/ARCH",
+                   help="capture for another ISA with clang --target (linux/arm64, linux/amd64); "
+                        "needs Debian's cross sysroot packages, and qemu-user for builds that run what they build")
     p.add_argument("--json", action="store_true", help="print a summary as JSON on stdout")
     return p
 
@@ -27,6 +30,8 @@ def setup_parser(sub, common):
 def run(args) -> int:
     recipe = recipemod.load(args.recipe)
     tc = toolchainmod.find()
+    if args.platform:
+        tc = tc.for_triple(toolchainmod.triple_of_platform(args.platform))
     plan = capturemod.capture(recipe, args.output.resolve(), tc, jobs=args.jobs, workdir=args.workdir,
                               keep=args.keep or args.debug, quiet=args.quiet)
     summary = {"bundle": str(args.output), "modules": len(plan["modules"]), "objects": len(plan["objects"]),

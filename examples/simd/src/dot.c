@@ -2,8 +2,11 @@
  * C code does (#ifdef __AVX2__): a capture for a generic CPU keeps only the
  * SSE2 path unless bakery captures this unit per ISA level. */
 #include <stddef.h>
-#include <immintrin.h>
 #include "dot.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #if defined(__AVX512F__)
 const char *dot_path = "avx512";
@@ -34,6 +37,33 @@ float dot(const float *x, const float *y, size_t n) {
   h = _mm_add_ps(h, _mm_movehl_ps(h, h));
   h = _mm_add_ss(h, _mm_shuffle_ps(h, h, 1));
   float s = _mm_cvtss_f32(h);
+  for (; i < n; i++) s += x[i] * y[i];
+  return s;
+}
+#elif defined(__ARM_FEATURE_SVE)
+#include <arm_sve.h>
+const char *dot_path = "sve";
+
+float dot(const float *x, const float *y, size_t n) {
+  svfloat32_t acc = svdup_f32(0.0f);
+  for (size_t i = 0; i < n; i += svcntw()) {
+    svbool_t pg = svwhilelt_b32((uint64_t)i, (uint64_t)n);
+    acc = svmla_f32_m(pg, acc, svld1_f32(pg, x + i), svld1_f32(pg, y + i));
+  }
+  return svaddv_f32(svptrue_b32(), acc);
+}
+#elif defined(__ARM_NEON)
+#include <arm_neon.h>
+const char *dot_path = "neon";
+
+float dot(const float *x, const float *y, size_t n) {
+  float32x4_t a0 = vdupq_n_f32(0.0f), a1 = vdupq_n_f32(0.0f);
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    a0 = vfmaq_f32(a0, vld1q_f32(x + i), vld1q_f32(y + i));
+    a1 = vfmaq_f32(a1, vld1q_f32(x + i + 4), vld1q_f32(y + i + 4));
+  }
+  float s = vaddvq_f32(vaddq_f32(a0, a1));
   for (; i < n; i++) s += x[i] * y[i];
   return s;
 }
