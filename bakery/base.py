@@ -83,7 +83,8 @@ def debian_mirror() -> str:
     raise BakeryError("cannot find a Debian mirror in /etc/apt", "set BAKERY_DEBIAN_MIRROR to one")
 
 
-def make_runtime(engine: ContainerEngine, tag: str, quiet: bool = False) -> None:
+def make_runtime(engine: ContainerEngine, tag: str, quiet: bool = False, arch: str | None = None) -> None:
+    """debootstrap minbase; for another architecture, the second stage runs under qemu-user."""
     debootstrap = proc.which("debootstrap")
     if os.geteuid() != 0:
         raise BakeryError("making the Debian base needs root (debootstrap)",
@@ -91,14 +92,18 @@ def make_runtime(engine: ContainerEngine, tag: str, quiet: bool = False) -> None
     work = Path(tempfile.mkdtemp(prefix="bakery-debootstrap-"))
     try:
         rootfs = work / "rootfs"
-        proc.log(f"base: debootstrap --variant=minbase {SUITE} (about a minute)", quiet=quiet)
-        proc.stream([debootstrap, "--variant=minbase", SUITE, str(rootfs), debian_mirror()], log=work / "log")
+        foreign = ["--arch", arch, "--foreign"] if arch else []
+        proc.log(f"base: debootstrap --variant=minbase {' '.join(foreign)} {SUITE} (a few minutes)", quiet=quiet)
+        proc.stream([debootstrap, "--variant=minbase", *foreign, SUITE, str(rootfs), debian_mirror()],
+                    log=work / "log")
+        if arch:
+            proc.stream(["chroot", str(rootfs), "/debootstrap/debootstrap", "--second-stage"], log=work / "log")
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for f in (rootfs / junk).glob("*"):
                 if f.is_file():
                     f.unlink()
         engine.import_rootfs(rootfs, tag, env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-                             cmd=["/bin/bash"], labels={"dev.bakery.base": f"debian-{SUITE}-minbase"})
+                             cmd=["/bin/bash"], labels={"dev.bakery.base": f"debian-{SUITE}-minbase"}, arch=arch)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -140,3 +145,27 @@ def ensure(engine: ContainerEngine, registry: str, llvm: int, runtime_base: str 
             proc.log(f"base: pushing {remote}", quiet=quiet)
             engine.push(local, remote, tls_verify=tls)
     return b
+
+
+def ensure_foreign_runtime(engine: ContainerEngine, registry: str, arch: str, *, quiet: bool = False,
+                           tls_verify: bool | None = None) -> str:
+    """The Debian runtime base for another architecture (debootstrap + qemu-user), local and in the registry."""
+    local = f"localhost/bakery/debian:{SUITE}-{arch}"
+    remote = f"{registry}/bakery/debian:{SUITE}-{arch}"
+    tls = (not oci.is_loopback(registry)) if tls_verify is None else tls_verify
+    reg = oci.Registry(registry, tls_verify=tls)
+    in_registry = bool(reg.head_manifest("bakery/debian", f"{SUITE}-{arch}"))
+    if not engine.exists(local):
+        if in_registry:
+            proc.log(f"base: pulling {remote}", quiet=quiet)
+            engine.pull(remote, tls_verify=tls)
+            engine.tag(remote, local)
+        else:
+            if not Path(f"/proc/sys/fs/binfmt_misc/qemu-{ {'arm64': 'aarch64'}.get(arch, arch) }").exists():
+                raise BakeryError(f"making the {arch} base needs qemu-user registered with binfmt_misc",
+                                  "apt-get install qemu-user-static binfmt-support (scripts/setup.sh does it)")
+            make_runtime(engine, local, quiet, arch=arch)
+    if not in_registry:
+        proc.log(f"base: pushing {remote}", quiet=quiet)
+        engine.push(local, remote, tls_verify=tls)
+    return local

@@ -32,8 +32,19 @@ class ContainerEngine(abc.ABC):
 
     @abc.abstractmethod
     def import_rootfs(self, rootfs: Path, tag: str, *, env: Mapping[str, str], cmd: list[str],
-                      labels: Mapping[str, str] | None = None) -> str:
+                      labels: Mapping[str, str] | None = None, arch: str | None = None) -> str:
         """An image whose single layer is the directory tree ``rootfs``."""
+
+    # Multi-platform support: optional, so engines can add it later.
+    def export_dir(self, image: str, path: str, dest: Path) -> None:
+        """Copy the directory ``path`` of ``image`` to ``dest`` without running anything in it."""
+        raise BakeryError(f"the {self.name} engine cannot export files of foreign-platform images yet",
+                          "use --engine buildah for multi-platform images")
+
+    def push_index(self, images: list[str], ref: str, *, tls_verify: bool = True) -> str:
+        """Push ``images`` (one per platform) under one OCI image index at ``ref``; returns its digest."""
+        raise BakeryError(f"the {self.name} engine cannot push multi-platform images yet",
+                          "use --engine buildah for --platform with several platforms")
 
     @abc.abstractmethod
     def read_file(self, image: str, path: str) -> bytes:
@@ -118,7 +129,7 @@ class BuildahEngine(ContainerEngine):
         finally:
             os.unlink(iidfile)
 
-    def import_rootfs(self, rootfs, tag, *, env, cmd, labels=None) -> str:
+    def import_rootfs(self, rootfs, tag, *, env, cmd, labels=None, arch=None) -> str:
         ctr = proc.run(self._b("from", "scratch")).stdout.strip()
         try:
             mnt = proc.run(self._b("mount", ctr)).stdout.strip()
@@ -127,18 +138,61 @@ class BuildahEngine(ContainerEngine):
             finally:
                 proc.run(self._b("umount", ctr))
             self.configure(ctr, env=env, labels=labels)
-            proc.run(self._b("config", "--cmd", json.dumps(cmd), ctr))
+            proc.run(self._b("config", "--cmd", json.dumps(cmd), "--os", "linux",
+                             *(["--arch", arch] if arch else []), ctr))
             return self.commit(ctr, tag)
         finally:
             self.remove(ctr)
 
     def read_file(self, image, path) -> bytes:
+        # Through a mount, not `run cat`: works for any platform's image, runs nothing.
         ctr = self.from_image(image)
         try:
-            cp = proc.run(self._b("run", f"--isolation={self.isolation}", ctr, "--", "cat", path), text=False)
-            return cp.stdout
+            mnt = Path(proc.run(self._b("mount", ctr)).stdout.strip())
+            try:
+                target = (mnt / path.lstrip("/")).resolve()
+                if mnt.resolve() not in target.parents:
+                    raise BakeryError(f"{path} leaves the image's root")
+                return target.read_bytes()
+            except FileNotFoundError:
+                raise BakeryError(f"{path} not found in {image}") from None
+            finally:
+                proc.run(self._b("umount", ctr), check=False)
         finally:
             self.remove(ctr)
+
+    def export_dir(self, image, path, dest) -> None:
+        import shutil
+
+        ctr = self.from_image(image)
+        try:
+            mnt = Path(proc.run(self._b("mount", ctr)).stdout.strip())
+            try:
+                shutil.copytree(mnt / path.lstrip("/"), dest, symlinks=True)
+            finally:
+                proc.run(self._b("umount", ctr), check=False)
+        finally:
+            self.remove(ctr)
+
+    def push_index(self, images, ref, *, tls_verify=True) -> str:
+        import uuid
+
+        name = f"localhost/bakery-index-{uuid.uuid4().hex[:12]}"
+        proc.run(self._b("manifest", "create", name))
+        try:
+            for image in images:
+                proc.run(self._b("manifest", "add", name, f"containers-storage:{image}"))
+            with tempfile.NamedTemporaryFile(prefix="bakery-digest-", delete=False) as f:
+                digestfile = f.name
+            try:
+                proc.run(self._b("manifest", "push", "--all", "--format", "oci",
+                                 f"--tls-verify={str(tls_verify).lower()}", "--digestfile", digestfile,
+                                 name, f"docker://{ref}"))
+                return Path(digestfile).read_text().strip()
+            finally:
+                os.unlink(digestfile)
+        finally:
+            proc.run(self._b("manifest", "rm", name), check=False)
 
     def pull(self, ref, *, tls_verify=True) -> str:
         return proc.run(self._b("pull", "-q", f"--tls-verify={str(tls_verify).lower()}", f"docker://{ref}")).stdout.strip()

@@ -157,6 +157,7 @@ class DockerEngine(ContainerEngine):
         self.daemon = f"{'podman' if self.podman else 'Docker'} {version.get('Version', '?')} at {url}"
         self._pristine: set[str] = set()
         self._config: dict[str, dict] = {}
+        self._seq = 0
 
     # -- plumbing -----------------------------------------------------------
 
@@ -309,9 +310,10 @@ class DockerEngine(ContainerEngine):
         name = f"{repo}:{tag}"
         added = False
         with self._api(f"push {image} to {ref}", hint):
-            if self._id_of(name) != self._id_of(image):
-                self.api.tag(image, repo, tag)
-                added = True
+            info = self.api.inspect_image(image)
+            if self._id_of(name) != info["Id"]:
+                self.api.tag(image, repo, tag)  # a daemon pushes by name
+                added = bool(info.get("RepoTags"))  # untag after, unless it is the image's only name
             try:
                 params = {"tag": tag}
                 if self.podman and not tls_verify:
@@ -373,7 +375,9 @@ class DockerEngine(ContainerEngine):
     # -- working containers ---------------------------------------------------
 
     def from_image(self, image, name=None) -> str:
-        name = name or f"bakery-ctr-{os.getpid()}-{time.monotonic_ns()}"
+        if not name:
+            self._seq += 1
+            name = f"bakery-ctr-{os.getpid()}-{self._seq}-{int(time.time())}"  # stale ones are found by pid
         with self._api(f"create a container from {image}", "the image must be in the daemon's store (pull it first)"):
             self.api.create_container(image, name=name, **self._placeholder_kwargs(image))
         self._pristine.add(name)

@@ -42,7 +42,10 @@ def _copy_package(name: str, dest: Path) -> None:
                     symlinks=False)
 
 
-def render_containerfile(recipe, bases: basemod.Bases, jobs: int = 0) -> str:
+def render_containerfile(recipe, bases: basemod.Bases, jobs: int = 0, platform: str | None = None,
+                         runtime_image: str | None = None) -> str:
+    host = host_platform()
+    platform = platform or host
     labels = {
         "org.opencontainers.image.title": recipe.name,
         "org.opencontainers.image.version": recipe.version,
@@ -53,10 +56,28 @@ def render_containerfile(recipe, bases: basemod.Bases, jobs: int = 0) -> str:
         f"{ANN}.version": __version__,
     }
     entry = [f"{BIN_DIR}/{recipe.entrypoint[0]}", *recipe.entrypoint[1:]] if recipe.entrypoint else []
+    cross = platform != host
+    if cross and recipe.runtime_packages:
+        raise BakeryError(f"runtime.packages with --platform {platform} is not supported yet",
+                          "the cross capture has only Debian's cross sysroot")
+    labels[f"{ANN}.platform"] = platform
+    if cross and runtime_image:
+        labels[f"{ANN}.runtime.base"] = bases.remote(runtime_image) or runtime_image
     return templates.render_file(
         "Containerfiles/ir.Containerfile.j2", name=recipe.name, version=recipe.version, build_image=bases.build,
         llvm_image=bases.llvm, packages=recipe.runtime_packages, recipe_file=recipe.path.name,
-        bundle_dir=BUNDLE_DIR, jobs=jobs, labels=labels, entrypoint=entry)
+        bundle_dir=BUNDLE_DIR, jobs=jobs, labels=labels, entrypoint=entry, platform=platform, cross=cross,
+        runtime_image=runtime_image or bases.runtime)
+
+
+def host_platform() -> str:
+    import platform as pf
+
+    return {"x86_64": "linux/amd64", "aarch64": "linux/arm64", "arm64": "linux/arm64"}.get(pf.machine(), "linux/amd64")
+
+
+ARCH_OF_PLATFORM = {"linux/amd64": "amd64", "linux/arm64": "arm64"}
+FAMILY_OF_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}
 
 
 def _context(recipe, dest: Path) -> None:
@@ -84,37 +105,65 @@ class BuildResult:
 
 
 def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = None, push: bool = True,
-          llvm: int = 16, jobs: int = 0, quiet: bool = False, tls_verify: bool | None = None) -> BuildResult:
+          llvm: int = 16, jobs: int = 0, quiet: bool = False, tls_verify: bool | None = None,
+          platforms: list[str] | None = None) -> BuildResult:
+    """Build the IR image (one per platform, under one OCI index when several) and attach the plan(s)."""
     t0 = time.monotonic()
     tls = (not oci.is_loopback(registry)) if tls_verify is None else tls_verify
     ref = oci.Ref.parse(tag or f"{recipe.name}:{recipe.version}", default_registry=registry)
+    platforms = platforms or [host_platform()]
+    for p in platforms:
+        if p not in ARCH_OF_PLATFORM:
+            raise BakeryError(f"unknown platform {p!r}", f"known: {', '.join(ARCH_OF_PLATFORM)}")
     bases = basemod.ensure(engine, registry, llvm, recipe.runtime_base, quiet=quiet, tls_verify=tls)
-    with tempfile.TemporaryDirectory(prefix="bakery-ctx-") as ctx_dir:
-        ctx = Path(ctx_dir)
-        _context(recipe, ctx)
-        cf = ctx / "Containerfile"
-        cf.write_text(render_containerfile(recipe, bases, jobs))
-        proc.log(f"build: {ref} (capture inside the build; log in the engine's output)", quiet=quiet)
-        engine.build(containerfile=cf, context=ctx, tag=str(ref.with_tag(ref.tag or "latest")), tls_verify=tls,
-                     annotations=_annotations(recipe, bases, llvm),
-                     on_line=None if quiet else _build_progress())
-    image = str(ref)
-    plan_bytes = engine.read_file(image, f"{BUNDLE_DIR}/plan.json")
-    plan = json.loads(plan_bytes)
-    planmod.validate(plan)
+    built: list[tuple[str, str, bytes]] = []  # (platform, local image, plan bytes)
+    for platform in platforms:
+        runtime = None
+        if platform != host_platform():
+            runtime = basemod.ensure_foreign_runtime(engine, registry, ARCH_OF_PLATFORM[platform], quiet=quiet,
+                                                     tls_verify=tls)
+        image = str(ref) if len(platforms) == 1 else f"localhost/bakery-build/{ref.repository}:{ref.tag}-{ARCH_OF_PLATFORM[platform]}"
+        with tempfile.TemporaryDirectory(prefix="bakery-ctx-") as ctx_dir:
+            ctx = Path(ctx_dir)
+            _context(recipe, ctx)
+            cf = ctx / "Containerfile"
+            cf.write_text(render_containerfile(recipe, bases, jobs, platform, runtime))
+            proc.log(f"build: {ref} for {platform} (capture inside the build)", quiet=quiet)
+            engine.build(containerfile=cf, context=ctx, tag=image, tls_verify=tls,
+                         annotations=_annotations(recipe, bases, llvm) | {f"{ANN}.platform": platform},
+                         on_line=None if quiet else _build_progress())
+        plan_bytes = engine.read_file(image, f"{BUNDLE_DIR}/plan.json")
+        planmod.validate(json.loads(plan_bytes))
+        built.append((platform, image, plan_bytes))
     if not push:
-        return BuildResult(image, "", oci.sha256(plan_bytes), "", time.monotonic() - t0)
-    proc.log(f"build: pushing {ref}", quiet=quiet)
-    digest = engine.push(image, str(ref), tls_verify=tls)
+        return BuildResult(str(ref), "", oci.sha256(built[0][2]), "", time.monotonic() - t0)
     reg = oci.Registry(ref.registry, tls_verify=tls)
-    data, mt, got = reg.get_manifest(ref.repository, digest)
-    with tempfile.TemporaryDirectory() as tmp:
-        p = Path(tmp) / "plan.json"
-        p.write_bytes(plan_bytes)
-        artifact = oci.push_plan(reg, ref.repository, {"mediaType": mt, "digest": digest, "size": len(data)}, p,
-                                 {f"{ANN}.recipe.digest": recipe.digest, f"{ANN}.toolchain": f"llvm-{plan['toolchain']['llvm_major']}"})
-    proc.log(f"build: plan attached as {artifact[:19]}… (referrers tag {digest.replace(':', '-')[:19]}…)", quiet=quiet)
-    return BuildResult(f"{ref}@{digest}", digest, oci.sha256(plan_bytes), artifact, time.monotonic() - t0)
+    if len(built) == 1:
+        proc.log(f"build: pushing {ref}", quiet=quiet)
+        digest = engine.push(built[0][1], str(ref), tls_verify=tls)
+        targets = {built[0][0]: digest}
+    else:
+        proc.log(f"build: pushing {ref} as an OCI index of {', '.join(platforms)}", quiet=quiet)
+        digest = engine.push_index([b[1] for b in built], str(ref), tls_verify=tls)
+        index = json.loads(reg.get_manifest(ref.repository, digest)[0])
+        targets = {}
+        for m in index.get("manifests", []):
+            plat = f"{m['platform']['os']}/{m['platform']['architecture']}"
+            targets[plat] = m["digest"]
+    artifacts = []
+    for platform, _, plan_bytes in built:
+        sub = targets[platform]
+        data, mt, _ = reg.get_manifest(ref.repository, sub)
+        plan = json.loads(plan_bytes)
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "plan.json"
+            p.write_bytes(plan_bytes)
+            artifacts.append(oci.push_plan(
+                reg, ref.repository, {"mediaType": mt, "digest": sub, "size": len(data)}, p,
+                {f"{ANN}.recipe.digest": recipe.digest, f"{ANN}.toolchain": f"llvm-{plan['toolchain']['llvm_major']}",
+                 f"{ANN}.platform": platform}))
+        proc.log(f"build: {platform}: plan attached to {sub[:19]}… as {artifacts[-1][:19]}…", quiet=quiet)
+    return BuildResult(f"{ref}@{digest}", digest, oci.sha256(built[0][2]), artifacts[0], time.monotonic() - t0)
 
 
 def _annotations(recipe, bases, llvm) -> dict:
@@ -149,11 +198,20 @@ class BakeImageResult:
         return self.__dict__.copy()
 
 
-def resolve_ir(reg: oci.Registry, ref: oci.Ref) -> tuple[str, dict, bytes]:
-    """(IR manifest digest, verified plan, plan bytes)."""
+def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tuple[str, dict, bytes]:
+    """(IR manifest digest, verified plan, plan bytes); from an index, the ``family``'s image."""
     digest = ref.digest or reg.head_manifest(ref.repository, ref.tag)
     if not digest:
         raise BakeryError(f"{ref} not found in the registry", "build it with 'bakery build RECIPE --push'")
+    data, mt, _ = reg.get_manifest(ref.repository, digest)
+    if mt in (oci.INDEX, oci.DOCKER_LIST):
+        family = family or FAMILY_OF_ARCH.get(ARCH_OF_PLATFORM[host_platform()])
+        entries = {FAMILY_OF_ARCH.get(m.get("platform", {}).get("architecture")): m["digest"]
+                   for m in json.loads(data).get("manifests", []) if m.get("platform")}
+        if family not in entries:
+            raise BakeryError(f"{ref} has no {family} image",
+                              f"it has: {', '.join(sorted(k for k in entries if k))}; build with --platform")
+        digest = entries[family]
     plan_bytes, _ = oci.fetch_plan(reg, ref.repository, digest)
     try:
         plan = json.loads(plan_bytes)
@@ -174,7 +232,7 @@ def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *,
     ref = oci.Ref.parse(text, default_registry=registry)
     tls = (not oci.is_loopback(ref.registry)) if tls_verify is None else tls_verify
     reg = oci.Registry(ref.registry, tls_verify=tls)
-    digest, plan, plan_bytes = resolve_ir(reg, ref)
+    digest, plan, plan_bytes = resolve_ir(reg, ref, targetmod.lookup(target_name).family.name)
     tc = plan["toolchain"]
     target = targetmod.resolve(target_name, compiler_version=tc.get("version", f"{tc['llvm_major']}.0.0"),
                                family=tc["family"])
@@ -198,13 +256,25 @@ def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *,
     try:
         outdir = output.resolve() if output else work / "out"
         outdir.mkdir(parents=True, exist_ok=True)
-        ctr = engine.from_image(image, name=_container_name("bake"))
+        argv = ["python3", "-m", "bakery", "bake", BUNDLE_DIR, "--target", target.name,
+                "--output", "/bakery/out", "--jobs", str(jobs or os.cpu_count() or 1), "-q"]
+        volumes = [(str(outdir), "/bakery/out")]
+        bake_image, where = image, "the image's LLVM"
+        if tc["family"] != FAMILY_OF_ARCH[ARCH_OF_PLATFORM[host_platform()]]:
+            # Off-node: another ISA's IR image has no toolchain that runs here. Bake
+            # its bundle in this machine's LLVM image (same major, cross sysroot).
+            engine.export_dir(image, BUNDLE_DIR, work / "bundle")
+            if hashlib.sha256((work / "bundle" / "plan.json").read_bytes()).digest() != hashlib.sha256(plan_bytes).digest():
+                raise PlanRefused("plan refused: the IR image's plan differs from the plan artifact attached to it")
+            bases = basemod.ensure(engine, ref.registry, tc["llvm_major"], quiet=quiet, tls_verify=tls, push=False)
+            _copy_package("bakery", work / "lib")
+            _copy_package("archspec", work / "lib")
+            volumes += [(str(work / "bundle"), BUNDLE_DIR), (str(work / "lib"), "/opt/bakery/lib")]
+            bake_image, where = bases.llvm, f"cross, in {bases.llvm}"
+        ctr = engine.from_image(bake_image, name=_container_name("bake"))
         try:
-            proc.log(f"bake: baking inside {ref.repository}@{digest[:19]}… for {target.name} (the image's LLVM)",
-                     quiet=quiet)
-            engine.run(ctr, ["python3", "-m", "bakery", "bake", BUNDLE_DIR, "--target", target.name,
-                             "--output", "/bakery/out", "--jobs", str(jobs or os.cpu_count() or 1), "-q"],
-                       volumes=[(str(outdir), "/bakery/out")], log=work / "bake.log")
+            proc.log(f"bake: baking {ref.repository}@{digest[:19]}… for {target.name} ({where})", quiet=quiet)
+            engine.run(ctr, argv, volumes=volumes, env={"PYTHONPATH": "/opt/bakery/lib"}, log=work / "bake.log")
         except CommandFailed as e:
             if e.returncode == PlanRefused.exit_code:  # the bake inside refused the image's bundle
                 why = [l for l in e.output.splitlines() if "refused" in l] or ["see the bake log"]

@@ -242,10 +242,6 @@ class Response:
         self.done = mode == "none" or (mode == "length" and length == 0)
         self._chunk_left = 0
 
-    @property
-    def length(self) -> int | None:
-        return self.headers.get("Content-Length") if self.mode in ("length", "none") else None
-
     def readinto(self, view: memoryview) -> int:
         if self.done:
             return 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import inspect
 import json
 import math
 import queue
@@ -446,7 +447,16 @@ class Lazy:
             raise Rejected(Outcome(404, "MANIFEST_UNKNOWN",
                                    f"{repo}:{node.tag} cannot be baked: there is no IR image {repo}:{node.base}"))
         ref = oci.Ref.parse(f"{self.upstream}/{repo}:{node.base}")
-        flight.ir_digest, plan, _ = imagemod.resolve_ir(reg, ref)
+        family = archspec.cpu.TARGETS[node.target].family.name
+        # A multi-ISA IR image (an index) has one image per family: the target's is baked.
+        kw = {"family": family} if "family" in inspect.signature(imagemod.resolve_ir).parameters else {}
+        try:
+            flight.ir_digest, plan, _ = imagemod.resolve_ir(reg, ref, **kw)
+        except BakeryError as e:
+            if f"has no {family} image" in e.message:
+                raise Rejected(Outcome(404, "MANIFEST_UNKNOWN", f"{repo}:{node.tag} cannot be baked: {e.message}"),
+                               remember=True) from None
+            raise
         tc = plan["toolchain"]
         try:
             flight.target = targetmod.resolve(node.target, compiler_version=tc.get("version", f"{tc['llvm_major']}.0.0"),

@@ -70,3 +70,48 @@ def test_x86_target_for_arm64_ir_is_refused(builds, tmp_path, capsys):
 
     rc = main(["bake", str(builds.bundle("pi", ARM)), "-t", "x86_64_v3", "-o", str(tmp_path / "o")])
     assert rc == 1 and "this IR is aarch64" in capsys.readouterr().err
+
+
+# -- images: both ISAs under one OCI index ------------------------------------------
+
+@pytest.fixture(scope="module")
+def multi(engine, registry, builds):
+    from bakery import image as imagemod
+
+    return imagemod.build(builds.recipe("kernel"), engine, registry, tag=f"{registry}/kernel-multi:1.0",
+                          platforms=["linux/amd64", "linux/arm64"], quiet=True)
+
+
+def test_index_lists_both_platforms_each_with_a_plan(multi, registry):
+    import json
+
+    from bakery import oci
+
+    reg = oci.Registry(registry)
+    index = json.loads(reg.get_manifest("kernel-multi", multi.digest)[0])
+    assert index["mediaType"] == oci.INDEX
+    plats = {f"{m['platform']['os']}/{m['platform']['architecture']}": m["digest"] for m in index["manifests"]}
+    assert set(plats) == {"linux/amd64", "linux/arm64"}
+    for plat, digest in plats.items():
+        plan = json.loads(oci.fetch_plan(reg, "kernel-multi", digest)[0])
+        assert plan["toolchain"]["family"] == {"linux/amd64": "x86_64", "linux/arm64": "aarch64"}[plat]
+
+
+def test_one_ref_bakes_for_both_isas(multi, engine, registry):
+    from bakery import image as imagemod
+
+    arm = imagemod.bake(f"{registry}/kernel-multi:1.0", engine, registry, "neoverse_v1", quiet=True)
+    x86 = imagemod.bake(f"{registry}/kernel-multi:1.0", engine, registry, "x86_64_v3", quiet=True)
+    cfg = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--config",
+                                     f"docker://{arm.ref.split('@')[0]}"], capture_output=True, text=True,
+                                    check=True).stdout)
+    assert cfg["architecture"] == "arm64"
+    # The arm64 node image runs under qemu-user (binfmt), its output the same as on x86.
+    from test_images import run_in_image
+
+    out_arm = run_in_image(engine, arm.ref.split("@")[0], ["kernel", "200"])
+    out_x86 = run_in_image(engine, x86.ref.split("@")[0], ["kernel", "200"])
+    assert out_arm == out_x86 and "checksum" in out_arm
+
+
+import json  # noqa: E402

@@ -24,6 +24,9 @@ def setup_parser(sub, parent):
     p.add_argument("--no-push", dest="push", action="store_false", help="build only; keep the image local")
     p.add_argument("--push", dest="push", action="store_true", default=True, help="push image and plan (default)")
     p.add_argument("--dry-run", action="store_true", help="print the rendered Containerfile and stop")
+    p.add_argument("--platform", default=None, metavar="OS/ARCH[,...]",
+                   help="platforms to build IR for, e.g. linux/amd64,linux/arm64 (default: this machine's); "
+                        "several go under one OCI image index, each with its own plan")
     p.add_argument("-j", "--jobs", type=int, default=0, help="build jobs inside the capture stage (default: all cores)")
     common.registry_options(p)
     p.add_argument("--json", action="store_true")
@@ -36,11 +39,18 @@ def run(args) -> int:
     if args.dry_run:
         registry = args.registry or "REGISTRY"
         from .. import base as basemod
-        print(imagemod.render_containerfile(recipe, basemod.names(registry, llvm, recipe.runtime_base), args.jobs),
-              end="")
+        bases = basemod.names(registry, llvm, recipe.runtime_base)
+        for platform in _platforms(args) or [imagemod.host_platform()]:
+            print(imagemod.render_containerfile(recipe, bases, args.jobs, platform,
+                                                f"localhost/bakery/debian:bookworm-{platform.split('/')[1]}"
+                                                if platform != imagemod.host_platform() else None), end="")
         return 0
     registry = args.registry or registrymod.default_registry(quiet=args.quiet)
     res = imagemod.build(recipe, enginemod.get(args.engine), registry, tag=args.tag, push=args.push, llvm=llvm,
-                         jobs=args.jobs, quiet=args.quiet, tls_verify=args.tls_verify)
+                         jobs=args.jobs, quiet=args.quiet, tls_verify=args.tls_verify, platforms=_platforms(args))
     print(json.dumps(res.to_json(), indent=1) if args.json else res.ref)
     return 0
+
+
+def _platforms(args) -> list[str] | None:
+    return [p.strip() for p in args.platform.split(",") if p.strip()] if args.platform else None
