@@ -237,7 +237,10 @@ class DockerEngine(ContainerEngine):
             image_id = m.group(1) if m else self.inspect(tag)["Id"]
         return image_id
 
-    def import_rootfs(self, rootfs, tag, *, env, cmd, labels=None) -> str:
+    def import_rootfs(self, rootfs, tag, *, env, cmd, labels=None, arch=None) -> str:
+        if arch:
+            raise BakeryError(f"the docker engine cannot import a {arch} root file system yet",
+                              "make foreign-architecture bases with --engine buildah")
         changes = [f"ENV {k}={json.dumps(v)}" for k, v in env.items()] + [f"CMD {json.dumps(cmd)}"]
         changes += [f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in (labels or {}).items()]
         with tempfile.TemporaryDirectory(prefix="bakery-import-") as tmp:

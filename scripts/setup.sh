@@ -7,7 +7,7 @@ LLVM="${BAKERY_LLVM_VERSION:-16}"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
 PKGS=(clang-$LLVM llvm-$LLVM lld-$LLVM flang-$LLVM make cmake autoconf automake libtool binutils git
-      dpkg-dev python3-venv python3-pip buildah skopeo docker-registry debootstrap
+      dpkg-dev python3-venv python3-pip buildah skopeo docker-registry debootstrap podman runc
       qemu-user-static binfmt-support libc6-dev-arm64-cross libstdc++-12-dev-arm64-cross libgcc-12-dev-arm64-cross)
 missing=()
 for p in "${PKGS[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
