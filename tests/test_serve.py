@@ -78,6 +78,16 @@ def fresh(registry: str, repo: str, tag: str) -> None:
     assert reg.head_manifest(repo, tag) is None
 
 
+def buildah_in_session(sid: int) -> bool:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getsid(int(pid)) == sid and b"buildah" in open(f"/proc/{pid}/cmdline", "rb").read():
+                return True
+        except OSError:
+            pass
+    return False
+
+
 class Service:
     """``bakery serve`` as a subprocess of its own session (so kill -9 takes its bakes too)."""
 
@@ -288,6 +298,10 @@ def test_kill9_mid_bake_leaves_no_tag_and_a_restart_bakes(service, registry):
     while metrics(service.addr)["bakery_serve_bakes_in_flight"] != 1:
         assert time.monotonic() < deadline and not pending.done(), "the bake never started"
         time.sleep(0.05)
+    # In flight: kill while buildah works for it (pull, the bake inside the IR image, commit or push).
+    while not buildah_in_session(service.proc.pid):
+        assert time.monotonic() < deadline and not pending.done(), "no buildah ran for the bake"
+        time.sleep(0.01)
     service.kill9()
     with pytest.raises(OSError):
         pending.result(timeout=30)
