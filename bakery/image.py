@@ -14,6 +14,7 @@ interrupted bake never leaves the tag.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -314,12 +315,10 @@ def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *,
 
 
 def _container_name(step: str) -> str:
-    global _SEQ
-    _SEQ += 1
-    return f"bakery-{step}-{os.getpid()}-{_SEQ}-{int(time.time())}"
+    return f"bakery-{step}-{os.getpid()}-{next(_SEQ)}-{int(time.time())}"
 
 
-_SEQ = 0
+_SEQ = itertools.count(1)  # next() on a count is atomic: safe for serve's worker threads
 
 
 def _remove_stale_containers(engine: ContainerEngine) -> None:
