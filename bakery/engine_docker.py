@@ -24,9 +24,9 @@ import tempfile
 import time
 from collections import deque
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable, Iterator, Mapping
+from typing import Callable, Iterator
 
-from . import oci, proc
+from . import oci
 from .engine import ContainerEngine
 from .errors import BakeryError, CommandFailed
 
@@ -174,11 +174,9 @@ class DockerEngine(ContainerEngine):
             raise BakeryError(f"docker engine: lost the daemon at {self.url} while trying to {what}: {e}",
                               HINT_START) from None
 
-    def _stream(self, method: str, path: str, *, params: dict, headers: dict | None = None, data=None,
-                versioned: bool = True) -> Iterator[dict]:
-        """A streamed JSON-lines endpoint (push, libpod pull): the SDK has no parameter for tlsVerify."""
-        url = self.api._url(path, versioned_api=versioned) if versioned else f"{self.api.base_url}{path}"
-        res = getattr(self.api, f"_{method}")(url, params=params, headers=headers or {}, data=data, stream=True)
+    def _stream(self, url: str, *, params: dict, headers: dict | None = None) -> Iterator[dict]:
+        """POST to a streamed JSON-lines endpoint (push, libpod pull): the SDK has no parameter for tlsVerify."""
+        res = self.api._post(url, params=params, headers=headers or {}, stream=True)
         self.api._raise_for_status(res)
         yield from self.api._stream_helper(res, decode=True)
 
@@ -288,7 +286,7 @@ class DockerEngine(ContainerEngine):
             if self.podman and self.libpod_version:
                 # podman's libpod endpoint takes tlsVerify per request; its compat one does not.
                 image_id, error = None, None
-                for chunk in self._stream("post", f"/v{self.libpod_version}/libpod/images/pull", versioned=False,
+                for chunk in self._stream(f"{self.api.base_url}/v{self.libpod_version}/libpod/images/pull",
                                           params={"reference": ref, "tlsVerify": str(tls_verify).lower(),
                                                   "quiet": "true"}, headers=self._auth_header(ref)):
                     error = chunk.get("error") or error
@@ -322,7 +320,7 @@ class DockerEngine(ContainerEngine):
                 if self.podman and not tls_verify:
                     params["tlsVerify"] = "false"  # podman's compat push takes it; Docker decides per registry
                 digest, error = None, None
-                for chunk in self._stream("post", "/images/{0}/push".format(repo), params=params,
+                for chunk in self._stream(self.api._url("/images/{0}/push", repo), params=params,
                                           headers=self._auth_header(ref)):
                     if chunk.get("error"):
                         error = chunk["error"]

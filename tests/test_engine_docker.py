@@ -417,6 +417,23 @@ def test_build_bake_and_verify_pi_through_the_docker_api(docker_images, docker_e
 
 
 @pytest.mark.slow
+def test_cli_engine_docker(docker_images, docker_engine, docker_host, registry, monkeypatch, capsys):
+    """`--engine docker` (and BAKERY_ENGINE=docker) reach the daemon at DOCKER_HOST."""
+    from bakery.cli import main
+
+    docker_images.ir("pi")
+    monkeypatch.setenv("DOCKER_HOST", docker_host)
+    argv = ["bake", f"{registry}/pi-docker:1.0", "-t", "x86_64_v4", "--registry", registry, "--json"]
+    assert main([*argv, "--engine", "docker"]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert not first["reused"] and first["outputs"] == ["pi"]
+    monkeypatch.setenv("BAKERY_ENGINE", "docker")
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["reused"] and again["digest"] == first["digest"]
+
+
+@pytest.mark.slow
 def test_slim_bake_through_the_docker_api(docker_images, docker_engine, registry):
     docker_images.ir("pi")
     res = imagemod.bake(f"{registry}/pi-docker:1.0", docker_engine, registry, "x86_64", slim=True, quiet=True)
