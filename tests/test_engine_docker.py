@@ -32,7 +32,7 @@ from bakery.errors import BakeryError, CommandFailed
 from conftest import EXAMPLES, run_verify
 
 docker = pytest.importorskip("docker", reason="the docker engine needs the docker Python SDK (pip install docker)")
-from bakery.engine_docker import DockerEngine, _version_tuple, socket_answers  # noqa: E402
+from bakery.engine_docker import DockerEngine, _version_tuple, candidate_sockets, socket_answers  # noqa: E402
 
 CONTAINERS_CONF = """\
 # Written by tests/test_engine_docker.py for its podman API service; see docs/engines.md.
@@ -160,6 +160,13 @@ def test_too_old_daemon_is_refused(tmp_path):
             DockerEngine(url)
     assert "API 1.30" in e.value.message and "1.40" in e.value.message
     assert "upgrade" in e.value.hint
+
+
+def test_sockets_looked_for(monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    assert candidate_sockets()[:2] == ["unix:///var/run/docker.sock", "unix:///run/podman/podman.sock"]
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2375")
+    assert candidate_sockets() == ["tcp://127.0.0.1:2375"]
 
 
 def test_unknown_engine_lists_docker():
@@ -298,8 +305,9 @@ def skopeo_config(ref: str) -> dict:
     return json.loads(cp.stdout)
 
 
-def run_in_image(engine, ref: str, argv: list[str], volumes=()) -> str:
-    engine.pull(ref, tls_verify=False)
+def run_in_image(engine, ref: str, argv: list[str], volumes=(), pull: bool = True) -> str:
+    if pull:
+        engine.pull(ref, tls_verify=False)
     ctr = engine.from_image(ref)
     lines: list[str] = []
     try:
@@ -361,6 +369,23 @@ def test_import_read_tag_exists_remove(docker_engine, tiny_rootfs):
     finally:
         eng.remove_image(name)
     assert not eng.exists(name)
+
+
+@pytest.mark.slow
+def test_debian_base_from_debootstrap_through_the_docker_api(docker_engine):
+    """import_rootfs with a real debootstrap tree: device nodes, hard links, modes, then a shell in it."""
+    from bakery import base as basemod
+
+    name = f"localhost/bakery-docker-test/debian:{os.getpid()}"
+    basemod.make_runtime(docker_engine, name, quiet=True)
+    try:
+        cfg = docker_engine.inspect(name)["OCIv1"]["config"]
+        assert cfg["Cmd"] == ["/bin/bash"] and cfg["Labels"]["dev.bakery.base"] == "debian-bookworm-minbase"
+        out = run_in_image(docker_engine, name, ["bash", "-c", "stat -c '%a %U' /tmp /root; apt-get --version"],
+                           pull=False)
+        assert out.startswith("1777 root\n700 root\napt ")
+    finally:
+        docker_engine.remove_image(name)
 
 
 @pytest.mark.slow
