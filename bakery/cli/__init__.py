@@ -14,9 +14,9 @@ from .. import __version__
 from ..errors import BakeryError
 from . import base, bake, bench, build, capture, inspect, registry, targets, validate
 from . import serve
-from . import k8s
+from . import k8s, matrix
 
-COMMANDS = (validate, capture, build, bake, inspect, registry, base, bench, targets, serve, k8s)
+COMMANDS = (validate, capture, build, bake, inspect, registry, base, bench, targets, serve, matrix, k8s)
 
 DESCRIPTION = """\
 bakery makes one container image serve every CPU.

@@ -1,0 +1,61 @@
+"""bakery matrix RECIPE... --targets T1,T2: IR images, then every (recipe, target) node tag, on Ray."""
+
+import argparse
+import json
+import sys
+
+from . import common
+
+DESCRIPTION = """\
+Build the IR image of every recipe (reused when the registry has it for the same
+recipe digest), then bake every (recipe, target) node tag <name>:<version>-<target>
+(reused when it exists). Every task is idempotent: a rerun builds and bakes nothing.
+
+Runs on the Ray cluster at --ray-address, else on an embedded local Ray (2 CPUs).
+Ray workers get this environment's PATH, BAKERY_*, BUILDAH_*, XDG_* and container
+auth variables, and the registry address. IR images are built first, one task per
+recipe; then the bakes fan out, at most --parallel at once.
+
+A failure is reported with its pair and the run goes on; the exit status is 1 when
+any pair failed. A summary table closes the run (--json: the same as JSON).
+
+  bakery matrix examples/pi/recipe.yaml examples/kernel/recipe.yaml --targets x86_64_v3,zen3,icelake"""
+
+
+def setup_parser(sub, parent):
+    p = sub.add_parser("matrix", parents=[parent], help="bake (recipe x target) node tags on Ray",
+                       description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipes", nargs="+", metavar="RECIPE")
+    p.add_argument("--targets", required=True, metavar="T1,T2,...",
+                   help="archspec targets, comma-separated ('native' is the driver's CPU)")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="an existing Ray cluster (host:6379, ray://host:10001, or 'auto'); default: a local Ray")
+    p.add_argument("--parallel", type=int, default=2, metavar="N", help="tasks at once (default 2)")
+    p.add_argument("-j", "--jobs", type=int, default=0,
+                   help="compile jobs per bake (default: the cores divided by --parallel)")
+    p.add_argument("--slim", action="store_true", help="bake <tag>-<target>-slim images (runtime base + outputs)")
+    p.add_argument("--rebuild", action="store_true", help="build the IR images even when they exist")
+    common.registry_options(p)
+    p.add_argument("--json", action="store_true", help="the result as JSON on stdout")
+    return p
+
+
+def run(args) -> int:
+    from .. import matrix
+    from .. import registry as registrymod
+    from ..errors import BakeryError
+
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if len(set(targets)) != len(targets):
+        raise BakeryError("--targets names a target twice")
+    if args.parallel < 1:
+        raise BakeryError("--parallel must be at least 1")
+    registry = args.registry or registrymod.default_registry(quiet=args.quiet)
+    res = matrix.run(args.recipes, targets, registry, engine=args.engine, tls_verify=args.tls_verify,
+                     ray_address=args.ray_address, parallel=args.parallel, jobs=args.jobs, slim=args.slim,
+                     rebuild=args.rebuild, quiet=args.quiet)
+    if args.json:
+        print(json.dumps(res.to_json(), indent=1))
+    else:
+        print(matrix.format_table(res))
+    return 0 if res.ok else 1

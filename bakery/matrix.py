@@ -1,0 +1,394 @@
+"""Bake a matrix of (recipe, target) pairs on Ray.
+
+Two phases, each a set of idempotent Ray tasks:
+
+1. **IR images**, one task per recipe. The IR image ``<registry>/<name>:<version>``
+   is reused when it exists with the same recipe digest (its manifest annotation
+   ``dev.bakery.recipe.digest``) and its plan artifact; otherwise it is built and
+   pushed (``image.build``). Building the same IR image twice at once is never
+   done (one task per recipe), and the first build of each base-image set runs
+   before the others, so base images are made once.
+2. **Node tags**, one task per distinct (recipe, target) after the target is
+   resolved for the recipe's toolchain (two names clamped to one target bake
+   once). ``image.bake`` reuses a node tag that exists, so a rerun bakes nothing.
+
+At most ``parallel`` tasks run at once. Every failure is kept with its pair; the
+run goes on with the rest. Workers get the driver's PATH, BAKERY_*, BUILDAH_*,
+XDG_* and container auth variables through Ray's runtime_env, and the registry
+address explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import BakeryError
+
+ANN_RECIPE = "dev.bakery.recipe.digest"
+ANN_IR = "dev.bakery.ir.digest"
+
+ENV_PREFIXES = ("BAKERY_", "BUILDAH_", "CONTAINERS_", "XDG_", "DOCKER_", "REGISTRY_AUTH_FILE", "STORAGE_")
+ENV_NAMES = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "REGISTRY_AUTH_FILE")
+
+
+def worker_env() -> dict[str, str]:
+    """The variables Ray workers must share with the driver."""
+    return {k: v for k, v in os.environ.items() if k in ENV_NAMES or k.startswith(ENV_PREFIXES)}
+
+
+@dataclass
+class IRResult:
+    recipe: str                 # the recipe file, as given
+    name: str = ""
+    ref: str = ""               # <registry>/<name>:<version>@sha256:...
+    digest: str = ""
+    status: str = "failed"      # built | reused | failed
+    seconds: float = 0.0
+    toolchain: dict = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass
+class PairResult:
+    recipe: str
+    target: str                 # as requested
+    resolved: str = ""          # the archspec target baked (after clamping)
+    ref: str = ""
+    digest: str = ""
+    status: str = "failed"      # baked | reused | failed
+    seconds: float = 0.0
+    error: str = ""
+    note: str = ""
+
+
+def _error_text(e: BaseException) -> str:
+    if isinstance(e, BakeryError):
+        text = e.message
+        if getattr(e, "hint", None):
+            text += f" ({e.hint})"
+        return text
+    return f"{type(e).__name__}: {e}"
+
+
+def _tls(registry: str, tls_verify: bool | None) -> bool:
+    from . import oci
+
+    return (not oci.is_loopback(registry)) if tls_verify is None else tls_verify
+
+
+def _manifest_annotations(reg, repo: str, digest: str) -> dict:
+    from . import oci
+
+    data, mt, _ = reg.get_manifest(repo, digest)
+    doc = json.loads(data)
+    ann = dict(doc.get("annotations") or {})
+    if mt in (oci.INDEX, oci.DOCKER_LIST) and ANN_RECIPE not in ann and doc.get("manifests"):
+        first = doc["manifests"][0]["digest"]
+        ann.update(json.loads(reg.get_manifest(repo, first)[0]).get("annotations") or {})
+    return ann
+
+
+def existing_ir(recipe, registry: str, tls_verify: bool | None = None) -> str | None:
+    """``<ref>@<digest>`` of the IR image when it exists for this very recipe (digest) with its plan."""
+    from . import image as imagemod
+    from . import oci
+
+    ref = oci.Ref.parse(f"{recipe.name}:{recipe.version}", default_registry=registry)
+    reg = oci.Registry(ref.registry, tls_verify=_tls(ref.registry, tls_verify))
+    digest = reg.head_manifest(ref.repository, ref.tag)
+    if not digest:
+        return None
+    if _manifest_annotations(reg, ref.repository, digest).get(ANN_RECIPE) != recipe.digest:
+        return None
+    try:
+        imagemod.resolve_ir(reg, ref.with_digest(digest))
+    except BakeryError:
+        return None  # no plan artifact (an interrupted build): build again
+    return f"{ref}@{digest}"
+
+
+def _toolchain(ir_ref: str, registry: str, tls_verify: bool | None) -> dict:
+    from . import image as imagemod
+    from . import oci
+
+    ref = oci.Ref.parse(ir_ref)
+    reg = oci.Registry(ref.registry, tls_verify=_tls(ref.registry, tls_verify))
+    _, plan, _ = imagemod.resolve_ir(reg, ref)
+    tc = plan["toolchain"]
+    return {"family": tc["family"], "version": tc.get("version", f"{tc['llvm_major']}.0.0"),
+            "llvm_major": tc["llvm_major"]}
+
+
+def ir_task(recipe_path: str, registry: str, engine_name: str | None = None, tls_verify: bool | None = None,
+            rebuild: bool = False) -> dict:
+    """Phase 1: the recipe's IR image, reused or built. Never raises: errors are in the result."""
+    from . import engine as enginemod
+    from . import image as imagemod
+    from . import recipe as recipemod
+    from . import toolchain as toolchainmod
+
+    t0 = time.monotonic()
+    res = IRResult(recipe_path)
+    try:
+        recipe = recipemod.load(recipe_path)
+        res.name = recipe.name
+        found = None if rebuild else existing_ir(recipe, registry, tls_verify)
+        if found:
+            res.ref, res.status = found, "reused"
+        else:
+            built = imagemod.build(recipe, enginemod.get(engine_name), registry,
+                                   llvm=toolchainmod.default_major(), quiet=True, tls_verify=tls_verify)
+            res.ref, res.status = built.ref, "built"
+        res.digest = res.ref.rsplit("@", 1)[-1]
+        res.toolchain = _toolchain(res.ref, registry, tls_verify)
+    except Exception as e:  # noqa: BLE001 - reported per recipe
+        res.status, res.error = "failed", _error_text(e)
+        if os.environ.get("BAKERY_DEBUG"):
+            res.error += "\n" + traceback.format_exc()
+    res.seconds = round(time.monotonic() - t0, 2)
+    return asdict(res)
+
+
+def bake_task(ir_ref: str, target: str, registry: str, engine_name: str | None = None,
+              tls_verify: bool | None = None, jobs: int = 0, slim: bool = False) -> dict:
+    """Phase 2: one node tag, reused when it exists. Never raises: errors are in the result."""
+    from . import engine as enginemod
+    from . import image as imagemod
+    from . import oci
+
+    t0 = time.monotonic()
+    res = PairResult("", target, target)
+    try:
+        out = imagemod.bake(ir_ref, enginemod.get(engine_name), registry, target, slim=slim, jobs=jobs,
+                            quiet=True, tls_verify=tls_verify)
+        res.ref, res.digest = out.ref, out.digest
+        res.resolved = out.target.get("name", target)
+        res.status = "reused" if out.reused else "baked"
+        if out.reused:
+            # A node tag baked from another IR image (the recipe changed, same version) is stale.
+            ir = oci.Ref.parse(ir_ref)
+            reg = oci.Registry(ir.registry, tls_verify=_tls(ir.registry, tls_verify))
+            node = oci.Ref.parse(out.ref)
+            made_from = _manifest_annotations(reg, node.repository, out.digest).get(ANN_IR)
+            if made_from and ir.digest and made_from != ir.digest:
+                res.status = "failed"
+                res.error = (f"{node.repository}:{node.tag} exists but was baked from {made_from[:19]}…, not from "
+                             f"the current IR image {ir.digest[:19]}… (bump the recipe's version, or delete the tag)")
+    except Exception as e:  # noqa: BLE001 - reported per pair
+        res.status, res.error = "failed", _error_text(e)
+        if os.environ.get("BAKERY_DEBUG"):
+            res.error += "\n" + traceback.format_exc()
+    res.seconds = round(time.monotonic() - t0, 2)
+    return asdict(res)
+
+
+# -- the driver ----------------------------------------------------------------------------
+
+@dataclass
+class MatrixResult:
+    registry: str
+    ir: list[dict]
+    pairs: list[dict]
+    seconds: float
+
+    @property
+    def counts(self) -> dict:
+        def n(rows, status):
+            return sum(1 for r in rows if r["status"] == status)
+
+        primary = [p for p in self.pairs if not p.get("note")]
+        return {"ir_built": n(self.ir, "built"), "ir_reused": n(self.ir, "reused"), "ir_failed": n(self.ir, "failed"),
+                "baked": n(primary, "baked"), "reused": n(primary, "reused"), "failed": n(self.pairs, "failed"),
+                "pairs": len(self.pairs)}
+
+    @property
+    def ok(self) -> bool:
+        return not any(r["status"] == "failed" for r in self.ir + self.pairs)
+
+    def to_json(self) -> dict:
+        return {"registry": self.registry, "ir": self.ir, "pairs": self.pairs, "counts": self.counts,
+                "seconds": round(self.seconds, 2), "ok": self.ok}
+
+
+class _Runner:
+    """Submits tasks with at most ``parallel`` in flight; collects results in completion order."""
+
+    def __init__(self, ray, parallel: int, progress):
+        self.ray, self.parallel, self.progress = ray, max(1, parallel), progress
+
+    def run(self, fn, calls: list[tuple[tuple, str]]) -> list[dict]:
+        ray = self.ray
+        remote = ray.remote(num_cpus=1, max_retries=0)(fn)
+        pending = list(enumerate(calls))
+        running: dict = {}
+        results: list[dict | None] = [None] * len(calls)
+        while pending or running:
+            while pending and len(running) < self.parallel:
+                i, (args, label) = pending.pop(0)
+                running[remote.remote(*args)] = (i, label)
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                i, label = running.pop(ref)
+                try:
+                    results[i] = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - a worker that died
+                    results[i] = {"status": "failed", "error": f"task failed: {_error_text(e)}", "seconds": 0.0}
+                if self.progress is not None:
+                    self.progress.set_postfix_str(f"{label}: {results[i]['status']}", refresh=False)
+                    self.progress.update(1)
+        return results  # type: ignore[return-value]
+
+
+def _init_ray(address: str | None, num_cpus: int):
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        import ray
+    except ImportError:
+        raise BakeryError("bakery matrix needs Ray", "pip install 'bakery[ray]' (or: pip install ray)") from None
+    env = worker_env()
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    kw = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+              runtime_env={"env_vars": env}, ignore_reinit_error=True)
+    if address:
+        ray.init(address=address, **kw)
+    else:
+        ray.init(num_cpus=num_cpus, **kw)
+    return ray
+
+
+def run(recipes: list[str], targets: list[str], registry: str, *, engine: str | None = None,
+        tls_verify: bool | None = None, ray_address: str | None = None, parallel: int = 2, jobs: int = 0,
+        slim: bool = False, rebuild: bool = False, quiet: bool = False, num_cpus: int = 2) -> MatrixResult:
+    from . import recipe as recipemod
+    from . import target as targetmod
+
+    t0 = time.monotonic()
+    if not recipes or not targets:
+        raise BakeryError("a matrix needs at least one recipe and one target")
+    for name in targets:
+        targetmod.lookup(name)  # unknown names fail before anything runs
+    recipes = [str(Path(r).resolve()) for r in recipes]
+    if len(set(recipes)) != len(recipes):
+        raise BakeryError("a recipe is named twice")
+    if jobs <= 0:
+        jobs = max(1, (os.cpu_count() or 1) // max(1, parallel))
+
+    # The first IR build of each base-image set runs alone: base images are made once.
+    keys: dict[str, list[int]] = {}
+    for i, path in enumerate(recipes):
+        try:
+            key = recipemod.load(path).runtime_base or ""
+        except BakeryError:
+            key = f"unloadable-{i}"
+        keys.setdefault(key, []).append(i)
+    first_wave = [ix[0] for ix in keys.values()]
+    second_wave = [i for ix in keys.values() for i in ix[1:]]
+
+    ray = _init_ray(ray_address, num_cpus)
+    progress = None
+    try:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(recipes) + len(recipes) * len(targets), desc="matrix", unit="task",
+                        disable=quiet, file=sys.stderr, dynamic_ncols=True, leave=True)
+        runner = _Runner(ray, parallel, progress)
+        ir: list[dict] = [{}] * len(recipes)
+        for wave in (first_wave, second_wave):
+            if not wave:
+                continue
+            progress.set_description("IR images")
+            out = runner.run(ir_task, [((recipes[i], registry, engine, tls_verify, rebuild), Path(recipes[i]).parent.name)
+                                       for i in wave])
+            for i, r in zip(wave, out):
+                r.setdefault("recipe", recipes[i])
+                ir[i] = r
+
+        # Resolve each target for each recipe's toolchain; bake each distinct one once.
+        pairs: list[dict] = []
+        unique: dict[tuple[str, str], int] = {}
+        calls: list[tuple[tuple, str]] = []
+        owners: list[list[int]] = []
+        skipped = 0
+        for r in ir:
+            label = r.get("name") or r["recipe"]
+            for name in targets:
+                row = asdict(PairResult(label, name))
+                pairs.append(row)
+                if r["status"] == "failed":
+                    row["error"] = f"IR image: {r['error'].splitlines()[0] if r['error'] else 'failed'}"
+                    skipped += 1
+                    continue
+                tc = r["toolchain"]
+                try:
+                    resolved = targetmod.resolve(name, compiler_version=tc["version"], family=tc["family"]).name
+                except BakeryError as e:
+                    row["error"] = _error_text(e)
+                    skipped += 1
+                    continue
+                row["resolved"] = resolved
+                key = (r["ref"], resolved)
+                if key in unique:
+                    owners[unique[key]].append(len(pairs) - 1)
+                    skipped += 1
+                    continue
+                unique[key] = len(calls)
+                owners.append([len(pairs) - 1])
+                calls.append(((r["ref"], resolved, registry, engine, tls_verify, jobs, slim), f"{label} {resolved}"))
+        progress.update(skipped)
+        progress.set_description("node tags")
+        for (idxs, result) in zip(owners, runner.run(bake_task, calls)):
+            for n, i in enumerate(idxs):
+                row = pairs[i]
+                for k in ("ref", "digest", "status", "seconds", "error"):
+                    if k in result:
+                        row[k] = result[k]
+                if result.get("resolved"):
+                    row["resolved"] = result["resolved"]
+                if n:
+                    row["note"] = f"same node tag as {pairs[idxs[0]]['target']}"
+        progress.set_description("done")
+    finally:
+        if progress is not None:
+            progress.close()
+        ray.shutdown()  # stops the embedded Ray; with --ray-address, disconnects (the cluster stays up)
+    return MatrixResult(registry, ir, pairs, time.monotonic() - t0)
+
+
+def format_table(result: MatrixResult) -> str:
+    """The closing summary: one row per IR image, one per (recipe, target)."""
+
+    def short(ref: str) -> str:
+        if "@sha256:" in ref:
+            name, digest = ref.split("@", 1)
+            return f"{name}@{digest[7:19]}"
+        return ref
+
+    rows = [("recipe", "target", "ref", "status", "seconds", "error")]
+    for r in result.ir:
+        rows.append((r.get("name") or r["recipe"], "(IR)", short(r.get("ref", "")), r["status"],
+                     f"{r.get('seconds', 0):.1f}", (r.get("error") or "").splitlines()[0] if r.get("error") else ""))
+    for p in result.pairs:
+        target = p["target"] if p.get("resolved") in ("", p["target"]) else f"{p['target']}->{p['resolved']}"
+        err = (p.get("error") or "").splitlines()[0] if p.get("error") else ""
+        if p.get("note"):
+            err = (err + "; " if err else "") + p["note"]
+        rows.append((p["recipe"], target, short(p.get("ref", "")), p["status"], f"{p.get('seconds', 0):.1f}", err))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = []
+    for n, r in enumerate(rows):
+        lines.append(("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5]).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths) + "  -----")
+    c = result.counts
+    lines.append("")
+    lines.append(f"IR images: {c['ir_built']} built, {c['ir_reused']} reused, {c['ir_failed']} failed; "
+                 f"node tags: {c['baked']} baked, {c['reused']} reused, {c['failed']} failed "
+                 f"({c['pairs']} pairs) in {result.seconds:.1f} s")
+    return "\n".join(lines)
