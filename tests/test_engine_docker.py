@@ -290,7 +290,18 @@ class DockerImages:
 
 @pytest.fixture(scope="session")
 def docker_images(docker_engine, registry, builds):
-    return DockerImages(docker_engine, registry, builds)
+    yield DockerImages(docker_engine, registry, builds)
+    # The store is shared with buildah and outlives the session's registry: drop this session's names.
+    def ours(name: str) -> bool:
+        return name.startswith(f"{registry}/") and ("-docker:" in name or "-docker@" in name)
+
+    for img in docker_engine.api.images(all=True):
+        if any(ours(n) for n in (img.get("RepoTags") or []) + (img.get("RepoDigests") or [])):
+            for name in img.get("RepoTags") or []:
+                if ours(name):
+                    docker_engine.remove_image(name)
+            with contextlib.suppress(docker.errors.APIError):
+                docker_engine.api.remove_image(img["Id"])  # refused while another name or a container uses it
 
 
 def skopeo_raw(ref: str) -> dict:
