@@ -37,7 +37,6 @@ configure NFD so.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -413,7 +412,3 @@ def render_affinity(target: str) -> str:
 
 def documents(text: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(text) if d]
-
-
-def dumps(obj) -> str:
-    return json.dumps(obj, sort_keys=True)

@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import sys
 
 from . import common
 
