@@ -148,7 +148,20 @@ def check_json_c(bindir: Path, tmp: Path) -> None:
     assert len(printed) == 1 and json.loads(printed[0]) == doc
 
 
-CHECKS = {"bzip2": check_bzip2, "zlib": check_zlib, "libyaml": check_libyaml, "json-c": check_json_c}
+def check_xxhash(bindir: Path, tmp: Path) -> None:
+    """Every algorithm, on inputs long enough for the SIMD paths, against the xxhash package."""
+    xxh = pytest.importorskip("xxhash")
+    data = sample(300_000)
+    (tmp / "data").write_bytes(data)
+    expect = {"0": xxh.xxh32_hexdigest(data), "1": xxh.xxh64_hexdigest(data),
+              "2": xxh.xxh128_hexdigest(data), "3": xxh.xxh3_64_hexdigest(data)}
+    for algo, digest in expect.items():
+        line = run([bindir / "xxhsum", f"-H{algo}", "data"], cwd=tmp).decode()
+        assert digest in line, (algo, line, digest)
+
+
+CHECKS = {"bzip2": check_bzip2, "zlib": check_zlib, "libyaml": check_libyaml, "json-c": check_json_c,
+          "xxhash": check_xxhash}
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
