@@ -229,7 +229,8 @@ class BuildahEngine(ContainerEngine):
     def configure(self, container, *, entrypoint=None, env=None, labels=None, annotations=None) -> None:
         argv = self._b("config")
         if entrypoint is not None:
-            argv += ["--entrypoint", json.dumps(entrypoint)]
+            # The base's CMD would become the entrypoint's arguments: clear it.
+            argv += ["--entrypoint", json.dumps(entrypoint), "--cmd", ""]
         for k, v in (env or {}).items():
             argv += ["--env", f"{k}={v}"]
         for k, v in (labels or {}).items():

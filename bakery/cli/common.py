@@ -16,4 +16,6 @@ def registry_options(p) -> None:
     p.add_argument("--tls-verify", type=_bool, default=None, metavar="BOOL",
                    help="verify TLS (default: true, false for loopback registries); credentials come from "
                         "the containers auth file or the docker config, never from the command line")
-    p.add_argument("--engine", help="container engine (default: $BAKERY_ENGINE, else buildah)")
+    p.add_argument("--engine", choices=["buildah", "docker"],
+                   help="container engine (default: $BAKERY_ENGINE, else buildah when installed, else a "
+                        "Docker-compatible daemon on $DOCKER_HOST or the usual sockets)")
