@@ -246,6 +246,23 @@ class _Runner:
         return results  # type: ignore[return-value]
 
 
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast when a Ray address (host:port or ray://host:port) does not answer."""
+    import socket
+
+    if address in ("auto", "local"):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return  # let Ray interpret it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise BakeryError(f"the Ray cluster at {address} does not answer ({e})",
+                          "check --ray-address (the head's host:6379, or ray://host:10001)") from None
+
+
 def _init_ray(address: str | None, num_cpus: int):
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
@@ -257,9 +274,16 @@ def _init_ray(address: str | None, num_cpus: int):
     kw = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
               runtime_env={"env_vars": env}, ignore_reinit_error=True)
     if address:
-        ray.init(address=address, **kw)
-    else:
-        ray.init(num_cpus=num_cpus, **kw)
+        _probe(address)  # Ray itself retries an unreachable cluster for minutes
+    try:
+        if address:
+            ray.init(address=address, **kw)
+        else:
+            ray.init(num_cpus=num_cpus, **kw)
+    except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise BakeryError(f"could not start {where}: {e}",
+                          "check --ray-address (host:6379 or ray://host:10001)" if address else None) from None
     return ray
 
 

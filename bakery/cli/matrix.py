@@ -13,7 +13,11 @@ recipe digest), then bake every (recipe, target) node tag <name>:<version>-<targ
 Runs on the Ray cluster at --ray-address, else on an embedded local Ray (2 CPUs).
 Ray workers get this environment's PATH, BAKERY_*, BUILDAH_*, XDG_* and container
 auth variables, and the registry address. IR images are built first, one task per
-recipe; then the bakes fan out, at most --parallel at once.
+recipe; then the bakes fan out, at most --parallel at once. On a cluster, the workers
+read the recipes at the same paths (a shared file system or the same checkout) and
+need bakery, buildah and the registry's address. A cluster with Ray's token
+authentication (the default of `ray start` since Ray 2.59) needs RAY_AUTH_MODE=token
+(and RAY_AUTH_TOKEN, or the token file) in this command's environment, as any driver.
 
 A failure is reported with its pair and the run goes on; the exit status is 1 when
 any pair failed. A summary table closes the run (--json: the same as JSON).
