@@ -279,7 +279,7 @@ def _init_ray(address: str | None, num_cpus: int):
         if address:
             ray.init(address=address, **kw)
         else:
-            ray.init(num_cpus=num_cpus, **kw)
+            ray.init(address="local", num_cpus=num_cpus, **kw)  # a new instance, never a `ray start` one
     except Exception as e:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError, ...
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise BakeryError(f"could not start {where}: {e}",
