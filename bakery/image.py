@@ -244,8 +244,13 @@ def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *,
     if output is None:
         existing = reg.head_manifest(ref.repository, tag)
         if existing:
-            proc.log(f"bake: {node} exists, reusing it", quiet=quiet)
-            return BakeImageResult(f"{node}@{existing}", existing, target.to_json(), True, time.monotonic() - t0)
+            made_from = json.loads(reg.get_manifest(ref.repository, existing)[0]).get("annotations", {}) \
+                .get(f"{ANN}.ir.digest")
+            if made_from in (None, digest):
+                proc.log(f"bake: {node} exists, reusing it", quiet=quiet)
+                return BakeImageResult(f"{node}@{existing}", existing, target.to_json(), True,
+                                       time.monotonic() - t0)
+            proc.log(f"bake: {node} was baked from another IR ({made_from[:19]}…): baking it again", quiet=quiet)
     proc.log(f"bake: pulling {ref.repository}@{digest[:19]}…", quiet=quiet)
     pinned = str(ref.with_digest(digest))
     image = engine.pull(pinned, tls_verify=tls)
