@@ -32,7 +32,6 @@ from pathlib import Path
 from .errors import BakeryError
 
 ANN_RECIPE = "dev.bakery.recipe.digest"
-ANN_IR = "dev.bakery.ir.digest"
 
 ENV_PREFIXES = ("BAKERY_", "BUILDAH_", "CONTAINERS_", "XDG_", "DOCKER_", "REGISTRY_AUTH_FILE", "STORAGE_")
 ENV_NAMES = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "REGISTRY_AUTH_FILE")
@@ -171,16 +170,6 @@ def bake_task(ir_ref: str, target: str, registry: str, engine_name: str | None =
         res.ref, res.digest = out.ref, out.digest
         res.resolved = out.target.get("name", target)
         res.status = "reused" if out.reused else "baked"
-        if out.reused:
-            # A node tag baked from another IR image (the recipe changed, same version) is stale.
-            ir = oci.Ref.parse(ir_ref)
-            reg = oci.Registry(ir.registry, tls_verify=_tls(ir.registry, tls_verify))
-            node = oci.Ref.parse(out.ref)
-            made_from = _manifest_annotations(reg, node.repository, out.digest).get(ANN_IR)
-            if made_from and ir.digest and made_from != ir.digest:
-                res.status = "failed"
-                res.error = (f"{node.repository}:{node.tag} exists but was baked from {made_from[:19]}…, not from "
-                             f"the current IR image {ir.digest[:19]}… (bump the recipe's version, or delete the tag)")
     except Exception as e:  # noqa: BLE001 - reported per pair
         res.status, res.error = "failed", _error_text(e)
         if os.environ.get("BAKERY_DEBUG"):

@@ -9,7 +9,6 @@ before use. Nothing is run by this module.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -20,6 +19,7 @@ from pathlib import Path, PurePosixPath
 import jsonschema
 
 from . import PLAN_MEDIA_TYPE, __version__
+from .capture.wrapper import sha256_file
 from .errors import BakeryError, PlanRefused
 
 SCHEMA_VERSION = 1
@@ -41,11 +41,7 @@ def read_events(path: Path) -> list[dict]:
 
 
 def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(str(path))
 
 
 def _wl_tokens(args) -> list[str]:
@@ -81,8 +77,9 @@ def assemble(recipe, toolchain, events: list[dict], *, root: Path, outdir: Path,
         path = root / rel
         if rel in by_output:
             return by_output[rel]
-        if path.is_file() and _sha(path) in by_sha:     # copied or installed after the link
-            return by_sha[_sha(path)]
+        sha = _sha(path) if path.is_file() else None
+        if sha in by_sha:                                   # copied or installed after the link
+            return by_sha[sha]
         d, base = os.path.split(rel)
         for cand in (os.path.join(d, ".libs", base), os.path.join(d, ".libs", "lt-" + base)):
             if cand in by_output:                         # libtool's wrapper script
