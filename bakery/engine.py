@@ -10,6 +10,7 @@ containers auth file and the docker config itself.
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import os
 import shutil
@@ -81,6 +82,17 @@ class ContainerEngine(abc.ABC):
     @abc.abstractmethod
     def commit(self, container: str, image: str) -> str:
         """Commit the container's changes as one new layer; returns the image id."""
+
+    def commit_push(self, container: str, ref: str, *, tls_verify: bool = True) -> str:
+        """Commit the container as one new layer straight to ``ref`` in a registry; returns the
+        manifest digest. Engines that can should not store the image locally on the way: a commit
+        killed half-way must not leave a broken image in the node's store."""
+        local = f"localhost/bakery-commit/{ref.rsplit('/', 1)[-1].replace(':', '-').replace('@', '-')}"
+        self.commit(container, local)
+        try:
+            return self.push(local, ref, tls_verify=tls_verify)
+        finally:
+            self.remove_image(local)
 
     @abc.abstractmethod
     def remove(self, container: str) -> None: ...
@@ -242,6 +254,20 @@ class BuildahEngine(ContainerEngine):
 
     def commit(self, container, image) -> str:
         return proc.run(self._b("commit", "-q", "--format", "oci", container, image)).stdout.strip()
+
+    def commit_push(self, container, ref, *, tls_verify=True) -> str:
+        # Straight to the registry: nothing is written to the local image store, so a kill during the
+        # commit cannot leave an image without its manifest there (that breaks 'buildah images' for
+        # everyone), and the tag appears only when the manifest, pushed last, is complete.
+        proc.run(self._b("commit", "-q", "--format", "oci", f"--tls-verify={str(tls_verify).lower()}",
+                         container, f"docker://{ref}"))
+        return self._registry_digest(ref, tls_verify)
+
+    def _registry_digest(self, ref: str, tls_verify: bool) -> str:
+        # buildah commit has no --digestfile: ask the registry what the tag now names.
+        cp = proc.run(["skopeo", "inspect", "--raw", f"--tls-verify={str(tls_verify).lower()}", f"docker://{ref}"],
+                      text=False)
+        return "sha256:" + hashlib.sha256(cp.stdout).hexdigest()
 
     def remove(self, container) -> None:
         proc.run(self._b("rm", container), check=False)

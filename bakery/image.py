@@ -304,15 +304,14 @@ def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *,
                                           f"{ANN}.ir.digest": digest, "org.opencontainers.image.base.name": str(ref),
                                           "org.opencontainers.image.base.digest": digest},
                              labels={f"{ANN}.target": target.name})
-            local = f"localhost/bakery-node/{ref.repository}:{tag}"
-            engine.commit(ctr, local)
+            if not push:
+                local = f"localhost/bakery-node/{ref.repository}:{tag}"
+                engine.commit(ctr, local)
+                return BakeImageResult(local, "", target.to_json(), False, time.monotonic() - t0, outputs=outputs)
+            proc.log(f"bake: committing and pushing {node}", quiet=quiet)
+            new_digest = engine.commit_push(ctr, str(node), tls_verify=tls)
         finally:
             engine.remove(ctr)
-        if not push:
-            return BakeImageResult(local, "", target.to_json(), False, time.monotonic() - t0, outputs=outputs)
-        proc.log(f"bake: pushing {node}", quiet=quiet)
-        new_digest = engine.push(local, str(node), tls_verify=tls)
-        engine.remove_image(local)
         return BakeImageResult(f"{node}@{new_digest}", new_digest, target.to_json(), False,
                                time.monotonic() - t0, outputs=outputs)
     finally:

@@ -3,6 +3,8 @@ once, and each (example, target) bake and from-source build happens once."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -98,6 +100,25 @@ def registry(tmp_path_factory):
     addr = emb.start(port=0, quiet=True)
     yield addr
     emb.stop()
+    _drop_session_images(addr)
+
+
+def _drop_session_images(addr: str) -> None:
+    """Images named after this session's registry (pulled or built by tests) would pile up in the
+    node's store, run after run: the port changes every session."""
+    if not shutil.which("buildah"):
+        return
+    cp = subprocess.run(["buildah", "images", "--json"], capture_output=True, text=True)
+    assert cp.returncode == 0, f"the image store does not list: {cp.stderr}"
+    ours = (f"{addr}/", "localhost/tampered/")
+    for img in json.loads(cp.stdout or "[]"):
+        names = img.get("names") or []
+        if names and all(n.startswith(ours) for n in names):
+            subprocess.run(["buildah", "rmi", "-f", img["id"]], capture_output=True)
+        else:
+            for n in names:
+                if n.startswith(ours) and "@" not in n:
+                    subprocess.run(["buildah", "untag", img["id"], n], capture_output=True)
 
 
 @pytest.fixture(scope="session")

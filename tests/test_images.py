@@ -187,6 +187,10 @@ def test_killed_bake_leaves_no_tag_and_a_rerun_succeeds(images, registry):
         assert cp.returncode == 0, cp.stderr
         assert reg.head_manifest("kernel", f"1.0-{target}")
     assert absent >= 1, "no kill landed before the push: the test proved nothing"
+    # Nor a broken image in the node's store: a commit killed half-way once left an image without
+    # its manifest, and every later 'buildah images' / 'podman images' on the node failed.
+    cp = subprocess.run(["buildah", "images", "-q"], capture_output=True, text=True)
+    assert cp.returncode == 0 and "locating item" not in cp.stderr, cp.stderr
 
 
 def test_unknown_reference_is_clear(engine, registry):
