@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,6 +107,28 @@ def _auth_files() -> list[str]:
     return [c for c in candidates if c and os.path.exists(c)]
 
 
+RETRIES = 2  # after the first attempt, for timeouts, refused connections and 502/503/504
+
+
+def request_timeout() -> float:
+    """Seconds a registry may take to answer one request (BAKERY_REGISTRY_TIMEOUT, default 60)."""
+    text = os.environ.get("BAKERY_REGISTRY_TIMEOUT", "60")
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise BakeryError(f"BAKERY_REGISTRY_TIMEOUT={text!r}: expected a positive number of seconds")
+    return value
+
+
+def _with_timeout(request, timeout: float):
+    def bounded(method, url, **kw):
+        kw.setdefault("timeout", timeout)
+        return request(method, url, **kw)
+    return bounded
+
+
 class Registry:
     """A thin client over oras-py's provider: auth and blob uploads are oras's."""
 
@@ -118,6 +141,8 @@ class Registry:
         self.insecure = not tls_verify
         self.oras = oras.provider.Registry(hostname=registry, insecure=self.insecure, tls_verify=tls_verify)
         self.prefix = "http" if self.insecure else "https"
+        self.timeout = request_timeout()  # every request, oras's own uploads included
+        self.oras.session.request = _with_timeout(self.oras.session.request, self.timeout)
         self._authed: set[str] = set()
 
     def _container(self, repo: str, ref: str = "latest"):
@@ -144,15 +169,36 @@ class Registry:
         self._checked = True
 
     def _request(self, method: str, url: str, **kw):
+        """One registry request with a time limit and a short retry of transient failures.
+
+        oras-py's own retry (5 attempts, 2 minutes of backoff, no time limit per request) would let
+        a registry that accepts connections and never answers hang a bake for ever."""
         import requests
 
         if not getattr(self, "_checked", False):
             self._reachable()
-        try:
-            return self.oras.do_request(url, method, **kw)
-        except requests.exceptions.ConnectionError:
-            raise BakeryError(f"registry {self.host} is unreachable",
-                              "start the embedded one with 'bakery registry start', or check the address") from None
+        timeout = self.timeout
+        once = getattr(type(self.oras).do_request, "__wrapped__", type(self.oras).do_request)
+        for attempt in range(RETRIES + 1):
+            try:
+                r = once(self.oras, url, method, **kw)
+            except requests.exceptions.Timeout:
+                if attempt < RETRIES:
+                    time.sleep(2 ** attempt)
+                    continue
+                raise BakeryError(f"registry {self.host} did not answer {method} {url.split('/v2/', 1)[-1]} "
+                                  f"within {timeout:g} s ({RETRIES + 1} attempts)",
+                                  "check the registry; BAKERY_REGISTRY_TIMEOUT sets the limit in seconds") from None
+            except requests.exceptions.ConnectionError:
+                if attempt < RETRIES:
+                    time.sleep(2 ** attempt)
+                    continue
+                raise BakeryError(f"registry {self.host} is unreachable",
+                                  "start the embedded one with 'bakery registry start', or check the address") from None
+            if r.status_code in (502, 503, 504) and attempt < RETRIES:
+                time.sleep(2 ** attempt)
+                continue
+            return r
 
     def _url(self, repo: str, kind: str, ref: str) -> str:
         return f"{self.prefix}://{self.host}/v2/{repo}/{kind}/{ref}"
@@ -200,12 +246,16 @@ class Registry:
 
     def get_blob(self, repo: str, digest: str, max_size: int = 64 << 20) -> bytes:
         self._container(repo, digest)
-        r = self._request("GET", self._url(repo, "blobs", digest))
+        r = self._request("GET", self._url(repo, "blobs", digest), stream=True)
         if r.status_code != 200:
             self._fail(r, f"GET blob {digest[:19]}")
-        data = r.content
-        if len(data) > max_size:
-            raise PlanRefused(f"blob {digest} is larger than {max_size} bytes")
+        data = bytearray()
+        for chunk in r.iter_content(1 << 16):  # never more than max_size in memory
+            data += chunk
+            if len(data) > max_size:
+                r.close()
+                raise PlanRefused(f"blob {digest} is larger than {max_size} bytes")
+        data = bytes(data)
         if sha256(data) != digest:
             raise PlanRefused(f"blob {digest} does not match its digest: refused")
         return data

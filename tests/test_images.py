@@ -201,3 +201,24 @@ def test_unknown_reference_is_clear(engine, registry):
 def test_unreachable_registry_is_clear(engine):
     with pytest.raises(BakeryError, match="unreachable"):
         imagemod.bake("127.0.0.1:9/pi:1.0", engine, "127.0.0.1:9", "x86_64", quiet=True)
+
+
+def test_registry_that_never_answers_is_a_clear_error_not_a_hang(monkeypatch):
+    """A registry that accepts connections and never answers (a wedged proxy) must not hang a node."""
+    import socket
+
+    monkeypatch.setenv("BAKERY_REGISTRY_TIMEOUT", "0.5")
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)
+        addr = f"127.0.0.1:{srv.getsockname()[1]}"
+        t0 = time.monotonic()
+        with pytest.raises(BakeryError, match=r"did not answer .* within 0.5 s \(3 attempts\)"):
+            oci.Registry(addr).head_manifest("pi", "1.0")
+        assert time.monotonic() - t0 < 30
+
+
+def test_registry_timeout_setting_is_checked(monkeypatch):
+    monkeypatch.setenv("BAKERY_REGISTRY_TIMEOUT", "soon")
+    with pytest.raises(BakeryError, match="BAKERY_REGISTRY_TIMEOUT='soon'"):
+        oci.Registry("127.0.0.1:9")
