@@ -27,6 +27,7 @@ from . import PLAN_MEDIA_TYPE, __version__
 from . import base as basemod
 from . import oci, proc, templates
 from . import plan as planmod
+from . import sources as sourcesmod
 from . import target as targetmod
 from .engine import ContainerEngine
 from .errors import BakeryError, CommandFailed, PlanRefused
@@ -44,13 +45,14 @@ def _copy_package(name: str, dest: Path) -> None:
 
 
 def render_containerfile(recipe, bases: basemod.Bases, jobs: int = 0, platform: str | None = None,
-                         runtime_image: str | None = None) -> str:
+                         runtime_image: str | None = None, inputs: str | None = None) -> str:
     host = host_platform()
     platform = platform or host
     labels = {
         "org.opencontainers.image.title": recipe.name,
         "org.opencontainers.image.version": recipe.version,
         f"{ANN}.recipe.digest": recipe.digest,
+        f"{ANN}.inputs.digest": inputs or sourcesmod.inputs_digest(recipe),
         f"{ANN}.plan.mediaType": PLAN_MEDIA_TYPE,
         f"{ANN}.bundle": BUNDLE_DIR,
         f"{ANN}.runtime.base": bases.remote(bases.runtime) or bases.runtime,
@@ -118,6 +120,7 @@ def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = N
             raise BakeryError(f"unknown platform {p!r}", f"known: {', '.join(ARCH_OF_PLATFORM)}")
     bases = basemod.ensure(engine, registry, llvm, recipe.runtime_base, quiet=quiet, tls_verify=tls)
     built: list[tuple[str, str, bytes]] = []  # (platform, local image, plan bytes)
+    inputs = sourcesmod.inputs_digest(recipe)
     for platform in platforms:
         runtime = None
         if platform != host_platform():
@@ -128,10 +131,10 @@ def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = N
             ctx = Path(ctx_dir)
             _context(recipe, ctx)
             cf = ctx / "Containerfile"
-            cf.write_text(render_containerfile(recipe, bases, jobs, platform, runtime))
+            cf.write_text(render_containerfile(recipe, bases, jobs, platform, runtime, inputs))
             proc.log(f"build: {ref} for {platform} (capture inside the build)", quiet=quiet)
             engine.build(containerfile=cf, context=ctx, tag=image, tls_verify=tls,
-                         annotations=_annotations(recipe, bases, llvm) | {f"{ANN}.platform": platform},
+                         annotations=_annotations(recipe, bases, llvm, inputs) | {f"{ANN}.platform": platform},
                          on_line=None if quiet else _build_progress())
         plan_bytes = engine.read_file(image, f"{BUNDLE_DIR}/plan.json")
         planmod.validate(json.loads(plan_bytes))
@@ -167,9 +170,9 @@ def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = N
     return BuildResult(f"{ref}@{digest}", digest, oci.sha256(built[0][2]), artifacts[0], time.monotonic() - t0)
 
 
-def _annotations(recipe, bases, llvm) -> dict:
+def _annotations(recipe, bases, llvm, inputs: str) -> dict:
     return {"org.opencontainers.image.title": recipe.name, "org.opencontainers.image.version": recipe.version,
-            f"{ANN}.recipe.digest": recipe.digest, f"{ANN}.toolchain": f"llvm-{llvm}",
+            f"{ANN}.recipe.digest": recipe.digest, f"{ANN}.inputs.digest": inputs, f"{ANN}.toolchain": f"llvm-{llvm}",
             f"{ANN}.plan.mediaType": PLAN_MEDIA_TYPE,
             f"{ANN}.runtime.base": bases.remote(bases.runtime) or bases.runtime}
 

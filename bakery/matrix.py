@@ -3,8 +3,9 @@
 Two phases, each a set of idempotent Ray tasks:
 
 1. **IR images**, one task per recipe. The IR image ``<registry>/<name>:<version>``
-   is reused when it exists with the same recipe digest (its manifest annotation
-   ``dev.bakery.recipe.digest``) and its plan artifact; otherwise it is built and
+   is reused when it exists with the same inputs digest (its manifest annotation
+   ``dev.bakery.inputs.digest``: the recipe file and its local source trees) and
+   its plan artifact; otherwise it is built and
    pushed (``image.build``). Building the same IR image twice at once is never
    done (one task per recipe), and the first build of each base-image set runs
    before the others, so base images are made once.
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from .errors import BakeryError
 
-ANN_RECIPE = "dev.bakery.recipe.digest"
+ANN_INPUTS = "dev.bakery.inputs.digest"
 
 ENV_PREFIXES = ("BAKERY_", "BUILDAH_", "CONTAINERS_", "XDG_", "DOCKER_", "REGISTRY_AUTH_FILE", "STORAGE_")
 ENV_NAMES = ("PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "REGISTRY_AUTH_FILE")
@@ -88,7 +89,7 @@ def _manifest_annotations(reg, repo: str, digest: str) -> dict:
     data, mt, _ = reg.get_manifest(repo, digest)
     doc = json.loads(data)
     ann = dict(doc.get("annotations") or {})
-    if mt in (oci.INDEX, oci.DOCKER_LIST) and ANN_RECIPE not in ann and doc.get("manifests"):
+    if mt in (oci.INDEX, oci.DOCKER_LIST) and ANN_INPUTS not in ann and doc.get("manifests"):
         first = doc["manifests"][0]["digest"]
         ann.update(json.loads(reg.get_manifest(repo, first)[0]).get("annotations") or {})
     return ann
@@ -98,14 +99,15 @@ def existing_ir(recipe, registry: str, tls_verify: bool | None = None) -> str | 
     """``<ref>@<digest>`` of the IR image when it exists for this very recipe (digest) with its plan."""
     from . import image as imagemod
     from . import oci
+    from . import sources as sourcesmod
 
     ref = oci.Ref.parse(f"{recipe.name}:{recipe.version}", default_registry=registry)
     reg = oci.Registry(ref.registry, tls_verify=_tls(ref.registry, tls_verify))
     digest = reg.head_manifest(ref.repository, ref.tag)
     if not digest:
         return None
-    if _manifest_annotations(reg, ref.repository, digest).get(ANN_RECIPE) != recipe.digest:
-        return None
+    if _manifest_annotations(reg, ref.repository, digest).get(ANN_INPUTS) != sourcesmod.inputs_digest(recipe):
+        return None  # another recipe, or the same recipe over a changed local source tree
     try:
         imagemod.resolve_ir(reg, ref.with_digest(digest))
     except BakeryError:

@@ -18,6 +18,42 @@ from .errors import BakeryError
 IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.o", "*.a", "*.so", ".bakery-*")
 
 
+def inputs_digest(recipe) -> str:
+    """What an IR image is built from: the recipe file and the trees of its local ``path`` sources.
+
+    url, git and debian sources are pinned by the recipe itself (sha256, commit, version), but a
+    local tree can change under an unchanged recipe: reuse of an IR image is keyed on this."""
+    h = hashlib.sha256(recipe.digest.encode())
+    for src in recipe.sources:
+        if src.kind == "path":
+            h.update(f"\0path\0{src.dest}\0".encode())
+            _hash_tree(Path(src.location), h)
+    return "sha256:" + h.hexdigest()
+
+
+def _hash_tree(root: Path, h) -> None:
+    if not root.is_dir():
+        h.update(b"file\0" + _file_digest(root))
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        ignored = IGNORE(dirpath, dirnames + filenames)
+        dirnames[:] = sorted(d for d in dirnames if d not in ignored)
+        for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            if name in ignored:
+                continue
+            path = Path(dirpath, name)
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                h.update(f"link\0{rel}\0{os.readlink(path)}\0".encode())
+            else:
+                h.update(f"file\0{rel}\0{path.stat().st_mode & 0o111:o}\0".encode() + _file_digest(path))
+
+
+def _file_digest(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").digest()
+
+
 def fetch_all(sources, root: Path, cache: Path | None = None) -> None:
     for src in sources:
         dest = (root / src.dest).resolve()

@@ -1,6 +1,7 @@
 """bakery matrix: IR images first, then every (recipe, target) node tag, on an embedded Ray."""
 
 import json
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -64,7 +65,7 @@ def test_summary_table_and_counts():
 # -- real: session registry, buildah, embedded Ray ----------------------------------------------
 
 @pytest.mark.slow
-def test_ir_reuse_needs_the_same_recipe_digest(images, registry, tmp_path):
+def test_ir_reuse_needs_the_same_recipe_and_sources(images, registry, tmp_path):
     from bakery import recipe as recipemod
 
     built = images.ir("pi")
@@ -72,6 +73,15 @@ def test_ir_reuse_needs_the_same_recipe_digest(images, registry, tmp_path):
     assert matrix.existing_ir(pi, registry) == built.ref
     assert matrix.existing_ir(replace(pi, digest="sha256:" + "0" * 64), registry) is None
     assert matrix.existing_ir(replace(pi, version="0.0-never-built"), registry) is None
+    # The same recipe over a copy of its tree is the same input; an edited source is not.
+    src = pi.sources[0]
+    copy = tmp_path / "src"
+    shutil.copytree(src.location, copy)
+    moved = replace(pi, sources=[replace(src, location=str(copy))])
+    assert matrix.existing_ir(moved, registry) == built.ref
+    victim = next(p for p in sorted(copy.rglob("*.c")))
+    victim.write_text(victim.read_text() + "\n/* edited */\n")
+    assert matrix.existing_ir(moved, registry) is None
 
 
 @pytest.mark.slow

@@ -295,3 +295,23 @@ def test_debian_source_needs_dpkg_dev(tmp_path, fake_debian):
     assert str(exc.value) == "dpkg-source not found on PATH"
     assert exc.value.hint == "install it with: apt-get install dpkg-dev"
     assert not log.exists()  # checked before anything is downloaded
+
+
+def test_inputs_digest_follows_the_local_source_tree_not_build_debris(tmp_path):
+    import os
+
+    from bakery import sources
+
+    p = write(tmp_path, VALID)
+    (tmp_path / "src" / "pi.c").write_text("int main(void){return 0;}\n")
+    (tmp_path / "src" / "run.sh").write_text("#!/bin/sh\n")
+    first = sources.inputs_digest(recipe.load(p))
+    assert first.startswith("sha256:") and first != recipe.load(p).digest
+    (tmp_path / "src" / "pi.o").write_bytes(b"\x7fELF")  # build debris, as copying the tree skips it
+    (tmp_path / "src" / ".git").mkdir()
+    assert sources.inputs_digest(recipe.load(p)) == first
+    os.chmod(tmp_path / "src" / "run.sh", 0o755)
+    second = sources.inputs_digest(recipe.load(p))
+    assert second != first
+    (tmp_path / "src" / "pi.c").write_text("int main(void){return 1;}\n")
+    assert sources.inputs_digest(recipe.load(p)) not in (first, second)

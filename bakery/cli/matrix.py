@@ -7,7 +7,7 @@ from . import common
 
 DESCRIPTION = """\
 Build the IR image of every recipe (reused when the registry has it for the same
-recipe digest), then bake every (recipe, target) node tag <name>:<version>-<target>
+recipe file and local sources), then bake every (recipe, target) node tag <name>:<version>-<target>
 (reused when it exists). Every task is idempotent: a rerun builds and bakes nothing.
 
 Runs on the Ray cluster at --ray-address, else on an embedded local Ray (2 CPUs).
