@@ -63,6 +63,26 @@ def sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
+
+def under_configure() -> bool:
+    """Whether a ``configure`` script is among this process's ancestors (Linux /proc)."""
+    pid = os.getppid()
+    for _ in range(64):
+        if pid <= 1:
+            return False
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            return False
+        # "sh ./configure …" or "./configure …" (a shebang script shows its interpreter first)
+        if any(os.path.basename(a) == b"configure" for a in argv[:2]):
+            return True
+        pid = int(stat[stat.rindex(b")") + 2:].split()[1])  # field 4: ppid (comm may hold spaces)
+    return False
+
 class Capture:
     def __init__(self, shimdir: str, role: str):
         with open(os.path.join(shimdir, "config.json")) as f:
@@ -121,7 +141,11 @@ class Capture:
             return True
         # CMake compiles its checks and compiler-id programs below CMakeFiles/;
         # real targets compile from the binary dir itself.
-        return "/CMakeFiles/" in os.getcwd() + os.sep
+        if "/CMakeFiles/" in os.getcwd() + os.sep:
+            return True
+        # Hand-written configure scripts name their probes as they like (zlib: ztest$$.c):
+        # anything compiled while a configure script runs is a probe.
+        return under_configure()
 
     # -- compiling --------------------------------------------------------------
     def compile_only(self, parsed: dict) -> int:
