@@ -24,13 +24,14 @@ from . import target as targetmod
 from .errors import BakeryError
 
 
-def _time_command(bindir: Path, argv: list[str], repeat: int) -> tuple[float, str]:
+def _time_command(bindir: Path, argv: list[str], repeat: int, stdin: str | None = None) -> tuple[float, str]:
     exe = bindir / argv[0]
     env = proc.env_with({"LD_LIBRARY_PATH": str(bindir)})
     times, out = [], ""
     for _ in range(repeat):
         t0 = time.perf_counter()
-        cp = subprocess.run([str(exe), *argv[1:]], env=env, capture_output=True, text=True)
+        cp = subprocess.run([str(exe), *argv[1:]], env=env, capture_output=True, text=True,
+                            input=stdin if stdin is not None else "")
         times.append(time.perf_counter() - t0)
         if cp.returncode:
             raise BakeryError(f"benchmark command failed in {bindir}: {' '.join(argv)}", cp.stderr[-500:])
@@ -53,6 +54,7 @@ def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs:
     command = recipe.bench.command if recipe.bench else recipe.test
     repeat = repeat or (recipe.bench.repeat if recipe.bench else 3)
     symbol = recipe.bench.symbol if recipe.bench else None
+    compare = re.compile(recipe.bench.compare) if recipe.bench and recipe.bench.compare else None
     target = targetmod.resolve(target_name, compiler_version=toolchain.version, family=toolchain.family)
     generic = targetmod.resolve(toolchain.family, compiler_version=toolchain.version, family=toolchain.family)
     work = Path(workdir or tempfile.mkdtemp(prefix="bakery-bench-"))
@@ -83,7 +85,9 @@ def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs:
     rows, outputs = [], set()
     for label, (bindir, build_s) in binaries.items():
         log(f"running {' '.join(command)} x{repeat}: {label}")
-        best, out = _time_command(bindir, command, repeat)
+        best, out = _time_command(bindir, command, repeat, recipe.bench.stdin if recipe.bench else None)
+        if compare:
+            out = "\n".join(line for line in out.splitlines() if compare.search(line))
         outputs.add(out)
         rows.append({"binary": label, "build_s": round(build_s, 2), "run_s": round(best, 4),
                      "registers": vector_registers(bindir / command[0], symbol)})

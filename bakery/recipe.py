@@ -12,6 +12,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath
@@ -55,6 +56,8 @@ class Bench:
     command: list[str]
     repeat: int
     symbol: str | None
+    stdin: str | None = None
+    compare: str | None = None
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,12 @@ def _semantic_problems(data: dict, recipe_dir: Path) -> Iterator[Problem]:
         if bench["command"][0] not in names:
             at = ("bench", "command", 0)
             yield at, at, f"{bench['command'][0]!r} is not an output (outputs: {', '.join(names)})", None
+        if "compare" in bench:
+            try:
+                re.compile(bench["compare"])
+            except re.error as e:
+                at = ("bench", "compare")
+                yield at, at, f"not a regular expression: {e}", None
 
 
 def _relative(at: KeyPath, value: str) -> Iterator[Problem]:
@@ -403,6 +412,7 @@ def _build_recipe(d: dict, path: Path, raw: bytes) -> Recipe:
         capture_levels=d["capture"]["levels"],
         entrypoint=d["entrypoint"],
         test=d["test"],
-        bench=Bench(bench["command"], bench["repeat"], bench.get("symbol")) if bench else None,
+        bench=Bench(bench["command"], bench["repeat"], bench.get("symbol"), bench.get("stdin"),
+                    bench.get("compare")) if bench else None,
         data=d,
     )

@@ -130,6 +130,8 @@ CASES = [
     ("bench-repeat-zero", VALID + "bench:\n  command: [pi]\n  repeat: 0\n", 11, ["bench.repeat: must be at least 1, got 0"]),
     ("bench-missing-command", VALID + "bench:\n  repeat: 2\n", 9, ["bench.command: missing required key"]),
     ("bench-not-an-output", VALID + "bench:\n  command: [foo]\n", 10, ["bench.command[0]: 'foo' is not an output"]),
+    ("bench-compare-not-a-regex", VALID + "bench:\n  command: [pi]\n  compare: '(unclosed'\n", 11,
+     ["bench.compare: not a regular expression: missing ), unterminated subpattern"]),
     ("capture-opt-invalid", VALID + "capture:\n  opt: O4\n", 10, ["capture.opt: 'O4' is not one of: O1, O2, O3, Os, Oz"]),
     ("capture-language-invalid", VALID + "capture:\n  languages: [c, rust]\n", 10,
      ["capture.languages[1]: 'rust' is not one of: c, c++, fortran"]),
