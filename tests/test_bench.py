@@ -1,11 +1,14 @@
 """bakery bench end to end on a small program: two from-source builds, a capture, two bakes, four runs."""
 
 import json
+import subprocess
 import textwrap
 
 import pytest
 
+from bakery import bench
 from bakery.cli import main
+from bakery.errors import BakeryError
 
 pytestmark = pytest.mark.slow
 
@@ -67,3 +70,14 @@ def test_bench_runs_four_binaries_with_stdin_and_compares_the_chosen_lines(tmp_p
     assert all(result["checks"].values()), result["checks"]
     regs = {r["binary"]: r["registers"] for r in result["rows"]}
     assert regs["baked for x86_64_v3"]["ymm"] > 0 and regs["baked for x86_64"]["ymm"] == 0
+
+
+def test_a_bench_symbol_the_binary_lacks_is_an_error_not_zero_registers(tmp_path, toolchain):
+
+    (tmp_path / "dot.c").write_text(PROGRAM)
+    exe = tmp_path / "dot"
+    subprocess.run([toolchain.clang, "-O2", "-ffast-math", "-march=x86-64-v3", "-o", str(exe), str(tmp_path / "dot.c")],
+                   check=True)
+    assert bench.vector_registers(exe, "dot")["ymm"] > 0
+    with pytest.raises(BakeryError, match="'_Z3dotPKfS0_i' is not defined in"):
+        bench.vector_registers(exe, "_Z3dotPKfS0_i")
