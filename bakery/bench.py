@@ -63,7 +63,7 @@ def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs:
     work = Path(workdir or tempfile.mkdtemp(prefix="bakery-bench-"))
     log = lambda msg: proc.log(f"bench: {msg}", quiet=quiet)  # noqa: E731
 
-    log(f"from-source build, generic -O2 ({recipe.name})")
+    log(f"from-source build, generic, the build's own flags ({recipe.name})")
     src_generic = capturemod.from_source(recipe, toolchain, work / "source-generic", jobs=jobs)
     log(f"from-source build, {' '.join(target.flags)}")
     src_target = capturemod.from_source(recipe, toolchain, work / f"source-{target.name}",
@@ -80,7 +80,7 @@ def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs:
         res = bakemod.bake(bundle, plan, toolchain, t, work / label, jobs=jobs, quiet=True)
         bakes[label] = res
     binaries = {
-        "from source, generic -O2": (Path(src_generic["outdir"]), src_generic["seconds"]),
+        "from source, generic (the build's own flags)": (Path(src_generic["outdir"]), src_generic["seconds"]),
         f"from source, {' '.join(target.flags)}": (Path(src_target["outdir"]), src_target["seconds"]),
         f"baked for {generic.name}": (work / "baked-generic", bakes["baked-generic"].seconds),
         f"baked for {target.name}": (work / f"baked-{target.name}", bakes[f"baked-{target.name}"].seconds),

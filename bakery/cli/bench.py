@@ -11,7 +11,7 @@ from .. import toolchain as toolchainmod
 def setup_parser(sub, common):
     p = sub.add_parser(
         "bench", parents=[common], help="compare from-source builds with bakes (build time, run time, code)",
-        description="Build the recipe from source (generic -O2, and with the target's flags), capture it, "
+        description="Build the recipe from source (generic, with the build's own flags, and with the target's flags added), capture it, "
                     "bake it for x86_64 and for TARGET, then run the recipe's bench command (or its test "
                     "command) on all four and check the bench symbol's vector registers.")
     p.add_argument("recipe", metavar="RECIPE")
