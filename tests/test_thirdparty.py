@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import bz2
 import json
+import os
 import random
 import subprocess
 import zlib
@@ -31,6 +32,8 @@ from bakery.errors import BakeryError
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+# Minutes of capture and bake on 2 cores: run with BAKERY_TEST_HEAVY=1 (bakery bench gives the figures).
+HEAVY = {"lammps"}
 TARGET = "x86_64_v3"
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
@@ -160,11 +163,31 @@ def check_xxhash(bindir: Path, tmp: Path) -> None:
         assert digest in line, (algo, line, digest)
 
 
-CHECKS = {"bzip2": check_bzip2, "zlib": check_zlib, "libyaml": check_libyaml, "json-c": check_json_c,
+def check_lammps(bindir: Path, tmp: Path) -> None:
+    """The bench deck (LAMMPS's bench/in.lj: Lennard-Jones melt, 32000 atoms), 100 steps: the thermo
+    lines of LAMMPS's own serial reference log. A miscompiled force loop drifts or blows up."""
+    deck = recipemod.load(REPO / "recipes" / "lammps.yaml").bench.stdin
+    out = run([bindir / "lmp", "-log", "none", "-var", "steps", "100"], input=deck.encode(), cwd=tmp).decode()
+    thermo = {}
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) == 6 and f[0].isdigit():
+            thermo[int(f[0])] = [float(x) for x in f[1:]]
+    reference = {0: [1.44, -6.7733681, 0.0, -4.6134356, -5.0197073],
+                 100: [0.7574531, -5.7585055, 0.0, -4.6223613, 0.20726105]}
+    for step, want in reference.items():
+        assert step in thermo, out[-1500:]
+        assert thermo[step] == pytest.approx(want, rel=1e-5, abs=1e-7), (step, thermo[step])
+
+
+CHECKS = {"lammps": check_lammps, "bzip2": check_bzip2, "zlib": check_zlib, "libyaml": check_libyaml, "json-c": check_json_c,
           "xxhash": check_xxhash}
 
 
-@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.skipif(p.stem in HEAVY and os.environ.get("BAKERY_TEST_HEAVY") != "1",
+                                             reason="heavy: set BAKERY_TEST_HEAVY=1"))
+    for p in RECIPES], ids=[p.stem for p in RECIPES])
 def test_thirdparty_baked_program_works(baked_dirs, tmp_path, path):
     recipe = recipemod.load(path)
     bundle, bindir = baked_dirs(recipe)
