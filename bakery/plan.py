@@ -209,7 +209,8 @@ _TARGET_FLAGS = ("-march=", "-mcpu=", "-mtune=", "-mnative")
 SYSTEM_LIB_DIRS = ("/usr/lib", "/usr/local/lib", "/lib", "/usr/lib64", "/lib64", "/opt")
 _COMMON = {"-pthread", "-fopenmp", "-g", "-g0", "-g1", "-g2", "-g3", "-ggdb", "-gline-tables-only"}
 _LINK_WORDS = {"-shared", "-static", "-pie", "-no-pie", "-rdynamic", "-static-libgcc", "-static-libstdc++",
-               "-nostartfiles", "-nodefaultlibs", "-nostdlib", "-fPIC", "-fpic", "-fPIE", "-fpie"} | _COMMON
+               "-nostartfiles", "-nodefaultlibs", "-nostdlib", "-fPIC", "-fpic", "-fPIE", "-fpie",
+               "-Qunused-arguments"} | _COMMON
 _OPT = re.compile(r"^-O([0-3sz]|fast|g)?$")
 _LINKER_WORDS = {"-O1", "-O2", "-O0", "--as-needed", "--no-as-needed", "--gc-sections", "--no-gc-sections",
                  "--no-undefined", "-Bstatic", "-Bdynamic", "-Bsymbolic", "-Bsymbolic-functions",

@@ -41,3 +41,27 @@ def test_hand_written_configure_probes_are_run_but_not_captured(tmp_path, toolch
     sources = sorted(m["source"] for m in plan["modules"].values())
     assert sources == ["hello.c"], sources
     assert [link["output"] for link in plan["links"]] == ["hello"], json.dumps(plan["links"])[:500]
+
+
+def test_driver_level_z_keyword_is_kept_as_a_linker_option(tmp_path, toolchain):
+    """zstd links with `-z noexecstack` (the driver's form): dropping it would lose a hardening flag."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hello.c").write_text('#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n')
+    (src / "Makefile").write_text(
+        "hello: hello.c\n\t$(CC) -O2 -c hello.c\n\t$(CC) -O2 -Qunused-arguments -z noexecstack -o hello hello.o\n")
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(textwrap.dedent("""\
+        name: zflag
+        version: "1.0"
+        sources:
+          - path: ./src
+        build:
+          system: make
+          options: [hello]
+        outputs: [hello]
+        """))
+    plan = capturemod.capture(recipemod.load(recipe_file), tmp_path / "bundle", toolchain, quiet=True)
+    args = [a for a in plan["links"][0]["args"] if isinstance(a, str)]
+    assert "-Wl,-z,noexecstack" in args, args
+    assert not plan["capture"]["dropped"], plan["capture"]["dropped"]

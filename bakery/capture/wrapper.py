@@ -357,6 +357,8 @@ class Capture:
                 i += 1; continue
             if a == "-Xlinker" and nxt is not None:
                 a, i = "-Wl," + nxt, i + 1
+            if a == "-z" and nxt is not None:  # the driver's -z KEYWORD (zstd: -z noexecstack)
+                a, i = "-Wl,-z," + nxt, i + 1
             if a.startswith("-Wl,"):
                 items.append(self.linker_item(a, prev_wl))
                 prev_wl = a.split(",")[-1]

@@ -40,8 +40,8 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
-        for d in plan["capture"]["dropped"]:
-            if "compile-only" not in d["why"]:
-                print(f"note: dropped {d['flag']!r} ({d['why']})")
+        notes = {(d["flag"], d["why"]) for d in plan["capture"]["dropped"] if "compile-only" not in d["why"]}
+        for flag, why in sorted(notes):
+            print(f"note: dropped {flag!r} ({why})")
         print(args.output)
     return 0
