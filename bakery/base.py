@@ -2,7 +2,7 @@
 
 * runtime: Debian bookworm ``minbase`` made with debootstrap;
 * llvm:    runtime + Debian's LLVM (what a bake needs, inside the IR image);
-* build:   llvm + make/cmake/autotools (the capture stage only).
+* build:   llvm + make/cmake/meson/autotools (the capture stage only).
 
 Each is kept in local container storage and pushed to the registry, so the
 next machine pulls instead of rebuilding.

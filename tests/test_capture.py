@@ -1,6 +1,7 @@
 """Capture details that need a real compiler but no image."""
 
 import json
+import subprocess
 import textwrap
 
 from bakery import capture as capturemod
@@ -65,3 +66,74 @@ def test_driver_level_z_keyword_is_kept_as_a_linker_option(tmp_path, toolchain):
     args = [a for a in plan["links"][0]["args"] if isinstance(a, str)]
     assert "-Wl,-z,noexecstack" in args, args
     assert not plan["capture"]["dropped"], plan["capture"]["dropped"]
+
+
+MESON_BUILD = """\
+project('greet', 'c', version: '1.2.3')
+cc = meson.get_compiler('c')
+conf = configuration_data()
+conf.set10('HAVE_STRNDUP', cc.has_function('strndup', prefix: '#include <string.h>'))
+conf.set10('HAVE_BUILTIN_POPCOUNT', cc.compiles('int f(unsigned x) { return __builtin_popcount(x); }'))
+configure_file(output: 'config.h', configuration: conf)
+m = cc.find_library('m')
+lib = shared_library('greet', 'greet.c', version: '1.2.3', soversion: '1', dependencies: m)
+executable('greet', 'main.c', link_with: lib)
+"""
+
+
+def test_meson_project_is_captured_and_baked(tmp_path, toolchain):
+    """meson setup's probes (sanity check, has_function, compiles) are run, not captured; the shared
+    library with its soname travels with the program; the baked program prints what a plain build does."""
+    from bakery import bake as bakemod
+    from bakery import plan as planmod
+    from bakery import target as targetmod
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "meson.build").write_text(MESON_BUILD)
+    (src / "greet.c").write_text(textwrap.dedent("""\
+        #include "config.h"
+        #include <math.h>
+        double greet_norm(const double *v, int n) {
+            double s = 0;
+            for (int i = 0; i < n; i++) s += v[i] * v[i];
+            return sqrt(s) + HAVE_STRNDUP + HAVE_BUILTIN_POPCOUNT;
+        }
+        """))
+    (src / "main.c").write_text(textwrap.dedent("""\
+        #include <stdio.h>
+        double greet_norm(const double *v, int n);
+        int main(void) {
+            double v[1000];
+            for (int i = 0; i < 1000; i++) v[i] = i * 0.5;
+            printf("norm %.6f\\n", greet_norm(v, 1000));
+            return 0;
+        }
+        """))
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(textwrap.dedent("""\
+        name: greet
+        version: "1.2.3"
+        sources:
+          - path: ./src
+        build:
+          system: meson
+          options: ["-Db_ndebug=true"]
+        outputs: [greet]
+        """))
+    recipe = recipemod.load(recipe_file)
+    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
+    assert sorted(m["source"] for m in plan["modules"].values()) == ["greet.c", "main.c"], plan["modules"]
+    assert plan["capture"]["translation_units"] == 2, "meson's probes were recorded"
+    installs = sorted(link["install"] for link in plan["links"])
+    assert installs == ["greet", "libgreet.so.1"], installs
+    assert not [d for d in plan["capture"]["dropped"] if "compile-only" not in d["why"]], plan["capture"]["dropped"]
+    target = targetmod.resolve("x86_64_v3", compiler_version=toolchain.version, family=toolchain.family)
+    bakemod.bake(tmp_path / "bundle", planmod.load(tmp_path / "bundle"), toolchain, target, tmp_path / "bin",
+                 quiet=True)
+    ref = capturemod.from_source(recipe, toolchain, tmp_path / "ref")
+    baked = subprocess.run([tmp_path / "bin" / "greet"], capture_output=True, text=True, check=True).stdout
+    plain = subprocess.run([tmp_path / "ref" / "greet"], capture_output=True, text=True,
+                           env={"LD_LIBRARY_PATH": str(tmp_path / "ref")}, check=True).stdout
+    # 2 = both probes answered yes (strndup exists, __builtin_popcount compiles)
+    assert baked == plain == "norm 9123.862474\n", (baked, plain)

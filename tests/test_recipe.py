@@ -104,7 +104,7 @@ CASES = [
     ("bad-name", VALID.replace("name: pi", "name: My App"), 1, ["name: 'My App' is not valid", "lowercase"]),
     ("bad-version", VALID.replace('"1.0"', '"-1 beta"'), 2, ["version: '-1 beta' is not valid", "OCI tag"]),
     ("unknown-system", VALID.replace("system: make", "system: mak"), 6,
-     ["build.system: 'mak' is not one of: make, cmake, autotools, script", "did you mean 'make'"]),
+     ["build.system: 'mak' is not one of: make, cmake, meson, autotools, script", "did you mean 'make'"]),
     ("missing-system", VALID.replace("  system: make\n", ""), 5, ["build.system: missing required key"]),
     ("script-without-script", VALID.replace("system: make", "system: script"), 5,
      ["build.script: required", "system is script"]),

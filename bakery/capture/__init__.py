@@ -68,6 +68,15 @@ def build_commands(recipe, root: Path, compilers: dict[str, str], jobs: int) -> 
              *([f"-DCMAKE_Fortran_COMPILER={compilers['FC']}"] if fortran else []), *b.options],
             ["cmake", "--build", str(bindir), "--parallel", str(jobs)],
         ], bindir
+    if b.system == "meson":
+        # Release unless the recipe says otherwise (meson's default, debug, is -O0); subprojects
+        # only from the source tree, never downloaded during a build.
+        bindir = root / "_build"
+        return [
+            ["meson", "setup", str(bindir), str(srcdir), "-Dbuildtype=release", "--wrap-mode=nodownload",
+             *b.options],
+            ["meson", "compile", "-C", str(bindir), "-j", str(jobs)],
+        ], bindir
     if b.system == "autotools":
         cmds = []
         if not (srcdir / "configure").exists():
@@ -89,7 +98,7 @@ def run_build(recipe, root: Path, shimdir: Path, compilers: dict, jobs: int, log
     cwd = (root / recipe.build.subdir).resolve()
     for cmd in cmds:
         proc.log(f"capture: $ {shlex.join(cmd)}", quiet=quiet)
-        if cmd[0] in ("make", "cmake", "autoreconf"):
+        if cmd[0] in ("make", "cmake", "meson", "autoreconf"):
             proc.which(cmd[0])
         proc.stream(cmd, cwd=cwd, env=env, log=log, on_line=progress)
     return outdir

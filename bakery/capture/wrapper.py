@@ -143,6 +143,9 @@ class Capture:
         # real targets compile from the binary dir itself.
         if "/CMakeFiles/" in os.getcwd() + os.sep:
             return True
+        # Meson's sanity checks and cc.compiles()/cc.links() run in <builddir>/meson-private/.
+        if "/meson-private/" in os.path.join(os.getcwd(), out) + os.sep:
+            return True
         # Hand-written configure scripts name their probes as they like (zlib: ztest$$.c):
         # anything compiled while a configure script runs is a probe.
         return under_configure()
