@@ -177,6 +177,23 @@ def check_zstd(bindir: Path, tmp: Path) -> None:
     run([bindir / "zstd", "-q", "-t"], input=baked)
 
 
+def check_serd(bindir: Path, tmp: Path) -> None:
+    """A generated Turtle document (prefixes, ';' and ',' lists, integers) gives exactly the expected
+    N-Triples, and N-Triples -> Turtle -> N-Triples is stable."""
+    ex, xsd_int = "http://example.org/", "http://www.w3.org/2001/XMLSchema#integer"
+    ttl, want = ["@prefix ex: <http://example.org/> ."], set()
+    for i in range(3000):
+        ttl.append(f'ex:s{i} ex:p{i % 7} "lit {i}" ; ex:q ex:o{i * 3} , ex:o{i * 3 + 1} ; ex:n {i} .')
+        want |= {f'<{ex}s{i}> <{ex}p{i % 7}> "lit {i}" .', f"<{ex}s{i}> <{ex}q> <{ex}o{i * 3}> .",
+                 f"<{ex}s{i}> <{ex}q> <{ex}o{i * 3 + 1}> .", f'<{ex}s{i}> <{ex}n> "{i}"^^<{xsd_int}> .'}
+    (tmp / "in.ttl").write_text("\n".join(ttl) + "\n")
+    nt = run([bindir / "serdi", "-i", "turtle", "-o", "ntriples", tmp / "in.ttl"]).decode()
+    assert set(nt.splitlines()) == want and len(nt.splitlines()) == len(want)
+    (tmp / "out.nt").write_text(nt)
+    (tmp / "back.ttl").write_bytes(run([bindir / "serdi", "-i", "ntriples", "-o", "turtle", tmp / "out.nt"]))
+    assert run([bindir / "serdi", "-i", "turtle", "-o", "ntriples", tmp / "back.ttl"]).decode() == nt
+
+
 def check_lammps(bindir: Path, tmp: Path) -> None:
     """The bench deck (LAMMPS's bench/in.lj: Lennard-Jones melt, 32000 atoms), 100 steps: the thermo
     lines of LAMMPS's own serial reference log. A miscompiled force loop drifts or blows up."""
@@ -195,7 +212,7 @@ def check_lammps(bindir: Path, tmp: Path) -> None:
 
 
 CHECKS = {"lammps": check_lammps, "bzip2": check_bzip2, "zlib": check_zlib, "libyaml": check_libyaml, "json-c": check_json_c,
-          "xxhash": check_xxhash, "zstd": check_zstd}
+          "xxhash": check_xxhash, "zstd": check_zstd, "serd": check_serd}
 
 
 @pytest.mark.parametrize("path", [
