@@ -1,8 +1,12 @@
 """Capture details that need a real compiler but no image."""
 
 import json
+import os
 import subprocess
+from pathlib import Path
 import textwrap
+
+import pytest
 
 from bakery import capture as capturemod
 from bakery import recipe as recipemod
@@ -81,13 +85,7 @@ executable('greet', 'main.c', link_with: lib)
 """
 
 
-def test_meson_project_is_captured_and_baked(tmp_path, toolchain):
-    """meson setup's probes (sanity check, has_function, compiles) are run, not captured; the shared
-    library with its soname travels with the program; the baked program prints what a plain build does."""
-    from bakery import bake as bakemod
-    from bakery import plan as planmod
-    from bakery import target as targetmod
-
+def _meson_project(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     (src / "meson.build").write_text(MESON_BUILD)
@@ -121,19 +119,50 @@ def test_meson_project_is_captured_and_baked(tmp_path, toolchain):
           options: ["-Db_ndebug=true"]
         outputs: [greet]
         """))
-    recipe = recipemod.load(recipe_file)
+    return recipemod.load(recipe_file)
+
+
+def _capture_and_bake(recipe, tmp_path, toolchain, target_name):
+    from bakery import bake as bakemod
+    from bakery import plan as planmod
+    from bakery import target as targetmod
+
     plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
     assert sorted(m["source"] for m in plan["modules"].values()) == ["greet.c", "main.c"], plan["modules"]
     assert plan["capture"]["translation_units"] == 2, "meson's probes were recorded"
     installs = sorted(link["install"] for link in plan["links"])
     assert installs == ["greet", "libgreet.so.1"], installs
     assert not [d for d in plan["capture"]["dropped"] if "compile-only" not in d["why"]], plan["capture"]["dropped"]
-    target = targetmod.resolve("x86_64_v3", compiler_version=toolchain.version, family=toolchain.family)
+    target = targetmod.resolve(target_name, compiler_version=toolchain.version, family=toolchain.family)
     bakemod.bake(tmp_path / "bundle", planmod.load(tmp_path / "bundle"), toolchain, target, tmp_path / "bin",
                  quiet=True)
+    return tmp_path / "bin" / "greet"
+
+
+# 2 = both probes answered yes (strndup exists, __builtin_popcount compiles)
+GREET_OUTPUT = "norm 9123.862474\n"
+
+
+def test_meson_project_is_captured_and_baked(tmp_path, toolchain):
+    """meson setup's probes (sanity check, has_function, compiles) are run, not captured; the shared
+    library with its soname travels with the program; the baked program prints what a plain build does."""
+    recipe = _meson_project(tmp_path)
+    greet = _capture_and_bake(recipe, tmp_path, toolchain, "x86_64_v3")
     ref = capturemod.from_source(recipe, toolchain, tmp_path / "ref")
-    baked = subprocess.run([tmp_path / "bin" / "greet"], capture_output=True, text=True, check=True).stdout
+    baked = subprocess.run([greet], capture_output=True, text=True, check=True).stdout
     plain = subprocess.run([tmp_path / "ref" / "greet"], capture_output=True, text=True,
                            env={"LD_LIBRARY_PATH": str(tmp_path / "ref")}, check=True).stdout
-    # 2 = both probes answered yes (strndup exists, __builtin_popcount compiles)
-    assert baked == plain == "norm 9123.862474\n", (baked, plain)
+    assert baked == plain == GREET_OUTPUT, (baked, plain)
+
+
+def test_meson_project_cross_captured_for_arm64_runs_under_qemu(tmp_path, toolchain):
+    """Meson sees the cross wrapper as a native compiler; its sanity check runs through qemu-user."""
+    if not Path("/proc/sys/fs/binfmt_misc/qemu-aarch64").exists():
+        pytest.skip("qemu-user binfmt for aarch64 is not registered (scripts/setup.sh does it)")
+    from bakery import toolchain as toolchainmod
+
+    arm = toolchain.for_triple(toolchainmod.triple_of_platform("linux/arm64"))
+    greet = _capture_and_bake(_meson_project(tmp_path), tmp_path, arm, "neoverse_n1")
+    out = subprocess.run([greet], capture_output=True, text=True, check=True,
+                         env={**os.environ, "QEMU_LD_PREFIX": "/usr/aarch64-linux-gnu"}).stdout
+    assert out == GREET_OUTPUT

@@ -92,9 +92,16 @@ class Capture:
         self.root = self.cfg["root"]
         self.mode = self.cfg.get("mode", "capture")
         self.lang = {"cc": "c", "c++": "c++", "fortran": "fortran"}[role]
-        # A cross capture adds --target=TRIPLE (and lld) to every compiler call.
-        self.cross = self.cfg.get("target_flags", [])
+        # A cross capture adds --target=TRIPLE to every compiler call, and lld to those that may
+        # link: -fuse-ld on a compile-only call is an unused argument, an error under Meson's
+        # -Werror=unused-command-line-argument (its cc.compiles() checks then answer "no").
+        self.cross = [f for f in self.cfg.get("target_flags", []) if not f.startswith("-fuse-ld=")]
+        self.ld = [f for f in self.cfg.get("target_flags", []) if f.startswith("-fuse-ld=")]
         self.real = [self.cfg["compilers"][self.lang], *self.cross]
+
+    def command(self, parsed: dict) -> list[str]:
+        """The real compiler for this call, with the cross linker when the call may link."""
+        return [*self.real, *(self.ld if parsed["stage"] not in ("c", "E", "S", "M") else [])]
 
     # -- events ---------------------------------------------------------------
     def emit(self, event: dict) -> None:
@@ -121,12 +128,12 @@ class Capture:
         if self.mode == "passthrough":
             if self.lang == "fortran":
                 extra = [*extra, *self.cfg.get("fortran_link_flags", [])]
-            return subprocess.call([*self.real, *args, *extra])
+            return subprocess.call([*self.command(parse(args)), *args, *extra])
         parsed = parse(args)
         if parsed["stage"] in ("E", "S", "M") or parsed["stdin"] or not (parsed["inputs"]):
-            return subprocess.call([*self.real, *args])
+            return subprocess.call([*self.command(parsed), *args])
         if self.is_probe(parsed):
-            return subprocess.call([*self.real, *args])
+            return subprocess.call([*self.command(parsed), *args])
         if parsed["stage"] == "c":
             return self.compile_only(parsed)
         return self.compile_and_link(parsed)
@@ -308,7 +315,7 @@ class Capture:
     # -- linking ----------------------------------------------------------------
     def link(self, parsed: dict, link_args: list[str]) -> int:
         extra = self.cfg.get("fortran_link_flags", []) if self.lang == "fortran" else []
-        rc = subprocess.call([*self.real, *link_args, *extra])
+        rc = subprocess.call([*self.real, *self.ld, *link_args, *extra])
         if rc:
             return rc
         out = parsed["output"] or "a.out"
