@@ -65,19 +65,21 @@ def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs:
 
     log(f"from-source build, generic, the build's own flags ({recipe.name})")
     src_generic = capturemod.from_source(recipe, toolchain, work / "source-generic", jobs=jobs)
+    log(f"  built in {src_generic['seconds']:.1f}s")
     log(f"from-source build, {' '.join(target.flags)}")
     src_target = capturemod.from_source(recipe, toolchain, work / f"source-{target.name}",
                                         flags=list(target.flags), jobs=jobs)
+    log(f"  built in {src_target['seconds']:.1f}s")
     log("capture")
     t0 = time.monotonic()
     bundle = work / "bundle"
-    capturemod.capture(recipe, bundle, toolchain, jobs=jobs, quiet=True)
+    capturemod.capture(recipe, bundle, toolchain, jobs=jobs, quiet=quiet)
     capture_s = time.monotonic() - t0
     plan = planmod.load(bundle)
     bakes = {}
     for t, label in ((generic, "baked-generic"), (target, f"baked-{target.name}")):
         log(f"bake for {t.name}")
-        res = bakemod.bake(bundle, plan, toolchain, t, work / label, jobs=jobs, quiet=True)
+        res = bakemod.bake(bundle, plan, toolchain, t, work / label, jobs=jobs, quiet=quiet)
         bakes[label] = res
     binaries = {
         "from source, generic (the build's own flags)": (Path(src_generic["outdir"]), src_generic["seconds"]),
