@@ -27,11 +27,25 @@ bakery makes one container image serve every CPU.
   2. bake: finish that bitcode for one CPU (an archspec name or 'native'):
      retarget, optimize, codegen, link -> native binaries.
 
+With images, the same two steps meet users through a registry:
+  build    runs the capture in a Containerfile and pushes an IR image (runtime +
+           LLVM + bundle) with the plan attached as an OCI artifact;
+  bake     IMAGE commits the binaries as one thin layer on the IR image and
+           pushes it as the node tag <tag>-<target> (reused when it exists);
+  serve    bakes a node tag the first time anybody pulls it.
+Without --registry (or $BAKERY_REGISTRY), bakery starts its own registry on 127.0.0.1:5000.
+
 examples:
   bakery validate examples/pi/recipe.yaml
   bakery capture examples/pi/recipe.yaml -o /tmp/pi.bundle
   bakery bake /tmp/pi.bundle --target native --output /tmp/pi.bin
   bakery bench examples/kernel/recipe.yaml --target x86_64_v4
+
+  bakery build examples/pi/recipe.yaml            # -> 127.0.0.1:5000/pi:1.0
+  bakery bake 127.0.0.1:5000/pi:1.0 --target native
+  bakery serve --upstream http://127.0.0.1:5000 --listen 127.0.0.1:5080
+
+Each command has its own --help.
 """
 
 
