@@ -33,7 +33,8 @@ With images, the same two steps meet users through a registry:
   bake     IMAGE commits the binaries as one thin layer on the IR image and
            pushes it as the node tag <tag>-<target> (reused when it exists);
   serve    bakes a node tag the first time anybody pulls it.
-Without --registry (or $BAKERY_REGISTRY), bakery starts its own registry on 127.0.0.1:5000.
+Without --registry (or $BAKERY_REGISTRY), bakery starts its own registry on
+127.0.0.1:5000.
 
 examples:
   bakery validate examples/pi/recipe.yaml
