@@ -297,6 +297,13 @@ def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *,
         base_image = image
         if slim:
             base_image = plan_runtime_base(engine, image, tls)
+            missing = slim_missing_libraries(engine, base_image, outdir)
+            if missing:
+                raise BakeryError(
+                    f"--slim: the runtime base {base_image} lacks {', '.join(missing)}, which the baked "
+                    f"outputs ({', '.join(outputs)}) load",
+                    "bake without --slim (the node tag then sits on the IR image, which has the toolchain's "
+                    "libraries and the recipe's packages), or give the recipe a runtime.base that has them")
         ctr = engine.from_image(base_image, name=_container_name("commit"))
         try:
             for name in outputs:
@@ -340,6 +347,25 @@ def _remove_stale_containers(engine: ContainerEngine) -> None:
                 engine.remove(name)
             except PermissionError:
                 pass
+
+
+def slim_missing_libraries(engine: ContainerEngine, base_image: str, outdir: Path) -> list[str]:
+    """Shared libraries the outputs need (DT_NEEDED) that neither come with them nor are known to
+    the base's dynamic loader (its /etc/ld.so.cache): libomp for OpenMP codes, the libraries of
+    the recipe's -dev packages. An empty list when the base has no cache to tell."""
+    readelf = proc.which("readelf")
+    shipped = {p.name for p in outdir.iterdir()}
+    needed: set[str] = set()
+    for f in outdir.iterdir():
+        if f.is_file() and f.read_bytes()[:4] == b"\x7fELF":
+            for line in proc.run([readelf, "-dW", str(f)]).stdout.splitlines():
+                if "(NEEDED)" in line and "[" in line:
+                    needed.add(line.rsplit("[", 1)[1].rstrip("]"))
+    try:
+        cache = engine.read_file(base_image, "/etc/ld.so.cache")
+    except BakeryError:
+        return []
+    return sorted(n for n in needed - shipped if n.encode() + b"\0" not in cache)
 
 
 def plan_runtime_base(engine: ContainerEngine, image: str, tls: bool) -> str:

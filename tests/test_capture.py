@@ -166,3 +166,53 @@ def test_meson_project_cross_captured_for_arm64_runs_under_qemu(tmp_path, toolch
     out = subprocess.run([greet], capture_output=True, text=True, check=True,
                          env={**os.environ, "QEMU_LD_PREFIX": "/usr/aarch64-linux-gnu"}).stdout
     assert out == GREET_OUTPUT
+
+
+def test_openmp_program_is_captured_and_baked(tmp_path, toolchain):
+    """-fopenmp survives to the bake (the outlined parallel regions are in the bitcode) and the
+    baked program links LLVM's libomp and runs its threads."""
+    from bakery import bake as bakemod
+    from bakery import plan as planmod
+    from bakery import target as targetmod
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "omp.c").write_text(textwrap.dedent("""\
+        #include <stdio.h>
+        #include <omp.h>
+        int main(void) {
+            long long s = 0;
+            int seen = 0;
+            #pragma omp parallel reduction(+:seen)
+            seen += 1;
+            #pragma omp parallel for reduction(+:s) schedule(static)
+            for (long long i = 1; i <= 20000000; i++) s += (i * i) % 1000003;
+            printf("threads %d sum %lld\\n", seen, s);
+            return 0;
+        }
+        """))
+    (src / "Makefile").write_text("omp: omp.c\n\t$(CC) -O2 -fopenmp -o omp omp.c\n")
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(textwrap.dedent("""\
+        name: omp
+        version: "1.0"
+        sources:
+          - path: ./src
+        build:
+          system: make
+          options: [omp]
+        outputs: [omp]
+        """))
+    recipe = recipemod.load(recipe_file)
+    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
+    assert "-fopenmp" in plan["links"][0]["args"]
+    target = targetmod.resolve("x86_64_v3", compiler_version=toolchain.version, family=toolchain.family)
+    bakemod.bake(tmp_path / "bundle", planmod.load(tmp_path / "bundle"), toolchain, target, tmp_path / "bin",
+                 quiet=True)
+    capturemod.from_source(recipe, toolchain, tmp_path / "ref")
+    env = {**os.environ, "OMP_NUM_THREADS": "3"}
+    baked = subprocess.run([tmp_path / "bin" / "omp"], capture_output=True, text=True, env=env, check=True).stdout
+    plain = subprocess.run([tmp_path / "ref" / "omp"], capture_output=True, text=True, env=env, check=True).stdout
+    assert baked == plain and baked.startswith("threads 3 sum "), (baked, plain)
+    needed = subprocess.run(["readelf", "-d", tmp_path / "bin" / "omp"], capture_output=True, text=True).stdout
+    assert "libomp.so" in needed, needed

@@ -222,3 +222,19 @@ def test_registry_timeout_setting_is_checked(monkeypatch):
     monkeypatch.setenv("BAKERY_REGISTRY_TIMEOUT", "soon")
     with pytest.raises(BakeryError, match="BAKERY_REGISTRY_TIMEOUT='soon'"):
         oci.Registry("127.0.0.1:9")
+
+
+def test_slim_refuses_outputs_whose_libraries_the_runtime_base_lacks(images, engine, registry, toolchain, tmp_path):
+    """An OpenMP program loads libomp.so.5, which the debootstrap runtime base does not have: a slim
+    node image of it could not start, so the bake says so instead of pushing it."""
+    base = f"{registry}/bakery/debian:bookworm"
+    if not engine.exists(base):
+        engine.pull(base, tls_verify=False)
+    (tmp_path / "omp.c").write_text('#include <omp.h>\nint main(void) { return omp_get_max_threads() < 1; }\n')
+    out = tmp_path / "bin"
+    out.mkdir()
+    subprocess.run([toolchain.clang, "-O2", "-fopenmp", "-o", str(out / "omp"), str(tmp_path / "omp.c")], check=True)
+    (out / "plain").write_bytes(images.builds.baked("pi", "x86_64").joinpath("pi").read_bytes())
+    assert imagemod.slim_missing_libraries(engine, base, out) == ["libomp.so.5"]
+    (out / "omp").unlink()
+    assert imagemod.slim_missing_libraries(engine, base, out) == []
