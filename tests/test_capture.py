@@ -216,3 +216,59 @@ def test_openmp_program_is_captured_and_baked(tmp_path, toolchain):
     assert baked == plain and baked.startswith("threads 3 sum "), (baked, plain)
     needed = subprocess.run(["readelf", "-d", tmp_path / "bin" / "omp"], capture_output=True, text=True).stdout
     assert "libomp.so" in needed, needed
+
+
+def test_mpi_program_built_with_mpicc_is_captured_and_runs_on_two_ranks(tmp_path, toolchain):
+    """mpicc runs the compiler OMPI_CC/MPICH_CC names: bakery's wrapper, so the unit is captured and
+    the link keeps -lmpi; the baked program runs under mpirun like a plain build."""
+    import shutil
+
+    if not shutil.which("mpicc") or not shutil.which("mpirun"):
+        pytest.skip("Open MPI is not installed (scripts/setup.sh installs libopenmpi-dev openmpi-bin)")
+    from bakery import bake as bakemod
+    from bakery import plan as planmod
+    from bakery import target as targetmod
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ring.c").write_text(textwrap.dedent("""\
+        #include <mpi.h>
+        #include <stdio.h>
+        int main(int argc, char **argv) {
+            MPI_Init(&argc, &argv);
+            int rank, size;
+            MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+            MPI_Comm_size(MPI_COMM_WORLD, &size);
+            long long local = 0, total = 0;
+            for (long long i = rank; i < 3000000; i += size) local += (i * i) % 1009;
+            MPI_Reduce(&local, &total, 1, MPI_LONG_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
+            if (rank == 0) printf("ranks %d total %lld\\n", size, total);
+            MPI_Finalize();
+            return 0;
+        }
+        """))
+    (src / "Makefile").write_text("ring: ring.c\n\tmpicc -O2 -o ring ring.c\n")
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(textwrap.dedent("""\
+        name: ring
+        version: "1.0"
+        sources:
+          - path: ./src
+        build:
+          system: make
+          options: [ring]
+        outputs: [ring]
+        """))
+    recipe = recipemod.load(recipe_file)
+    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
+    assert [m["source"] for m in plan["modules"].values()] == ["ring.c"]
+    assert "-lmpi" in plan["links"][0]["args"], plan["links"][0]["args"]
+    target = targetmod.resolve("x86_64_v3", compiler_version=toolchain.version, family=toolchain.family)
+    bakemod.bake(tmp_path / "bundle", planmod.load(tmp_path / "bundle"), toolchain, target, tmp_path / "bin",
+                 quiet=True)
+    capturemod.from_source(recipe, toolchain, tmp_path / "ref")
+    mpirun = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2"]
+    env = {**os.environ, "OMPI_MCA_btl": "self,vader"}  # shared memory only: no network probing
+    outs = [subprocess.run([*mpirun, d / "ring"], capture_output=True, text=True, env=env, timeout=120).stdout
+            for d in (tmp_path / "bin", tmp_path / "ref")]
+    assert outs[0] == outs[1] and outs[0].startswith("ranks 2 total "), outs

@@ -93,7 +93,7 @@ def run_build(recipe, root: Path, shimdir: Path, compilers: dict, jobs: int, log
     env = proc.env_with({
         "PATH": f"{shimdir}{os.pathsep}{os.environ.get('PATH', '')}",
         "MAKEFLAGS": "", "MFLAGS": "", "JOBS": str(jobs),
-        **compilers, **toolchain.run_env, **recipe.build.env,
+        **compilers, **_mpi_compilers(compilers), **toolchain.run_env, **recipe.build.env,
     })
     cwd = (root / recipe.build.subdir).resolve()
     for cmd in cmds:
@@ -102,6 +102,16 @@ def run_build(recipe, root: Path, shimdir: Path, compilers: dict, jobs: int, log
             proc.which(cmd[0])
         proc.stream(cmd, cwd=cwd, env=env, log=log, on_line=progress)
     return outdir
+
+
+def _mpi_compilers(compilers: dict[str, str]) -> dict[str, str]:
+    """MPI compiler wrappers (mpicc, mpicxx, mpifort) run the compiler these name, for Open MPI
+    and MPICH alike, so MPI codes built with mpicc are captured too (not only through PATH)."""
+    env = {"OMPI_CC": compilers["CC"], "OMPI_CXX": compilers["CXX"],
+           "MPICH_CC": compilers["CC"], "MPICH_CXX": compilers["CXX"]}
+    if "FC" in compilers:
+        env |= {"OMPI_FC": compilers["FC"], "MPICH_FC": compilers["FC"], "MPICH_F77": compilers["FC"]}
+    return env
 
 
 class _Progress:
