@@ -33,7 +33,7 @@ from bakery.errors import BakeryError
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 # Minutes of capture and bake on 2 cores: run with BAKERY_TEST_HEAVY=1 (bakery bench gives the figures).
-HEAVY = {"lammps"}
+HEAVY = {"lammps", "gsl"}
 TARGET = "x86_64_v3"
 
 pytestmark = [pytest.mark.slow, pytest.mark.network]
@@ -194,6 +194,20 @@ def check_serd(bindir: Path, tmp: Path) -> None:
     assert run([bindir / "serdi", "-i", "turtle", "-o", "ntriples", tmp / "back.ttl"]).decode() == nt
 
 
+def check_gsl(bindir: Path, tmp: Path) -> None:
+    """Random variates from five distributions are byte-identical to Debian's own gsl-bin (same GSL
+    version, built by gcc), and gsl-histogram bins them."""
+    import shutil
+
+    if not shutil.which("gsl-randist"):
+        pytest.skip("Debian's gsl-bin is not installed to compare with")
+    for args in (["42", "500", "gaussian", "1.5"], ["7", "500", "gamma", "2.5", "1.3"], ["3", "500", "beta", "2", "5"],
+                 ["11", "500", "poisson", "3.7"], ["5", "500", "exponential", "2"]):
+        assert run([bindir / "gsl-randist", *args]) == run(["gsl-randist", *args]), args
+    hist = run([bindir / "gsl-histogram", "0", "10", "5"], input=run([bindir / "gsl-randist", "0", "20000", "exponential", "2"]))
+    assert sum(int(line.split()[2]) for line in hist.decode().splitlines()) > 19000
+
+
 def check_lammps(bindir: Path, tmp: Path) -> None:
     """The bench deck (LAMMPS's bench/in.lj: Lennard-Jones melt, 32000 atoms), 100 steps: the thermo
     lines of LAMMPS's own serial reference log. A miscompiled force loop drifts or blows up."""
@@ -212,7 +226,7 @@ def check_lammps(bindir: Path, tmp: Path) -> None:
 
 
 CHECKS = {"lammps": check_lammps, "bzip2": check_bzip2, "zlib": check_zlib, "libyaml": check_libyaml, "json-c": check_json_c,
-          "xxhash": check_xxhash, "zstd": check_zstd, "serd": check_serd}
+          "xxhash": check_xxhash, "zstd": check_zstd, "serd": check_serd, "gsl": check_gsl}
 
 
 @pytest.mark.parametrize("path", [
