@@ -8,40 +8,56 @@ import textwrap
 
 import pytest
 
+from bakery import bake as bakemod
 from bakery import capture as capturemod
+from bakery import plan as planmod
 from bakery import recipe as recipemod
+from bakery import target as targetmod
+
+
+def _project(tmp_path, name: str, files: dict[str, str], build: str, version: str = "1.0"):
+    """src/ with the given files (dedented) and a recipe for it; returns the loaded recipe."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for rel, text in files.items():
+        (src / rel).write_text(textwrap.dedent(text))
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(f'name: {name}\nversion: "{version}"\nsources:\n  - path: ./src\n' + textwrap.dedent(build))
+    return recipemod.load(recipe_file)
+
+
+def _bake(tmp_path, toolchain, target_name: str) -> Path:
+    """Bake tmp_path/bundle for the target into tmp_path/bin."""
+    target = targetmod.resolve(target_name, compiler_version=toolchain.version, family=toolchain.family)
+    bakemod.bake(tmp_path / "bundle", planmod.load(tmp_path / "bundle"), toolchain, target, tmp_path / "bin",
+                 quiet=True)
+    return tmp_path / "bin"
 
 
 def test_hand_written_configure_probes_are_run_but_not_captured(tmp_path, toolchain):
     """zlib's configure compiles ztest$$.c: neither named conftest nor linked to /dev/null."""
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "configure").write_text(textwrap.dedent("""\
-        #!/bin/sh
-        set -e
-        test=ztest$$
-        echo 'int main(void) { return 0; }' > $test.c
-        $CC -c $test.c
-        $CC -o $test $test.c
-        ./$test
-        rm -f $test $test.c $test.o
-        echo 'CC_OK=yes' > config.mk
-        """))
-    (src / "configure").chmod(0o755)
-    (src / "hello.c").write_text('#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n')
-    (src / "Makefile").write_text("include config.mk\nhello: hello.c\n\t$(CC) -O2 -o hello hello.c\n")
-    recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(textwrap.dedent("""\
-        name: probes
-        version: "1.0"
-        sources:
-          - path: ./src
+    recipe = _project(tmp_path, "probes", {
+        "configure": """\
+            #!/bin/sh
+            set -e
+            test=ztest$$
+            echo 'int main(void) { return 0; }' > $test.c
+            $CC -c $test.c
+            $CC -o $test $test.c
+            ./$test
+            rm -f $test $test.c $test.o
+            echo 'CC_OK=yes' > config.mk
+            """,
+        "hello.c": '#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n',
+        "Makefile": "include config.mk\nhello: hello.c\n\t$(CC) -O2 -o hello hello.c\n",
+    }, """\
         build:
           system: script
           script: ["./configure", "make hello CC=$CC"]
         outputs: [hello]
-        """))
-    plan = capturemod.capture(recipemod.load(recipe_file), tmp_path / "bundle", toolchain, quiet=True)
+        """)
+    (tmp_path / "src" / "configure").chmod(0o755)
+    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
     assert plan["capture"]["translation_units"] == 1, "the probe's compiles were recorded"
     sources = sorted(m["source"] for m in plan["modules"].values())
     assert sources == ["hello.c"], sources
@@ -50,23 +66,16 @@ def test_hand_written_configure_probes_are_run_but_not_captured(tmp_path, toolch
 
 def test_driver_level_z_keyword_is_kept_as_a_linker_option(tmp_path, toolchain):
     """zstd links with `-z noexecstack` (the driver's form): dropping it would lose a hardening flag."""
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "hello.c").write_text('#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n')
-    (src / "Makefile").write_text(
-        "hello: hello.c\n\t$(CC) -O2 -c hello.c\n\t$(CC) -O2 -Qunused-arguments -z noexecstack -o hello hello.o\n")
-    recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(textwrap.dedent("""\
-        name: zflag
-        version: "1.0"
-        sources:
-          - path: ./src
+    recipe = _project(tmp_path, "zflag", {
+        "hello.c": '#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n',
+        "Makefile": "hello: hello.c\n\t$(CC) -O2 -c hello.c\n\t$(CC) -O2 -Qunused-arguments -z noexecstack -o hello hello.o\n",
+    }, """\
         build:
           system: make
           options: [hello]
         outputs: [hello]
-        """))
-    plan = capturemod.capture(recipemod.load(recipe_file), tmp_path / "bundle", toolchain, quiet=True)
+        """)
+    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
     args = [a for a in plan["links"][0]["args"] if isinstance(a, str)]
     assert "-Wl,-z,noexecstack" in args, args
     assert not plan["capture"]["dropped"], plan["capture"]["dropped"]
@@ -86,57 +95,43 @@ executable('greet', 'main.c', link_with: lib)
 
 
 def _meson_project(tmp_path):
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "meson.build").write_text(MESON_BUILD)
-    (src / "greet.c").write_text(textwrap.dedent("""\
-        #include "config.h"
-        #include <math.h>
-        double greet_norm(const double *v, int n) {
-            double s = 0;
-            for (int i = 0; i < n; i++) s += v[i] * v[i];
-            return sqrt(s) + HAVE_STRNDUP + HAVE_BUILTIN_POPCOUNT;
-        }
-        """))
-    (src / "main.c").write_text(textwrap.dedent("""\
-        #include <stdio.h>
-        double greet_norm(const double *v, int n);
-        int main(void) {
-            double v[1000];
-            for (int i = 0; i < 1000; i++) v[i] = i * 0.5;
-            printf("norm %.6f\\n", greet_norm(v, 1000));
-            return 0;
-        }
-        """))
-    recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(textwrap.dedent("""\
-        name: greet
-        version: "1.2.3"
-        sources:
-          - path: ./src
+    return _project(tmp_path, "greet", {
+        "meson.build": MESON_BUILD,
+        "greet.c": """\
+            #include "config.h"
+            #include <math.h>
+            double greet_norm(const double *v, int n) {
+                double s = 0;
+                for (int i = 0; i < n; i++) s += v[i] * v[i];
+                return sqrt(s) + HAVE_STRNDUP + HAVE_BUILTIN_POPCOUNT;
+            }
+            """,
+        "main.c": """\
+            #include <stdio.h>
+            double greet_norm(const double *v, int n);
+            int main(void) {
+                double v[1000];
+                for (int i = 0; i < 1000; i++) v[i] = i * 0.5;
+                printf("norm %.6f\\n", greet_norm(v, 1000));
+                return 0;
+            }
+            """,
+    }, """\
         build:
           system: meson
           options: ["-Db_ndebug=true"]
         outputs: [greet]
-        """))
-    return recipemod.load(recipe_file)
+        """, version="1.2.3")
 
 
-def _capture_and_bake(recipe, tmp_path, toolchain, target_name):
-    from bakery import bake as bakemod
-    from bakery import plan as planmod
-    from bakery import target as targetmod
-
+def _capture_greet_and_bake(recipe, tmp_path, toolchain, target_name):
     plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
     assert sorted(m["source"] for m in plan["modules"].values()) == ["greet.c", "main.c"], plan["modules"]
     assert plan["capture"]["translation_units"] == 2, "meson's probes were recorded"
     installs = sorted(link["install"] for link in plan["links"])
     assert installs == ["greet", "libgreet.so.1"], installs
     assert not [d for d in plan["capture"]["dropped"] if "compile-only" not in d["why"]], plan["capture"]["dropped"]
-    target = targetmod.resolve(target_name, compiler_version=toolchain.version, family=toolchain.family)
-    bakemod.bake(tmp_path / "bundle", planmod.load(tmp_path / "bundle"), toolchain, target, tmp_path / "bin",
-                 quiet=True)
-    return tmp_path / "bin" / "greet"
+    return _bake(tmp_path, toolchain, target_name) / "greet"
 
 
 # 2 = both probes answered yes (strndup exists, __builtin_popcount compiles)
@@ -147,8 +142,8 @@ def test_meson_project_is_captured_and_baked(tmp_path, toolchain):
     """meson setup's probes (sanity check, has_function, compiles) are run, not captured; the shared
     library with its soname travels with the program; the baked program prints what a plain build does."""
     recipe = _meson_project(tmp_path)
-    greet = _capture_and_bake(recipe, tmp_path, toolchain, "x86_64_v3")
-    ref = capturemod.from_source(recipe, toolchain, tmp_path / "ref")
+    greet = _capture_greet_and_bake(recipe, tmp_path, toolchain, "x86_64_v3")
+    capturemod.from_source(recipe, toolchain, tmp_path / "ref")
     baked = subprocess.run([greet], capture_output=True, text=True, check=True).stdout
     plain = subprocess.run([tmp_path / "ref" / "greet"], capture_output=True, text=True,
                            env={"LD_LIBRARY_PATH": str(tmp_path / "ref")}, check=True).stdout
@@ -162,7 +157,7 @@ def test_meson_project_cross_captured_for_arm64_runs_under_qemu(tmp_path, toolch
     from bakery import toolchain as toolchainmod
 
     arm = toolchain.for_triple(toolchainmod.triple_of_platform("linux/arm64"))
-    greet = _capture_and_bake(_meson_project(tmp_path), tmp_path, arm, "neoverse_n1")
+    greet = _capture_greet_and_bake(_meson_project(tmp_path), tmp_path, arm, "neoverse_n1")
     out = subprocess.run([greet], capture_output=True, text=True, check=True,
                          env={**os.environ, "QEMU_LD_PREFIX": "/usr/aarch64-linux-gnu"}).stdout
     assert out == GREET_OUTPUT
@@ -171,44 +166,31 @@ def test_meson_project_cross_captured_for_arm64_runs_under_qemu(tmp_path, toolch
 def test_openmp_program_is_captured_and_baked(tmp_path, toolchain):
     """-fopenmp survives to the bake (the outlined parallel regions are in the bitcode) and the
     baked program links LLVM's libomp and runs its threads."""
-    from bakery import bake as bakemod
-    from bakery import plan as planmod
-    from bakery import target as targetmod
-
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "omp.c").write_text(textwrap.dedent("""\
-        #include <stdio.h>
-        #include <omp.h>
-        int main(void) {
-            long long s = 0;
-            int seen = 0;
-            #pragma omp parallel reduction(+:seen)
-            seen += 1;
-            #pragma omp parallel for reduction(+:s) schedule(static)
-            for (long long i = 1; i <= 20000000; i++) s += (i * i) % 1000003;
-            printf("threads %d sum %lld\\n", seen, s);
-            return 0;
-        }
-        """))
-    (src / "Makefile").write_text("omp: omp.c\n\t$(CC) -O2 -fopenmp -o omp omp.c\n")
-    recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(textwrap.dedent("""\
-        name: omp
-        version: "1.0"
-        sources:
-          - path: ./src
+    recipe = _project(tmp_path, "omp", {
+        "omp.c": """\
+            #include <stdio.h>
+            #include <omp.h>
+            int main(void) {
+                long long s = 0;
+                int seen = 0;
+                #pragma omp parallel reduction(+:seen)
+                seen += 1;
+                #pragma omp parallel for reduction(+:s) schedule(static)
+                for (long long i = 1; i <= 20000000; i++) s += (i * i) % 1000003;
+                printf("threads %d sum %lld\\n", seen, s);
+                return 0;
+            }
+            """,
+        "Makefile": "omp: omp.c\n\t$(CC) -O2 -fopenmp -o omp omp.c\n",
+    }, """\
         build:
           system: make
           options: [omp]
         outputs: [omp]
-        """))
-    recipe = recipemod.load(recipe_file)
+        """)
     plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
     assert "-fopenmp" in plan["links"][0]["args"]
-    target = targetmod.resolve("x86_64_v3", compiler_version=toolchain.version, family=toolchain.family)
-    bakemod.bake(tmp_path / "bundle", planmod.load(tmp_path / "bundle"), toolchain, target, tmp_path / "bin",
-                 quiet=True)
+    _bake(tmp_path, toolchain, "x86_64_v3")
     capturemod.from_source(recipe, toolchain, tmp_path / "ref")
     env = {**os.environ, "OMP_NUM_THREADS": "3"}
     baked = subprocess.run([tmp_path / "bin" / "omp"], capture_output=True, text=True, env=env, check=True).stdout
@@ -225,47 +207,34 @@ def test_mpi_program_built_with_mpicc_is_captured_and_runs_on_two_ranks(tmp_path
 
     if not shutil.which("mpicc") or not shutil.which("mpirun"):
         pytest.skip("Open MPI is not installed (scripts/setup.sh installs libopenmpi-dev openmpi-bin)")
-    from bakery import bake as bakemod
-    from bakery import plan as planmod
-    from bakery import target as targetmod
-
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "ring.c").write_text(textwrap.dedent("""\
-        #include <mpi.h>
-        #include <stdio.h>
-        int main(int argc, char **argv) {
-            MPI_Init(&argc, &argv);
-            int rank, size;
-            MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-            MPI_Comm_size(MPI_COMM_WORLD, &size);
-            long long local = 0, total = 0;
-            for (long long i = rank; i < 3000000; i += size) local += (i * i) % 1009;
-            MPI_Reduce(&local, &total, 1, MPI_LONG_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
-            if (rank == 0) printf("ranks %d total %lld\\n", size, total);
-            MPI_Finalize();
-            return 0;
-        }
-        """))
-    (src / "Makefile").write_text("ring: ring.c\n\tmpicc -O2 -o ring ring.c\n")
-    recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(textwrap.dedent("""\
-        name: ring
-        version: "1.0"
-        sources:
-          - path: ./src
+    recipe = _project(tmp_path, "ring", {
+        "ring.c": """\
+            #include <mpi.h>
+            #include <stdio.h>
+            int main(int argc, char **argv) {
+                MPI_Init(&argc, &argv);
+                int rank, size;
+                MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+                MPI_Comm_size(MPI_COMM_WORLD, &size);
+                long long local = 0, total = 0;
+                for (long long i = rank; i < 3000000; i += size) local += (i * i) % 1009;
+                MPI_Reduce(&local, &total, 1, MPI_LONG_LONG, MPI_SUM, 0, MPI_COMM_WORLD);
+                if (rank == 0) printf("ranks %d total %lld\\n", size, total);
+                MPI_Finalize();
+                return 0;
+            }
+            """,
+        "Makefile": "ring: ring.c\n\tmpicc -O2 -o ring ring.c\n",
+    }, """\
         build:
           system: make
           options: [ring]
         outputs: [ring]
-        """))
-    recipe = recipemod.load(recipe_file)
+        """)
     plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
     assert [m["source"] for m in plan["modules"].values()] == ["ring.c"]
     assert "-lmpi" in plan["links"][0]["args"], plan["links"][0]["args"]
-    target = targetmod.resolve("x86_64_v3", compiler_version=toolchain.version, family=toolchain.family)
-    bakemod.bake(tmp_path / "bundle", planmod.load(tmp_path / "bundle"), toolchain, target, tmp_path / "bin",
-                 quiet=True)
+    _bake(tmp_path, toolchain, "x86_64_v3")
     capturemod.from_source(recipe, toolchain, tmp_path / "ref")
     mpirun = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "2"]
     env = {**os.environ, "OMPI_MCA_btl": "self,vader"}  # shared memory only: no network probing
