@@ -220,8 +220,9 @@ _LINKER_WORDS = {"-O1", "-O2", "-O0", "--as-needed", "--no-as-needed", "--gc-sec
                  "--allow-shlib-undefined", "--no-allow-shlib-undefined", "--copy-dt-needed-entries",
                  "--no-copy-dt-needed-entries", "--warn-common", "--fatal-warnings", "--no-fatal-warnings",
                  "--build-id", "-znodelete", "-znow", "-zrelro", "-zdefs", "-znoexecstack", "--icf=all", "--icf=safe"}
-_LINKER_VALUE = {"-soname", "-h", "--soname", "-rpath", "--rpath", "-R", "-rpath-link", "--rpath-link", "-z", "--hash-style", "--build-id",
-                 "--icf", "-O", "--compress-debug-sections"}
+_RPATH_OPTIONS = {"-rpath", "--rpath", "-R", "-rpath-link", "--rpath-link"}
+_LINKER_VALUE = {"-soname", "-h", "--soname", "-z", "--hash-style", "--build-id", "--icf", "-O",
+                 "--compress-debug-sections"} | _RPATH_OPTIONS
 _FILE_OPTIONS = ("--version-script", "-version-script", "-T", "--script", "--dynamic-list")
 _Z_WORDS = {"relro", "norelro", "now", "lazy", "noexecstack", "execstack", "defs", "nodelete", "origin",
             "separate-code", "noseparate-code", "muldefs", "text", "notext"}
@@ -260,7 +261,7 @@ def _linker_tokens_problem(tokens: list[str]) -> str | None:
                 i += 1
             if key == "-z" and val not in _Z_WORDS:
                 return f"-z {val} is not allowed"
-            if key in ("-rpath", "--rpath", "-R", "-rpath-link", "--rpath-link") and not _rpath_ok(val):
+            if key in _RPATH_OPTIONS and not _rpath_ok(val):
                 return f"rpath {val!r} is neither $ORIGIN-relative nor a system directory"
             if key in ("-soname", "-h", "--soname") and not _SAFE_NAME.match(val):
                 return f"soname {val!r} is not a plain file name"
