@@ -357,10 +357,14 @@ def slim_missing_libraries(engine: ContainerEngine, base_image: str, outdir: Pat
     shipped = {p.name for p in outdir.iterdir()}
     needed: set[str] = set()
     for f in outdir.iterdir():
-        if f.is_file() and f.read_bytes()[:4] == b"\x7fELF":
-            for line in proc.run([readelf, "-dW", str(f)]).stdout.splitlines():
-                if "(NEEDED)" in line and "[" in line:
-                    needed.add(line.rsplit("[", 1)[1].rstrip("]"))
+        if not f.is_file():
+            continue
+        with f.open("rb") as fh:  # the magic only: outputs can be many MB
+            if fh.read(4) != b"\x7fELF":
+                continue
+        for line in proc.run([readelf, "-dW", str(f)]).stdout.splitlines():
+            if "(NEEDED)" in line and "[" in line:
+                needed.add(line.rsplit("[", 1)[1].rstrip("]"))
     try:
         cache = engine.read_file(base_image, "/etc/ld.so.cache")
     except BakeryError:
