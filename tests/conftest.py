@@ -22,6 +22,20 @@ EXAMPLES = REPO / "examples"
 EXAMPLE_NAMES = sorted(p.name for p in EXAMPLES.iterdir() if (p / "recipe.yaml").exists())
 
 
+def write_project(tmp_path: Path, name: str, files: dict[str, str], rest: str, version: str = "1.0") -> Path:
+    """A small app written by a test: src/ with the files (dedented) and recipe.yaml naming it,
+    whose build/outputs/... keys are ``rest``. Returns the recipe file."""
+    import textwrap
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for rel, text in files.items():
+        (src / rel).write_text(textwrap.dedent(text))
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(f'name: {name}\nversion: "{version}"\nsources:\n  - path: ./src\n' + textwrap.dedent(rest))
+    return recipe_file
+
+
 @pytest.fixture(scope="session")
 def toolchain():
     return toolchainmod.find()

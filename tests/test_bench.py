@@ -2,9 +2,9 @@
 
 import json
 import subprocess
-import textwrap
 
 import pytest
+from conftest import write_project
 
 from bakery import bench
 from bakery.cli import main
@@ -40,16 +40,10 @@ int main(void) {
 
 
 def test_bench_runs_four_binaries_with_stdin_and_compares_the_chosen_lines(tmp_path, capsys):
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "dot.c").write_text(PROGRAM)
-    (src / "Makefile").write_text("dot: dot.c\n\t$(CC) -O2 -ffast-math -o dot dot.c\n")
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(textwrap.dedent("""\
-        name: dot
-        version: "1.0"
-        sources:
-          - path: ./src
+    recipe = write_project(tmp_path, "dot", {
+        "dot.c": PROGRAM,
+        "Makefile": "dot: dot.c\n\t$(CC) -O2 -ffast-math -o dot dot.c\n",
+    }, """\
         build:
           system: make
           options: [dot]
@@ -62,7 +56,7 @@ def test_bench_runs_four_binaries_with_stdin_and_compares_the_chosen_lines(tmp_p
           compare: "^dot "
           repeat: 1
           symbol: dot
-        """))
+        """)
     assert main(["-q", "bench", str(recipe), "-t", "x86_64_v3", "--workdir", str(tmp_path / "w"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [r["binary"] for r in result["rows"]][2:] == ["baked for x86_64", "baked for x86_64_v3"]

@@ -4,9 +4,9 @@ import json
 import os
 import subprocess
 from pathlib import Path
-import textwrap
 
 import pytest
+from conftest import write_project
 
 from bakery import bake as bakemod
 from bakery import capture as capturemod
@@ -16,14 +16,7 @@ from bakery import target as targetmod
 
 
 def _project(tmp_path, name: str, files: dict[str, str], build: str, version: str = "1.0"):
-    """src/ with the given files (dedented) and a recipe for it; returns the loaded recipe."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for rel, text in files.items():
-        (src / rel).write_text(textwrap.dedent(text))
-    recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(f'name: {name}\nversion: "{version}"\nsources:\n  - path: ./src\n' + textwrap.dedent(build))
-    return recipemod.load(recipe_file)
+    return recipemod.load(write_project(tmp_path, name, files, build, version))
 
 
 def _bake(tmp_path, toolchain, target_name: str) -> Path:
