@@ -30,7 +30,7 @@ def setup_parser(sub, parent):
     p.add_argument("--lto", choices=bakemod.LTO_MODES, default="none",
                    help="bundle only. none: optimize and compile each module alone (default); "
                         "thin / full: link-time optimization across modules")
-    p.add_argument("--slim", action="store_true", help="image: runtime base + outputs only (no IR, no toolchain)")
+    p.add_argument("--slim", action="store_true", help="image: runtime base + outputs only (no IR, no toolchain); refused when the outputs load a library the base lacks (libomp, -dev packages' libraries)")
     p.add_argument("--no-push", dest="push", action="store_false", default=True,
                    help="image: commit locally, do not push the node tag")
     p.add_argument("--keep", action="store_true", help="bundle: keep the bake's work tree")
