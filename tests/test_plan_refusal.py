@@ -133,3 +133,140 @@ def test_allowed_compile_flags(flag):
                                   "-pthread", "-shared", "/usr/lib/x86_64-linux-gnu/libz.so"])
 def test_allowed_link_flags(flag):
     assert planmod.link_flag_problem(flag) is None
+
+
+# -- flags that write or read files, or open LLVM's own options (each refused before anything runs)
+
+FILE_FLAGS = [
+    "-ftime-trace=/tmp/bakery-trace", "-ftime-trace", "-fproc-stat-report=/tmp/bakery-stat", "-fproc-stat-report",
+    "-mllvm", "-module-summary-dot-file=/tmp/x.dot", "-fstack-usage", "-gsplit-dwarf",
+    "-fbasic-block-sections=list=/etc/passwd", "-fprofile-list=/etc/passwd", "-fprofile-instr-generate",
+    "-fprofile-sample-use=/etc/passwd", "-fsave-optimization-record", "-foptimization-record-file=/tmp/x",
+    "-fcrash-diagnostics-dir=/tmp", "-fmodules-cache-path=/tmp", "-fdebug-compilation-dir=/tmp",
+    "-fthinlto-index=/etc/passwd", "-fsanitize=address", "-fsanitize-ignorelist=/etc/passwd",
+    "-fxray-attr-list=/etc/passwd", "-fembed-bitcode", "-fvisibility=/etc/passwd", "-ffp-contract=/tmp",
+    "-mprefer-vector-width=/tmp", "-mcmodel=large/../x", "-fno-/etc/passwd", "-mavx2=/tmp", "-mstack-protector-guard-symbol=x",
+    "-fpic\n", "-O2\x00",
+]
+
+
+@pytest.mark.parametrize("flag", FILE_FLAGS)
+def test_file_and_llvm_option_flags_are_refused(bundle, tmp_path, capsys, flag):
+    edit(bundle, lambda p: first_module(p)["flags"].append(flag))
+    err = refused(bundle, tmp_path, capsys, "plan refused")
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("flag", ["-ftime-trace=/tmp/bakery-trace", "-fproc-stat-report=/tmp/x", "-mllvm"])
+def test_file_flags_in_links_and_preserved_flags_are_refused(bundle, tmp_path, capsys, flag):
+    edit(bundle, lambda p: p["links"][0]["args"].append(flag))
+    refused(bundle, tmp_path, capsys, flag.split("=")[0])
+    edit(bundle, lambda p: (p["links"][0]["args"].remove(flag), p["preserve"]["flags"].append(flag)))
+    refused(bundle, tmp_path, capsys, "preserved flag")
+
+
+@pytest.mark.parametrize("flag", ["-fvisibility=hidden", "-fcf-protection=full", "-ffp-contract=fast", "-fno-plt",
+                                  "-fstack-protector-strong", "-fstack-clash-protection", "-fno-strict-aliasing",
+                                  "-fwrapv", "-fno-rtti", "-fno-exceptions", "-msse4.2", "-mno-avx512f", "-mfma",
+                                  "-mbmi2", "-mfpmath=sse", "-mno-red-zone", "-mstackrealign", "-fopenmp",
+                                  "-mprefer-vector-width=256", "-mcmodel=medium", "-fno-common", "-ftrapping-math"])
+def test_codegen_flags_stay_allowed(flag):
+    assert planmod.compile_flag_problem(flag) is None
+
+
+def test_every_flag_the_capture_keeps_is_allowed():
+    """bake_flags (capture) keeps these on purpose: the plan's allow-list must not drop them."""
+    from bakery.capture import wrapper
+
+    for flag in wrapper.BAKE_KEEP_F:
+        assert planmod.compile_flag_problem(flag) is None, flag
+
+
+def test_allowed_codegen_flags_bake(bundle, tmp_path):
+    """A plan using many of the allowed flags is accepted and bakes with the real clang."""
+    flags = ["-fvisibility=default", "-fno-strict-aliasing", "-fwrapv", "-fstack-protector-strong",
+             "-fcf-protection=full", "-ffp-contract=on", "-fno-plt", "-mno-red-zone", "-mfpmath=sse", "-msse4.2"]
+    edit(bundle, lambda p: first_module(p)["flags"].extend(flags))
+    rc = main(["bake", str(bundle), "--target", "x86_64_v2", "--output", str(tmp_path / "out"), "-q"])
+    assert rc == 0 and (tmp_path / "out" / "pi").is_file()
+
+
+# -- linker scripts and host files through the link line -----------------------------------------
+
+LINK_ATTACKS = [
+    "-Wl,-T,/etc/hostname", "-Wl,-T/etc/hostname", "-Wl,--script=/etc/hostname", "-Wl,--script,/etc/hostname",
+    "-Wl,/etc/hostname", "-Wl,/usr/lib/os-release", "-Wl,--as-needed,/usr/lib/os-release",
+    "-Wl,-rpath,/usr/lib,/etc/hostname", "-Wl,--version-script,/etc/hostname", "-Wl,--version-script=/etc/hostname",
+    "-Wl,--dynamic-list=/etc/hostname", "-Wl,-Map,/tmp/map", "-Wl,--Map=/tmp/map", "-Wl,--reproduce=/tmp/r.tar",
+    "-Wl,--why-extract=/tmp/x", "-Wl,-L/etc", "-Wl,libfoo.so", "-Wl,-soname,libx.so,libevil.so",
+    "/usr/libexec/libfoo.so", "/optX/libfoo.so", "/usr/lib/../../etc/libx.so", "/usr/lib/os-release",
+    "-L/usr/libexec", "-L/optX", "-L/usr/lib/../../etc", "-l:../x.so", "-l:/etc/hostname", "-l:os-release",
+    "-l../x", "-Wl,-rpath,/usr/libexec", "-Wl,-rpath,/optX", "-Wl,-z,execstack,-z,/etc/x", "-Wl,--hash-style=/x",
+    "-Wl,-soname", "-Wl,-rpath",
+]
+
+
+@pytest.mark.parametrize("flag", LINK_ATTACKS)
+def test_link_lines_reading_host_files_are_refused(bundle, tmp_path, capsys, flag):
+    edit(bundle, lambda p: p["links"][0]["args"].append(flag))
+    err = refused(bundle, tmp_path, capsys, "plan refused")
+    assert len(err.strip().splitlines()) == 1, err
+    assert HOSTNAME not in err  # nothing ran, so nothing echoed a host file
+
+
+HOSTNAME = open("/etc/hostname").read().strip() or "(empty)"
+
+
+def test_libtool_split_rpath_is_checked_with_its_value(bundle, tmp_path, capsys):
+    edit(bundle, lambda p: p["links"][0]["args"].extend(["-Wl,-rpath", "-Wl,/usr/lib/x86_64-linux-gnu"]))
+    planmod.load(bundle)
+    edit(bundle, lambda p: p["links"][0]["args"].extend(["-Wl,-rpath", "-Wl,/home/user/lib"]))
+    refused(bundle, tmp_path, capsys, "/home/user/lib")
+
+
+@pytest.mark.parametrize("path", ["/usr/lib/x86_64-linux-gnu/libc.so", "/usr/lib/x86_64-linux-gnu/libm.so"])
+def test_text_file_as_a_library_path_is_refused_at_bake(bundle, tmp_path, capsys, path):
+    """libc.so is a GNU ld script: lld would read the files it names. Only ELF and ar are taken."""
+    import os
+    if not os.path.isfile(path):
+        pytest.skip(f"{path} not on this machine")
+    edit(bundle, lambda p: p["links"][0]["args"].append(path))
+    planmod.load(bundle)  # the name looks like a library: refused by its first bytes, at bake
+    refused(bundle, tmp_path, capsys, "neither ELF nor an ar archive")
+
+
+@pytest.fixture
+def local_lib_entries():
+    """Odd entries in /usr/local/lib (a system library folder): a dangling symlink, a folder."""
+    import os
+    import uuid
+    base = f"/usr/local/lib/bakery-test-{uuid.uuid4().hex[:8]}"
+    if not os.access("/usr/local/lib", os.W_OK):
+        pytest.skip("/usr/local/lib is not writable")
+    os.symlink("/nonexistent/libgone.so", base + "-dangling.so")
+    os.mkdir(base + "-dir.so")
+    yield base
+    os.unlink(base + "-dangling.so")
+    os.rmdir(base + "-dir.so")
+
+
+@pytest.mark.parametrize("kind,why", [("dangling", "No such file"), ("dir", "not a regular file")])
+def test_dangling_or_folder_library_path_is_refused_at_bake(bundle, tmp_path, capsys, local_lib_entries, kind, why):
+    edit(bundle, lambda p: p["links"][0]["args"].append(f"{local_lib_entries}-{kind}.so"))
+    refused(bundle, tmp_path, capsys, why)
+
+
+def test_system_elf_library_path_still_bakes(bundle, tmp_path):
+    import glob
+    libs = sorted(glob.glob("/usr/lib/x86_64-linux-gnu/libz.so*") + glob.glob("/lib/x86_64-linux-gnu/libm.so.6"))
+    if not libs:
+        pytest.skip("no system ELF library to link")
+    edit(bundle, lambda p: p["links"][0]["args"].append(libs[-1]))
+    assert main(["bake", str(bundle), "-t", "x86_64", "-o", str(tmp_path / "out"), "-q"]) == 0
+
+
+def test_system_dirs_match_whole_components():
+    assert planmod.system_dir("/usr/lib/x86_64-linux-gnu") and planmod.system_dir("/usr/lib")
+    assert planmod.system_dir("/opt/intel/lib") and planmod.system_dir("/lib64")
+    for bad in ("/usr/libexec", "/optX", "/usr/lib64x/a", "/usr/lib/../bin", "usr/lib", "/usr/lib\n", "/lib\x00"):
+        assert not planmod.system_dir(bad), bad
