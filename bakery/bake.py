@@ -66,6 +66,35 @@ def retarget_ir(text: str, tune: str | None) -> tuple[str, dict]:
     return _ATTR_LINE.sub(fix, text), stats
 
 
+# Assembler directives that read a file of the baking node into the object (.incbin, .include),
+# or build directive names from text (.irp/.irpc substitute into names, macros expand).
+_ASM_DENY = re.compile(r"\.\s*(incbin|include|irpc?|macro|altmacro)\b", re.I)
+# An operand pasted into a directive's name (".inc${0:c}" with a symbol operand named "bin").
+_ASM_OPERAND_NAME = re.compile(r"(^|[\n;])\s*\.[\w.]*\$(\d|\{\d)")
+_IR_STRING = r'"((?:[^"\\]|\\.)*)"'
+_MODULE_ASM = re.compile(r"^module asm " + _IR_STRING, re.M)
+_INLINE_ASM = re.compile(r"\basm\s+(?:(?:sideeffect|alignstack|inteldialect|unwind)\s+)*" + _IR_STRING)
+_ESCAPE = re.compile(r"\\([0-9A-Fa-f]{2})")
+# Named metadata lld acts on: .deplibs entries are opened as files or searched as -l (also
+# switched off at link with --no-dependent-libraries).
+_LINKER_METADATA = re.compile(r"^!llvm\.(dependent-libraries|linker\.options)\s*=", re.M)
+
+
+def asm_problem(text: str) -> str | None:
+    """Why the module asm or inline asm of an IR module (llvm-dis text) is refused, or None."""
+    for m in (*_MODULE_ASM.finditer(text), *_INLINE_ASM.finditer(text)):
+        asm = _ESCAPE.sub(lambda e: chr(int(e.group(1), 16)), m.group(1))  # LLVM writes \22 for ", \0A for newline
+        bad = _ASM_DENY.search(asm)
+        if bad:
+            return f"its assembly uses {bad.group(0).strip()!r}, which reads files or builds directives"
+        if _ASM_OPERAND_NAME.search(asm):
+            return "its inline assembly builds a directive name from an operand"
+    m = _LINKER_METADATA.search(text)
+    if m:
+        return f"it asks the linker for libraries itself (!llvm.{m.group(1)})"
+    return None
+
+
 @dataclass
 class BakeResult:
     target: Target
@@ -148,11 +177,15 @@ def _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, quiet, varia
             path, digest = v["path"], v["sha256"]
             chosen[m.get("source", sha)] = level
         bc = planmod.verify_file(bundle, path, digest)
-        text = proc.run([dis, str(bc), "-o", "-"]).stdout
+        # cwd: the work tree, so that nothing relative resolves against the caller's folder.
+        text = proc.run([dis, str(bc), "-o", "-"], cwd=work).stdout
+        why = asm_problem(text)  # the very text clang compiles below
+        if why:
+            raise PlanRefused(f"plan refused: module {m.get('source', sha)}: {why}")
         text, _ = retarget_ir(text, target.tune)
         out = work / "obj" / f"{sha}.o"
         proc.run([toolchain.clang, *toolchain.cross_flags, "-c", "-x", "ir", "-", "-o", str(out), "-w",
-                  *m["flags"], *preserve, *target.flags, *lto_flag], input=text)
+                  *m["flags"], *preserve, *target.flags, *lto_flag], input=text, cwd=work)
         return out
 
     results: dict[str, Path] = {}
@@ -193,8 +226,12 @@ def _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, quiet) -> 
         if lto != "none":
             argv += [opt, *target.flags, f"-flto={lto}", f"-Wl,--thinlto-jobs={jobs}" if lto == "thin" else "-flto-jobs=1"]
         has_internal = False
+        # .deplibs sections would add inputs the plan does not name (asm_problem refuses them too).
+        argv.append("-Wl,--no-dependent-libraries")
         for n, a in enumerate(link["args"]):
             if isinstance(a, str):
+                if a.startswith("/"):
+                    planmod.system_input(a)
                 argv.append(a)
             elif "module" in a or "object" in a:
                 argv.append(str(objs[a.get("module") or a.get("object")]))
@@ -203,18 +240,20 @@ def _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, quiet) -> 
                 adir.mkdir(parents=True)
                 lib = adir / a["archive"]
                 members = [str(objs[m.get("module") or m.get("object")]) for m in a["members"]]
-                proc.run([ar, "rcsD", str(lib), *members])
+                proc.run([ar, "rcsD", str(lib), *members], cwd=work)
                 argv.append(str(lib))
             elif "link" in a:
                 argv.append(str(outs[a["link"]]))
                 has_internal = True
             elif "file" in a:
-                f = planmod.verify_file(bundle, plan["files"][a["file"]]["path"], a["file"])
+                f = planmod.verify_linker_file(bundle, plan["files"][a["file"]]["path"], a["file"])
                 wl = list(a["wl"])
                 wl[a["at"]] = a["prefix"] + str(f)
                 argv.append("-Wl," + ",".join(wl))
         for lib in preserve_libs:
             if lib not in argv:
+                if lib.startswith("/"):
+                    planmod.system_input(lib)
                 argv.append(lib)
         if has_internal and not any("$ORIGIN" in a for a in argv):
             argv.append("-Wl,-rpath,$ORIGIN")

@@ -270,3 +270,160 @@ def test_system_dirs_match_whole_components():
     assert planmod.system_dir("/opt/intel/lib") and planmod.system_dir("/lib64")
     for bad in ("/usr/libexec", "/optX", "/usr/lib64x/a", "/usr/lib/../bin", "usr/lib", "/usr/lib\n", "/lib\x00"):
         assert not planmod.system_dir(bad), bad
+
+
+# -- assembly that reads the baking node's files -------------------------------------------------
+
+def _capture_c(tmp_path, toolchain, code: str):
+    from conftest import write_project
+
+    from bakery import capture as capturemod
+    from bakery import recipe as recipemod
+
+    recipe = recipemod.load(write_project(tmp_path, "asm", {
+        "main.c": code, "Makefile": "app: main.c\n\t$(CC) -O2 -o app main.c\n",
+    }, "build:\n  system: make\n  options: [app]\noutputs: [app]\n"))
+    capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
+    return tmp_path / "bundle"
+
+
+MAIN = "int main(void) { return 0; }\n"
+ASM_ATTACKS = {
+    "module-incbin": '__asm__(".section .rodata\\n.incbin \\"/etc/hostname\\"\\n.text");\n' + MAIN,
+    "module-INCBIN": '__asm__(".section .rodata\\n.INCBIN \\"/etc/hostname\\"\\n.text");\n' + MAIN,
+    "module-include": '__asm__(".include \\"/dev/null\\"");\n' + MAIN,  # assembles at capture too
+    "module-irp": '__asm__(".irp n,bin\\n.inc\\\\n \\"/etc/hostname\\"\\n.endr");\n' + MAIN,
+    "module-macro": '__asm__(".macro m\\n.endm");\n' + MAIN,
+    "module-altmacro": '__asm__(".altmacro");\n' + MAIN,
+    "inline-incbin": 'int main(void) { __asm__ volatile(".pushsection .rodata\\n.incbin \\"/etc/hostname\\"\\n'
+                     '.popsection"); return 0; }\n',
+    "inline-irpc": 'int main(void) { __asm__ volatile(".irpc c,x\\n.endr"); return 0; }\n',
+    "deplibs": '#pragma comment(lib, "/etc/hostname")\n' + MAIN,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ASM_ATTACKS))
+def test_assembly_reading_host_files_is_refused(tmp_path, toolchain, capsys, name):
+    bundle = _capture_c(tmp_path, toolchain, ASM_ATTACKS[name])
+    err = refused(bundle, tmp_path, capsys, "plan refused: module main.c:")
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_harmless_inline_asm_still_bakes(tmp_path, toolchain):
+    bundle = _capture_c(tmp_path, toolchain, 'int main(void) { __asm__ volatile("" ::: "memory");'
+                                             ' __asm__ volatile("nop"); return 0; }\n')
+    assert main(["bake", str(bundle), "-t", "x86_64", "-o", str(tmp_path / "out"), "-q"]) == 0
+    assert (tmp_path / "out" / "app").is_file()
+
+
+@pytest.mark.parametrize("ir,bad", [
+    ('module asm ".incbin \\22/etc/passwd\\22"', True),
+    ('module asm "\\2Einc\\62in \\22/x\\22"', True),   # escaped by hand: LLVM reads it as .incbin
+    ('  call void asm sideeffect inteldialect ".Include \\22x\\22", ""()', True),
+    ('  call void asm sideeffect ".inc${0:c} \\22/etc/passwd\\22", "i"(ptr @bin)', True),
+    ('  call void asm sideeffect ".Ltmp${:uid}: nop", ""()', False),
+    ('  %1 = call i32 asm "bswap $0", "=r,0"(i32 %0)', False),
+    ('!llvm.dependent-libraries = !{!0}', True),
+    ('@s = constant [9 x i8] c".incbin \\22\\00"', False),   # data, not assembly
+])
+def test_asm_problem_reads_llvm_text(ir, bad):
+    from bakery.bake import asm_problem
+    assert (asm_problem(ir + "\n") is not None) is bad
+
+
+def test_clang_and_lld_run_inside_the_work_tree(bundle, tmp_path, toolchain, monkeypatch):
+    """Nothing of a bake may resolve against the caller's folder: every tool runs in the work tree."""
+    from bakery import bake as bakemod
+    from bakery import proc
+    from bakery import target as targetmod
+
+    seen, real = [], proc.run
+    def spy(argv, **kw):
+        seen.append((argv[0], kw.get("cwd")))
+        return real(argv, **kw)
+    monkeypatch.setattr(bakemod.proc, "run", spy)
+    monkeypatch.chdir(tmp_path)
+    target = targetmod.resolve("x86_64", compiler_version=toolchain.version, family=toolchain.family)
+    bakemod.bake(bundle, planmod.load(bundle), toolchain, target, tmp_path / "out", quiet=True)
+    assert {tool.rsplit("/", 1)[-1] for tool, _ in seen} >= {"llvm-dis", "clang"}
+    for tool, cwd in seen:
+        assert cwd is not None and "bakery-bake-" in str(cwd), (tool, cwd)
+
+
+# -- version scripts stay, linker scripts go --------------------------------------------------------
+
+VERSIONED = {
+    "lib.c": "int api(void) { return 42; }\nint hidden(void) { return 1; }\n",
+    "main.c": "int api(void);\nint main(void) { return api() != 42; }\n",
+    "lib.map": "V1 { global: api; local: *; };\n",
+    "Makefile": "all: app\nlibv.so: lib.c lib.map\n\t$(CC) -O2 -fPIC -shared -Wl,--version-script=lib.map -o libv.so lib.c\n"
+                "app: main.c libv.so\n\t$(CC) -O2 -o app main.c -L. -lv -Wl,-rpath,'$$ORIGIN'\n",
+}
+
+
+@pytest.fixture(scope="module")
+def versioned_bundle(tmp_path_factory, toolchain):
+    from conftest import write_project
+
+    from bakery import capture as capturemod
+    from bakery import recipe as recipemod
+
+    tmp = tmp_path_factory.mktemp("versioned")
+    recipe = recipemod.load(write_project(tmp, "versioned", VERSIONED,
+                                          "build:\n  system: make\n  options: [all]\noutputs: [app, libv.so]\n"))
+    capturemod.capture(recipe, tmp / "bundle", toolchain, quiet=True)
+    return tmp / "bundle"
+
+
+@pytest.fixture
+def vbundle(versioned_bundle, tmp_path):
+    shutil.copytree(versioned_bundle, tmp_path / "bundle")
+    return tmp_path / "bundle"
+
+
+def _file_item(plan):
+    return next(a for link in plan["links"] for a in link["args"] if isinstance(a, dict) and "file" in a)
+
+
+def test_version_script_is_kept_and_bakes(vbundle, tmp_path):
+    plan = planmod.load(vbundle)
+    assert _file_item(plan)["prefix"] == "--version-script="
+    assert main(["bake", str(vbundle), "-t", "x86_64", "-o", str(tmp_path / "out"), "-q"]) == 0
+    import subprocess
+    syms = subprocess.run(["nm", "-D", "--defined-only", str(tmp_path / "out" / "libv.so")],
+                          capture_output=True, text=True).stdout
+    assert "api" in syms and "hidden" not in syms, syms
+
+
+@pytest.mark.parametrize("prefix", ["--script=", "-T", "--scrip=", "--version-script", "--version-script=/etc/x,"])
+def test_bundle_file_as_linker_script_is_refused(vbundle, tmp_path, capsys, prefix):
+    edit(vbundle, lambda p: _file_item(p).update(prefix=prefix))
+    refused(vbundle, tmp_path, capsys, "plan refused")
+
+
+@pytest.mark.parametrize("at", [5, -1, 1.0, True])
+def test_file_position_out_of_range_is_refused(vbundle, tmp_path, capsys, at):
+    edit(vbundle, lambda p: _file_item(p).update(at=at))
+    err = refused(vbundle, tmp_path, capsys, "plan refused")
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("text", ['INCLUDE "/etc/hostname"\nV1 { global: api; local: *; };\n',
+                                  'V1 { global: api; local: *; };\nINCLUDE /etc/hostname\n'])
+def test_version_script_that_includes_is_refused_at_bake(vbundle, tmp_path, capsys, text):
+    import hashlib
+    def go(p):
+        item = _file_item(p)
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        (vbundle / "files" / sha).write_text(text)
+        p["files"][sha] = {"path": f"files/{sha}", "sha256": sha}
+        item["file"] = sha
+    edit(vbundle, go)
+    refused(vbundle, tmp_path, capsys, "INCLUDE")
+
+
+def test_file_item_for_a_linker_script_is_dropped_by_the_capture():
+    """A build's own linker script (-T) is left out of the plan, with a note, not refused at bake."""
+    assert planmod._file_item_problem({"file": "a" * 64, "wl": ["-T", "x.ld"], "at": 1, "prefix": ""})
+    assert planmod._file_item_problem({"file": "a" * 64, "wl": ["--script=x"], "at": 0, "prefix": "--script="})
+    assert not planmod._file_item_problem({"file": "a" * 64, "wl": ["--version-script", "x"], "at": 1, "prefix": ""})
