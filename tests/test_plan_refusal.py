@@ -427,3 +427,68 @@ def test_file_item_for_a_linker_script_is_dropped_by_the_capture():
     assert planmod._file_item_problem({"file": "a" * 64, "wl": ["-T", "x.ld"], "at": 1, "prefix": ""})
     assert planmod._file_item_problem({"file": "a" * 64, "wl": ["--script=x"], "at": 0, "prefix": "--script="})
     assert not planmod._file_item_problem({"file": "a" * 64, "wl": ["--version-script", "x"], "at": 1, "prefix": ""})
+
+
+# -- shapes that used to crash the loader or the bake (found by mutating plans) -------------------
+
+def _second_link(p, **kw):
+    link = copy.deepcopy(p["links"][0])
+    link.update({"id": "L9", "install": "pi2", **kw})
+    p["links"].append(link)
+
+
+CRASHERS = {
+    "nul-in-output": lambda p: p["links"][0].update(output="pi\x00x"),
+    "nul-in-link-arg": lambda p: p["links"][0]["args"].append("-lm\x00"),
+    "nul-in-key": lambda p: p["capture"].update({"a\x00": 1}),
+    "nul-in-capture": lambda p: p["capture"].update(note="x\x00"),
+    "newline-in-install": lambda p: p["links"][0].update(install="pi\n"),
+    "newline-in-sha": lambda p: p["modules"].update({k + "\n": v for k, v in list(p["modules"].items())[:1]}),
+    "long-output": lambda p: p["links"][0].update(output="x" * 300),
+    "long-output-path": lambda p: p["links"][0].update(output="/".join(["abcdefgh"] * 200)),
+    "same-output": lambda p: _second_link(p, output=p["links"][0]["output"]),
+    "output-is-other-folder": lambda p: _second_link(p, output=p["links"][0]["output"] + "/sub"),
+    "output-dot": lambda p: p["links"][0].update(output="."),
+    "output-trailing-slash": lambda p: p["links"][0].update(output="pi/"),
+    "same-install": lambda p: _second_link(p, output="other", install=p["links"][0]["install"]),
+    "same-id": lambda p: _second_link(p, output="other", id=p["links"][0]["id"]),
+    "float-llvm-major": lambda p: p["toolchain"].update(llvm_major=16.0),
+    "float-schema-version": lambda p: p.update(schemaVersion=1.0),
+    "bool-schema-version": lambda p: p.update(schemaVersion=True),
+    "deep-capture": lambda p: p["capture"].update(deep=json.loads("[" * 100 + "]" * 100)),
+    "dotdot-triple": lambda p: p["toolchain"].update(triple=".."),
+    "bad-version": lambda p: p["toolchain"].update(version="16.0.6; rm"),
+    "huge-flag-list": lambda p: first_module(p).update(flags=["-O2"] * 5000),
+    "long-flag": lambda p: first_module(p)["flags"].append("-O" + "2" * 5000),
+    "list-plan": lambda p: (p.clear(), p.update({"x": []})),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CRASHERS))
+def test_malformed_plans_are_refused_in_one_line(bundle, tmp_path, capsys, name):
+    edit(bundle, CRASHERS[name])
+    err = refused(bundle, tmp_path, capsys, "plan refused")
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def test_install_names_differing_by_case_are_fine(bundle):
+    edit(bundle, lambda p: _second_link(p, output="other", install="PI"))
+    planmod.load(bundle)
+
+
+@pytest.mark.parametrize("text", ["[" * 100000 + "]" * 100000, '{"a":' * 100000 + "1" + "}" * 100000, "[1] x", "\xff"])
+def test_json_that_is_too_deep_or_broken_is_refused(bundle, tmp_path, capsys, text):
+    (bundle / "plan.json").write_bytes(text.encode("latin-1"))
+    refused(bundle, tmp_path, capsys, "plan refused")
+
+
+def test_oversized_plan_is_refused_unread(bundle, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(planmod, "MAX_PLAN_BYTES", 1000)
+    refused(bundle, tmp_path, capsys, "larger than")
+
+
+def test_plan_bytes_from_a_registry_are_parsed_the_same_way():
+    with pytest.raises(PlanRefused, match="nests too deep"):
+        planmod.parse(b"[" * 100000 + b"]" * 100000)
+    with pytest.raises(PlanRefused, match="not an object"):
+        planmod.parse(b"[]")
