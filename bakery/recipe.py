@@ -28,6 +28,8 @@ KeyPath = tuple[str | int, ...]
 Problem = tuple[KeyPath, KeyPath, str, str | None]
 
 MAX_REPORTED = 5
+MAX_BYTES = 1 << 20  # a recipe is a page of YAML; more is a mistake or an attack
+MAX_DEPTH = 16       # a real recipe nests 4 deep; deeper YAML only exhausts the stack
 
 
 @dataclass(frozen=True)
@@ -98,11 +100,14 @@ def schema() -> dict:
 def load(path: str | os.PathLike) -> Recipe:
     file = str(path)
     try:
-        raw = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise RecipeError(f"{file}: recipe file not found") from None
     except OSError as e:
         raise RecipeError(f"{file}: cannot read recipe: {e.strerror or e}") from None
+    if len(raw) > MAX_BYTES:
+        raise RecipeError(f"{file}: recipe is larger than {MAX_BYTES >> 20} MiB")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -111,7 +116,9 @@ def load(path: str | os.PathLike) -> Recipe:
 
     data, lines, scalars = _parse(text, file)
     recipe_dir = Path(path).resolve().parent
-    problems = list(_schema_problems(data, scalars))
+    problems = list(_nul_problems(data)) or list(_schema_problems(data, scalars))
+    if not problems:
+        problems = list(_float_problems(data))
     if not problems:
         problems = list(_semantic_problems(data, recipe_dir))
     if problems:
@@ -124,10 +131,33 @@ def load(path: str | os.PathLike) -> Recipe:
 # --- YAML -----------------------------------------------------------------
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader without aliases, and with bounded nesting.
+
+    An alias can refer to its own anchor (a recursive document) or multiply a small text into a
+    huge one (nine aliases of nine aliases ...); a recipe has no use for either. Composing is
+    recursive: depth is checked before the stack runs out."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a recipe",
+                                              self.peek_event().start_mark)
+        if self.depth >= MAX_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                              self.peek_event().start_mark)
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def _parse(text: str, file: str) -> tuple[Any, dict[KeyPath, int], dict[KeyPath, str]]:
     """Return the document plus the 1-based line and raw scalar text of every key path."""
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             node = loader.get_single_node()
             if node is None:
@@ -175,6 +205,9 @@ def _index(loader, node, path: KeyPath, lines, scalars, file: str) -> None:
                 continue
             key = loader.construct_object(key_node)
             line = key_node.start_mark.line + 1
+            if not isinstance(key, str):  # 123:, yes:, null: are not strings in YAML
+                raise RecipeError(f"{file}:{line}: {_fmt(path + (key_node.value,))}: a key must be a string, "
+                                  f"got {_kind(key)}", f'quote it: "{key_node.value}":')
             if path + (key,) in lines:
                 first = lines[path + (key,)]
                 raise RecipeError(f"{file}:{line}: {_fmt(path + (key,))}: duplicate key "
@@ -200,6 +233,31 @@ _TYPE_WORDS = {
     "string": "a string", "array": "a list", "object": "a mapping", "integer": "an integer",
     "number": "a number", "boolean": "true or false", "null": "nothing",
 }
+
+
+def _walk(node: Any, path: KeyPath = ()) -> Iterator[tuple[KeyPath, Any]]:
+    """Every value with its key path (depth is bounded by the loader)."""
+    yield path, node
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _walk(v, path + (i,))
+
+
+def _nul_problems(data: dict) -> Iterator[Problem]:
+    """NUL ends a C string: no argv, environment or path can hold one."""
+    for path, v in _walk(data):
+        if (isinstance(v, str) and "\x00" in v) or (path and "\x00" in str(path[-1])):
+            yield path, path, "must not contain a NUL character", None
+
+
+def _float_problems(data: dict) -> Iterator[Problem]:
+    """jsonschema counts 1.0 as an integer; the build would get '1.0' (make -j1.0)."""
+    for path, v in _walk(data):
+        if isinstance(v, float):
+            yield path, path, f"expected an integer, got a number ({v})", None
 
 
 def _explain(err: ValidationError, scalars: dict[KeyPath, str]) -> Iterator[Problem]:
@@ -252,6 +310,12 @@ def _explain(err: ValidationError, scalars: dict[KeyPath, str]) -> Iterator[Prob
         yield path, path, f"must be at least {vv}, got {_show(inst)}", None
     elif v == "maxLength":
         yield path, path, f"is too long (at most {vv} characters)", None
+    elif v == "maxItems":
+        yield path, path, f"has too many items (at most {vv})", None
+    elif v == "maxProperties":
+        yield path, path, f"has too many keys (at most {vv})", None
+    elif v == "not" and "x-not-description" in sch:
+        yield path, path, f"{_show(inst)[:80]} is not valid: {sch['x-not-description']}", None
     elif v == "uniqueItems":
         yield path, path, "must not list the same item twice", None
     else:

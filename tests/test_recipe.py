@@ -317,3 +317,65 @@ def test_inputs_digest_follows_the_local_source_tree_not_build_debris(tmp_path):
     assert second != first
     (tmp_path / "src" / "pi.c").write_text("int main(void){return 1;}\n")
     assert sources.inputs_digest(recipe.load(p)) not in (first, second)
+
+
+# --- hostile recipes: refused in one line, quickly, never a traceback ----------------------------
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcde", "bcdef"))
+
+HOSTILE = [
+    ("recursive-alias", VALID + "x: &a [*a]\n", 9, ["aliases (*name) are not allowed"]),
+    ("recursive-mapping-alias", VALID + "x: &a {y: *a}\n", 9, ["aliases (*name) are not allowed"]),
+    ("alias-bomb", VALID + BOMB, 10, ["aliases (*name) are not allowed"]),
+    ("merge-key-alias", VALID.replace("build:", "base: &b {system: make}\nbuild:\n  <<: *b"), 7,
+     ["aliases (*name) are not allowed"]),
+    ("deep-flow", VALID + "x: " + "[" * 5000 + "]" * 5000 + "\n", 9, ["nested deeper than 16 levels"]),
+    ("deep-block", VALID + "x:\n  " + "- " * 40 + "1\n", 10,
+     ["nested deeper than 16 levels"]),
+    ("env-int-key", VALID.replace("outputs:", "  env:\n    123: x\noutputs:"), 9, ["a key must be a string", "123"]),
+    ("env-bool-key", VALID.replace("outputs:", "  env:\n    yes: x\noutputs:"), 9, ["build.env.yes: a key must be a string"]),
+    ("top-null-key", VALID + "~: 1\n", 9, ["a key must be a string"]),
+    ("nul-in-dest", VALID.replace("path: ./src", 'path: ./src\n    dest: "a\\0b"'), 5,
+     ["sources[0].dest: must not contain a NUL"]),
+    ("nul-in-output", VALID.replace("[pi]", '["pi\\0"]'), 8, ["outputs[0]: must not contain a NUL"]),
+    ("nul-in-script", VALID.replace('options: ["pi"]', 'script: ["make\\0"]').replace("make\n", "script\n"), 7,
+     ["build.script[0]: must not contain a NUL"]),
+    ("nul-in-env-value", VALID.replace("outputs:", '  env:\n    A: "x\\0"\noutputs:'), 9,
+     ["build.env.A: must not contain a NUL"]),
+    ("newline-in-name", VALID.replace("name: pi", 'name: "pi\\n"'), 1, ["name:", "newline"]),
+    ("newline-in-version", VALID.replace('"1.0"', '"1.0\\n"'), 2, ["version:", "newline"]),
+    ("newline-in-output", VALID.replace("[pi]", '["pi\\n"]'), 8, ["outputs[0]:", "newline"]),
+    ("newline-in-sha256", VALID.replace("path: ./src", f'url: https://x/y.tgz\n    sha256: "{SHA}\\n"'), 5,
+     ["sources[0].sha256:", "newline"]),
+    ("float-jobs", VALID.replace("outputs:", "  jobs: 2.0\noutputs:"), 8, ["build.jobs: expected an integer"]),
+    ("float-repeat", VALID + "bench:\n  command: [pi]\n  repeat: 3.0\n", 11, ["bench.repeat: expected an integer"]),
+    ("too-many-outputs", VALID.replace("[pi]", "[" + ", ".join(["pi"] * 2000) + "]"), 8,
+     ["outputs: has too many items"]),
+    ("too-long-output", VALID.replace("[pi]", "[" + "p" * 5000 + "]"), 8, ["outputs[0]: is too long"]),
+    ("too-many-env", VALID.replace("outputs:", "  env: {" + ", ".join(f"V{i}: x" for i in range(300))
+                                   + "}\noutputs:"), 8, ["build.env: has too many keys"]),
+]
+
+
+@pytest.mark.parametrize("text,line,fragments", [c[1:] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+def test_hostile_recipe_is_refused(tmp_path, text, line, fragments):
+    import time
+    p = write(tmp_path, text, name="bad.yaml")
+    t0 = time.monotonic()
+    with pytest.raises(RecipeError) as exc:
+        recipe.load(p)
+    assert time.monotonic() - t0 < 1.0, "a hostile recipe must be refused quickly"
+    msg = str(exc.value)
+    assert msg.startswith(f"{p}:{line}: ") and len(msg.splitlines()) == 1, msg
+    assert all(f in msg for f in fragments), msg
+
+
+def test_oversized_recipe_is_refused_unread(tmp_path):
+    p = write(tmp_path, VALID + "#" * (recipe.MAX_BYTES + 1) + "\n")
+    with pytest.raises(RecipeError, match="larger than 1 MiB"):
+        recipe.load(p)
+
+
+def test_anchor_without_alias_is_fine(tmp_path):
+    assert recipe.load(write(tmp_path, VALID.replace("system: make", "system: &s make"))).build.system == "make"
