@@ -206,9 +206,9 @@ class Registry:
     def _fail(self, r, what: str):
         try:
             errs = r.json().get("errors", [])
-            detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errs)
-        except ValueError:
-            detail = r.text[:300]
+            detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errs)[:300]
+        except (ValueError, AttributeError, TypeError, RecursionError):  # an error body of another shape
+            detail = r.text[:300].splitlines()[0] if r.text.strip() else ""
         raise BakeryError(f"registry {self.host}: {what} failed (HTTP {r.status_code}) {detail}".rstrip())
 
     def head_manifest(self, repo: str, ref: str) -> str | None:
@@ -233,7 +233,9 @@ class Registry:
         digest = sha256(data)
         if ref.startswith("sha256:") and digest != ref:
             raise PlanRefused(f"manifest {repo}@{ref} does not match its digest (got {digest})")
-        mt = json.loads(data).get("mediaType") or r.headers.get("Content-Type", MANIFEST)
+        mt = json_object(data, f"manifest {repo}@{ref}", BakeryError).get("mediaType")
+        if not isinstance(mt, str) or not mt:
+            mt = r.headers.get("Content-Type", MANIFEST)
         return data, mt, digest
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
@@ -272,16 +274,19 @@ class Registry:
 
     def referrers(self, repo: str, subject: str, artifact_type: str | None = None) -> list[dict]:
         """Referrers of ``subject``: the referrers API, else the tag-schema fallback."""
+        if not _DIGEST.match(subject or ""):
+            raise BakeryError(f"{subject!r} is not a sha256 digest")
         self._container(repo, subject)
         r = self._request("GET", self._url(repo, "referrers", subject), headers={"Accept": INDEX})
         if r.status_code == 200 and "json" in r.headers.get("Content-Type", ""):
-            manifests = r.json().get("manifests", [])
+            index = json_object(r.content, f"referrers of {repo}@{subject}", PlanRefused)
         else:
             tag = subject.replace(":", "-")
             if self.head_manifest(repo, tag) is None:
                 return []
             data, _, _ = self.get_manifest(repo, tag)
-            manifests = json.loads(data).get("manifests", [])
+            index = json_object(data, f"referrers index {repo}:{tag}", PlanRefused)
+        manifests = descriptors(index.get("manifests", []), f"referrers of {repo}@{subject}")
         return [m for m in manifests if artifact_type is None or m.get("artifactType") == artifact_type]
 
 
@@ -326,19 +331,66 @@ def _add_referrer(reg: Registry, repo: str, subject: str, desc: dict) -> None:
     reg.put_manifest(repo, tag, json.dumps(index, separators=(",", ":")).encode(), INDEX)
 
 
+MAX_MANIFEST_BYTES = 4 << 20  # distribution's own limit for a manifest
+MAX_DEPTH = 16                 # an OCI manifest nests 4 deep
+
+
+def json_object(data: bytes, what: str, error: type[BakeryError] = PlanRefused) -> dict:
+    """A registry's JSON answer that must be an object: any other shape is one line of ``error``."""
+    if not isinstance(data, (bytes, str)) or len(data) > MAX_MANIFEST_BYTES:
+        raise error(f"{what} is not a JSON object of at most {MAX_MANIFEST_BYTES >> 20} MiB")
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise error(f"{what} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise error(f"{what} is a JSON {type(doc).__name__}, not an object")
+    stack = [(doc, 0)]
+    while stack:  # bounded nesting: later code may walk it recursively
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise error(f"{what} nests deeper than {MAX_DEPTH} levels")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return doc
+
+
+def descriptors(items, what: str) -> list[dict]:
+    """OCI descriptors as the plan's lookup reads them: each an object with a sha256 digest, and
+    string mediaType, artifactType and annotations when present."""
+    if not isinstance(items, list):
+        raise PlanRefused(f"{what}: 'manifests' or 'layers' is not a list")
+    for d in items:
+        if not isinstance(d, dict) or not isinstance(d.get("digest"), str) or not _DIGEST.match(d["digest"]):
+            raise PlanRefused(f"{what}: a descriptor without a sha256 digest: {repr(d)[:80]}")
+        for key in ("mediaType", "artifactType"):
+            if key in d and not isinstance(d[key], str):
+                raise PlanRefused(f"{what}: descriptor {d['digest']}: {key} is not a string")
+        ann = d.get("annotations", {})
+        if not isinstance(ann, dict) or not all(isinstance(v, str) for v in ann.values()):
+            raise PlanRefused(f"{what}: descriptor {d['digest']}: annotations are not strings")
+    return items
+
+
 def fetch_plan(reg: Registry, repo: str, subject: str) -> tuple[bytes, str]:
-    """The newest plan attached to ``subject``: (plan bytes, their digest), digests checked."""
+    """The newest plan attached to ``subject``: (plan bytes, their digest), digests checked.
+    Every answer is untrusted: a shape other than OCI's is refused in one line."""
     found = reg.referrers(repo, subject, PLAN_MEDIA_TYPE)
     if not found:
         raise BakeryError(f"{reg.host}/{repo}@{subject} has no bake plan attached",
                           "is this an IR image made by 'bakery build'?")
     found.sort(key=lambda m: m.get("annotations", {}).get("org.opencontainers.image.created", ""))
-    data, _, _ = reg.get_manifest(repo, found[-1]["digest"])
-    manifest = json.loads(data)
-    if manifest.get("subject", {}).get("digest") != subject:
-        raise PlanRefused(f"plan artifact {found[-1]['digest']} does not refer to {subject}")
-    layers = [l for l in manifest.get("layers", []) if l.get("mediaType") == PLAN_MEDIA_TYPE]
+    artifact = found[-1]["digest"]
+    data, _, _ = reg.get_manifest(repo, artifact)
+    manifest = json_object(data, f"plan artifact {artifact}")
+    about = manifest.get("subject")
+    if not isinstance(about, dict) or about.get("digest") != subject:
+        raise PlanRefused(f"plan artifact {artifact} does not refer to {subject}")
+    layers = [l for l in descriptors(manifest.get("layers", []), f"plan artifact {artifact}")
+              if l.get("mediaType") == PLAN_MEDIA_TYPE]
     if len(layers) != 1:
-        raise PlanRefused(f"plan artifact {found[-1]['digest']} has {len(layers)} plan layers, expected 1")
+        raise PlanRefused(f"plan artifact {artifact} has {len(layers)} plan layers, expected 1")
     plan = reg.get_blob(repo, layers[0]["digest"])
     return plan, layers[0]["digest"]

@@ -9,6 +9,7 @@ before use. Nothing is run by this module.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import re
@@ -482,8 +483,10 @@ def file_tokens(a: dict) -> list[str]:
     return toks
 
 
-def _schema() -> dict:
-    return json.loads(resources.files("bakery").joinpath("schemas/plan.schema.json").read_text())
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads(resources.files("bakery").joinpath("schemas/plan.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
 
 
 def _confined(rel: str, bundle: Path, what: str) -> Path:
@@ -532,7 +535,7 @@ def validate(plan: dict, bundle: Path | None = None) -> None:
     if why:
         raise PlanRefused(f"plan refused: {why}")
     try:
-        jsonschema.Draft202012Validator(_schema()).validate(plan)
+        _validator().validate(plan)
     except jsonschema.ValidationError as e:
         msg = e.message if len(e.message) <= 200 else e.message[:200] + "..."
         raise PlanRefused(f"plan refused: {_where(e.absolute_path)}: {msg}") from None

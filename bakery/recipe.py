@@ -153,6 +153,14 @@ class _Loader(yaml.SafeLoader):
         finally:
             self.depth -= 1
 
+    def construct_object(self, node, deep=False):
+        # PyYAML's own constructors crash on some explicit tags (!!timestamp on a non-date).
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, AttributeError, OverflowError) as e:
+            raise yaml.constructor.ConstructorError(None, None, f"cannot read this value as {node.tag} "
+                                                    f"({type(e).__name__})", node.start_mark) from None
+
 
 def _parse(text: str, file: str) -> tuple[Any, dict[KeyPath, int], dict[KeyPath, str]]:
     """Return the document plus the 1-based line and raw scalar text of every key path."""
@@ -369,7 +377,7 @@ def _semantic_problems(data: dict, recipe_dir: Path) -> Iterator[Problem]:
         if "compare" in bench:
             try:
                 re.compile(bench["compare"])
-            except re.error as e:
+            except (re.error, RecursionError, OverflowError) as e:  # deep groups exhaust sre's stack
                 at = ("bench", "compare")
                 yield at, at, f"not a regular expression: {e}", None
 
