@@ -147,6 +147,16 @@ def ensure(engine: ContainerEngine, registry: str, llvm: int, runtime_base: str 
     return b
 
 
+def ensure_local_toolchain(engine: ContainerEngine, b: Bases, llvm: int, *, quiet: bool = False,
+                           tls_verify: bool = True) -> None:
+    """bakery's toolchain image, made on this node from Debian's packages (debootstrap, apt):
+    what a host-side bake trusts, so it is never pulled from a registry by its tag."""
+    if not engine.exists(b.runtime):
+        make_runtime(engine, b.runtime, quiet)
+    if not engine.exists(b.llvm):
+        _build_from_template(engine, LLVM_TEMPLATE, b.llvm, b.runtime, llvm, quiet, tls_verify)
+
+
 def ensure_foreign_runtime(engine: ContainerEngine, registry: str, arch: str, *, quiet: bool = False,
                            tls_verify: bool | None = None) -> str:
     """The Debian runtime base for another architecture (debootstrap + qemu-user), local and in the registry."""

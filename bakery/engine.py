@@ -10,16 +10,22 @@ containers auth file and the docker config itself.
 from __future__ import annotations
 
 import abc
+import functools
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from . import proc
+from . import proc, safefs
 from .errors import BakeryError
+
+log = logging.getLogger(__name__)
+Mount = tuple[str, str] | tuple[str, str, str]   # (host, container[, "ro"])
+SANDBOX_USER = "65534:65534"                     # nobody: a bake needs no privilege in its container
 
 
 class ContainerEngine(abc.ABC):
@@ -36,11 +42,17 @@ class ContainerEngine(abc.ABC):
                       labels: Mapping[str, str] | None = None, arch: str | None = None) -> str:
         """An image whose single layer is the directory tree ``rootfs``."""
 
+    @abc.abstractmethod
+    def export_dir(self, image: str, path: str, dest: Path, *, limits: safefs.Limits = safefs.Limits()) -> int:
+        """Copy the folder ``path`` of the untrusted ``image`` to ``dest`` (which must not exist) as
+        data: nothing runs in the image, regular files and folders only, no link followed on the way
+        or inside (refused), within ``limits``. Returns the bytes copied."""
+
+    @abc.abstractmethod
+    def image_id(self, image: str) -> str:
+        """The local image's immutable id: a bake pins its toolchain image by it."""
+
     # Multi-platform support: optional, so engines can add it later.
-    def export_dir(self, image: str, path: str, dest: Path) -> None:
-        """Copy the directory ``path`` of ``image`` to ``dest`` without running anything in it."""
-        raise BakeryError(f"the {self.name} engine cannot export files of foreign-platform images yet",
-                          "use --engine buildah for multi-platform images")
 
     def push_index(self, images: list[str], ref: str, *, tls_verify: bool = True) -> str:
         """Push ``images`` (one per platform) under one OCI image index at ``ref``; returns its digest."""
@@ -68,9 +80,15 @@ class ContainerEngine(abc.ABC):
         """Names of the working containers."""
 
     @abc.abstractmethod
-    def run(self, container: str, argv: list[str], *, volumes: Iterable[tuple[str, str]] = (),
+    def run(self, container: str, argv: list[str], *, volumes: Iterable[Mount] = (),
             env: Mapping[str, str] | None = None, log: Path | None = None,
-            on_line: Callable[[str], None] | None = None) -> None: ...
+            on_line: Callable[[str], None] | None = None, sandbox: bool = False,
+            timeout: float | None = None) -> None:
+        """Run ``argv`` in the working container. ``volumes`` are ``(host, container)`` or
+        ``(host, container, "ro")``. ``sandbox``: the confinement of a host-side bake, which reads
+        untrusted input: no network, no capabilities, no privilege gain, user ``nobody``, and the
+        strongest isolation the engine has here (see docs/security.md). ``timeout``: the command is
+        stopped after that many seconds (CommandFailed)."""
 
     @abc.abstractmethod
     def copy(self, container: str, src: Path, dest: str) -> None: ...
@@ -173,18 +191,23 @@ class BuildahEngine(ContainerEngine):
         finally:
             self.remove(ctr)
 
-    def export_dir(self, image, path, dest) -> None:
-        import shutil
-
+    def export_dir(self, image, path, dest, *, limits=safefs.Limits()) -> int:
         ctr = self.from_image(image)
         try:
             mnt = Path(proc.run(self._b("mount", ctr)).stdout.strip())
             try:
-                shutil.copytree(mnt / path.lstrip("/"), dest, symlinks=True)
+                return safefs.copy_tree(mnt, path, dest, limits=limits)
             finally:
                 proc.run(self._b("umount", ctr), check=False)
         finally:
             self.remove(ctr)
+
+    def image_id(self, image) -> str:
+        out = proc.run(self._b("inspect", "--type", "image", "--format", "{{.FromImageID}}", image),
+                       check=False)
+        if out.returncode != 0 or not out.stdout.strip():
+            raise BakeryError(f"image {image} not found in the local store")
+        return out.stdout.strip()
 
     def push_index(self, images, ref, *, tls_verify=True) -> str:
         import uuid
@@ -227,13 +250,32 @@ class BuildahEngine(ContainerEngine):
         out = proc.run(self._b("containers", "--format", "{{.ContainerName}}")).stdout
         return [line.strip() for line in out.splitlines() if line.strip()]
 
-    def run(self, container, argv, *, volumes=(), env=None, log=None, on_line=None) -> None:
-        cmd = self._b("run", f"--isolation={self.isolation}")
-        for src, dest in volumes:
-            cmd += ["-v", f"{src}:{dest}"]
+    @functools.cached_property
+    def sandbox_isolation(self) -> str:
+        """oci (runc: namespaces, seccomp, no network) when an OCI runtime is installed; chroot
+        isolation cannot drop the network and, as root, a process can leave a chroot."""
+        chosen = os.environ.get("BAKERY_BAKE_ISOLATION") or ("oci" if shutil.which("runc") or shutil.which("crun")
+                                                              else "chroot")
+        if chosen not in ("oci", "chroot"):
+            raise BakeryError(f"BAKERY_BAKE_ISOLATION={chosen!r}: expected oci or chroot")
+        if chosen == "chroot":
+            log.warning("bake: no OCI runtime (runc, crun): the bake container gets chroot isolation, with the "
+                        "host's network (install runc for namespaces, seccomp and no network)")
+        return chosen
+
+    def run(self, container, argv, *, volumes=(), env=None, log=None, on_line=None, sandbox=False,
+            timeout=None) -> None:
+        if sandbox:
+            iso = self.sandbox_isolation
+            cmd = self._b("run", f"--isolation={iso}", "--cap-drop=all", "--user", SANDBOX_USER,
+                          *(["--network=none"] if iso == "oci" else []))
+        else:
+            cmd = self._b("run", f"--isolation={self.isolation}")
+        for v in volumes:
+            cmd += ["-v", ":".join(v)]
         for k, v in (env or {}).items():
             cmd += ["--env", f"{k}={v}"]
-        proc.stream([*cmd, container, "--", *argv], log=log, on_line=on_line)
+        proc.stream([*cmd, container, "--", *argv], log=log, on_line=on_line, timeout=timeout)
 
     def copy(self, container, src, dest) -> None:
         proc.run(self._b("copy", container, str(src), dest))

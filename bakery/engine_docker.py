@@ -21,13 +21,14 @@ import os
 import re
 import tarfile
 import tempfile
+import threading
 import time
 from collections import deque
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from . import oci
-from .engine import ContainerEngine
+from . import oci, safefs
+from .engine import SANDBOX_USER, ContainerEngine
 from .errors import BakeryError, CommandFailed
 
 DEFAULT_SOCKETS = ("unix:///var/run/docker.sock", "unix:///run/podman/podman.sock")
@@ -84,6 +85,26 @@ def _client_kwargs(url: str) -> dict:
         kwargs["base_url"] = url
         return kwargs
     return {"base_url": url}
+
+
+class _StreamReader(io.RawIOBase):
+    """A file over the SDK's chunk iterator, so an archive is read as a stream, never whole."""
+
+    def __init__(self, chunks):
+        self._it, self._buf = iter(chunks), b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._it)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n], self._buf = self._buf[:n], self._buf[n:]
+        return n
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -279,6 +300,28 @@ class DockerEngine(ContainerEngine):
         finally:
             self.remove(ctr)
 
+    def export_dir(self, image, path, dest, *, limits=safefs.Limits()) -> int:
+        """The daemon's archive of the folder (resolved inside the container's root, never the
+        host's), extracted as data: regular files and folders only."""
+        ctr = self.from_image(image)
+        try:
+            with self._api(f"export {path} of {image}"):
+                try:
+                    stream, _ = self.api.get_archive(ctr, path)
+                except self._errors.NotFound:
+                    raise BakeryError(f"docker engine: {path} not found in {image}") from None
+                reader = _StreamReader(stream)
+                return safefs.extract_tar(reader, dest, strip=PurePosixPath(path).name, limits=limits)
+        finally:
+            self.remove(ctr)
+
+    def image_id(self, image) -> str:
+        with self._api(f"look for image {image}"):
+            found = self._id_of(image)
+        if not found:
+            raise BakeryError(f"image {image} not found in the daemon's store")
+        return found
+
     def pull(self, ref, *, tls_verify=True) -> str:
         hint = ("check the reference and the registry's credentials (~/.docker/config.json, 'docker login'); "
                 "an http registry must be insecure for the daemon (docs/engines.md)")
@@ -389,7 +432,8 @@ class DockerEngine(ContainerEngine):
         with self._api("list containers"):
             return [n.lstrip("/") for c in self.api.containers(all=True) for n in (c.get("Names") or [])[:1]]
 
-    def run(self, container, argv, *, volumes=(), env=None, log=None, on_line=None) -> None:
+    def run(self, container, argv, *, volumes=(), env=None, log=None, on_line=None, sandbox=False,
+            timeout=None) -> None:
         """Run ``argv`` in the working container, with bind mounts; streams the output.
 
         A Docker container's command and mounts are fixed when it is created,
@@ -405,20 +449,35 @@ class DockerEngine(ContainerEngine):
                 snapshot = self.api.commit(container)["Id"]
                 image = snapshot
             self.api.remove_container(container, force=True)
-            host_config = self.api.create_host_config(
-                binds=[f"{src}:{dest}:rw" for src, dest in volumes], network_mode="host")
+            binds = [f"{v[0]}:{v[1]}:{v[2] if len(v) > 2 else 'rw'}" for v in volumes]
+            if sandbox:  # a bake of untrusted input: no network, no capabilities, no privilege gain
+                host_config = self.api.create_host_config(binds=binds, network_mode="none", cap_drop=["ALL"],
+                                                          security_opt=["no-new-privileges"], pids_limit=4096)
+            else:
+                host_config = self.api.create_host_config(binds=binds, network_mode="host")
             self.api.create_container(image, name=container, entrypoint=argv[:1], command=list(argv[1:]),
-                                      environment=dict(env or {}), host_config=host_config)
+                                      environment=dict(env or {}), host_config=host_config,
+                                      **({"user": SANDBOX_USER} if sandbox else {}))
         self._pristine.discard(container)
         if snapshot:
             state.setdefault("snapshots", []).append(snapshot)
         out = _Lines(log, on_line)
+        expired: list[bool] = []
         try:
             with self._api(f"run {argv[0]} in {container}"):
                 self.api.start(container)
-                for chunk in self.api.logs(container, stream=True, follow=True, stdout=True, stderr=True):
-                    out.feed(chunk.decode("utf-8", errors="replace") if isinstance(chunk, bytes) else chunk)
-                status = self.api.wait(container)
+                timer = None
+                if timeout is not None:  # the log stream ends when the container is killed
+                    timer = threading.Timer(timeout, self._expire, args=(container, expired))
+                    timer.daemon = True
+                    timer.start()
+                try:
+                    for chunk in self.api.logs(container, stream=True, follow=True, stdout=True, stderr=True):
+                        out.feed(chunk.decode("utf-8", errors="replace") if isinstance(chunk, bytes) else chunk)
+                    status = self.api.wait(container)
+                finally:
+                    if timer is not None:
+                        timer.cancel()
         except BaseException:
             with contextlib.suppress(Exception):
                 self.api.kill(container)
@@ -426,9 +485,17 @@ class DockerEngine(ContainerEngine):
         finally:
             out.close()
         code = status.get("StatusCode", 1) if isinstance(status, dict) else int(status)
+        if expired:
+            raise CommandFailed(["docker-api", "run", container, "--", *argv], code,
+                                out.text() + f"\nstopped: it ran longer than its time limit of {timeout:g} s")
         if code != 0:
             raise CommandFailed(["docker-api", "run", container, "--", *argv], code, out.text(),
                                 f"full log: {log}" if log else None)
+
+    def _expire(self, container: str, expired: list[bool]) -> None:
+        expired.append(True)
+        with contextlib.suppress(Exception):
+            self.api.kill(container)
 
     def copy(self, container, src, dest) -> None:
         """``buildah copy``: a file to the path ``dest``, a directory's contents into ``dest``; owned by root."""

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import PLAN_MEDIA_TYPE, __version__
 from . import base as basemod
-from . import oci, proc, templates
+from . import oci, proc, safefs, templates
 from . import plan as planmod
 from . import sources as sourcesmod
 from . import target as targetmod
@@ -202,6 +202,17 @@ class BakeImageResult:
         return self.__dict__.copy()
 
 
+def _json_object(data: bytes, what: str) -> dict:
+    """A registry's answer as a JSON object, or a one-line refusal (the registry is untrusted)."""
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise PlanRefused(f"{what} is not JSON") from None
+    if not isinstance(doc, dict):
+        raise PlanRefused(f"{what} is not a JSON object")
+    return doc
+
+
 def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tuple[str, dict, bytes]:
     """(IR manifest digest, verified plan, plan bytes); from an index, the ``family``'s image."""
     digest = ref.digest or reg.head_manifest(ref.repository, ref.tag)
@@ -210,8 +221,12 @@ def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tu
     data, mt, _ = reg.get_manifest(ref.repository, digest)
     if mt in (oci.INDEX, oci.DOCKER_LIST):
         family = family or FAMILY_OF_ARCH.get(ARCH_OF_PLATFORM[host_platform()])
-        entries = {FAMILY_OF_ARCH.get(m.get("platform", {}).get("architecture")): m["digest"]
-                   for m in json.loads(data).get("manifests", []) if m.get("platform")}
+        index = _json_object(data, f"the index {ref}")
+        entries = {}
+        for m in index.get("manifests") if isinstance(index.get("manifests"), list) else []:
+            plat = m.get("platform") if isinstance(m, dict) else None
+            if isinstance(plat, dict) and isinstance(m.get("digest"), str) and oci._DIGEST.match(m["digest"]):
+                entries[FAMILY_OF_ARCH.get(plat.get("architecture"))] = m["digest"]
         if family not in entries:
             raise BakeryError(f"{ref} has no {family} image",
                               f"it has: {', '.join(sorted(k for k in entries if k))}; build with --platform")
@@ -219,7 +234,7 @@ def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tu
     plan_bytes, _ = oci.fetch_plan(reg, ref.repository, digest)
     try:
         plan = json.loads(plan_bytes)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise PlanRefused("plan refused: the plan artifact is not JSON") from None
     planmod.validate(plan)
     return digest, plan, plan_bytes
@@ -229,10 +244,102 @@ def node_tag(ref: oci.Ref, plan: dict, target: targetmod.Target) -> str:
     return f"{ref.tag or plan['app']['version']}-{target.name}"
 
 
+# -- what a host-side bake trusts ------------------------------------------------
+
+DEFAULT_BAKE_TIMEOUT = 7200.0   # seconds; LAMMPS bakes in about a minute on 2 cores
+
+
+def allowed_llvm_majors() -> list[int]:
+    """The LLVM majors this node bakes with: ``BAKERY_LLVM_MAJORS`` (e.g. ``16,17``), else the
+    default toolchain's. A plan asks for one; it cannot make the node build others."""
+    from . import toolchain as toolchainmod
+
+    text = os.environ.get("BAKERY_LLVM_MAJORS", "").strip()
+    if not text:
+        return [toolchainmod.default_major()]
+    try:
+        majors = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        raise BakeryError(f"BAKERY_LLVM_MAJORS={text!r}: expected LLVM major versions, e.g. 16,17") from None
+    if not majors or any(m < 1 for m in majors):
+        raise BakeryError(f"BAKERY_LLVM_MAJORS={text!r}: expected LLVM major versions, e.g. 16,17")
+    return majors
+
+
+def toolchain_major(plan_major: int) -> int:
+    """The smallest allowed LLVM major that reads the plan's bitcode (same or newer)."""
+    allowed = allowed_llvm_majors()
+    fits = [m for m in allowed if m >= plan_major]
+    if not fits:
+        raise PlanRefused(f"plan refused: its bitcode needs LLVM {plan_major} or newer, and this node bakes with "
+                          f"LLVM {', '.join(map(str, allowed))} only",
+                          "set BAKERY_LLVM_MAJORS to allow another toolchain (its image is made on this node)")
+    return fits[0]
+
+
+def bake_timeout(value: float | None = None) -> float:
+    if value is not None:
+        if value <= 0:
+            raise BakeryError(f"bake time limit {value:g}: expected seconds > 0")
+        return value
+    text = os.environ.get("BAKERY_BAKE_TIMEOUT", "")
+    if not text:
+        return DEFAULT_BAKE_TIMEOUT
+    try:
+        v = float(text)
+    except ValueError:
+        v = -1.0
+    if v <= 0:
+        raise BakeryError(f"BAKERY_BAKE_TIMEOUT={text!r}: expected seconds > 0")
+    return v
+
+
+def trusted_toolchain(engine: ContainerEngine, registry: str, llvm_major: int, *, quiet: bool, tls: bool) -> tuple[str, str]:
+    """(name, image id) of bakery's own toolchain image that a host-side bake runs in.
+
+    ``BAKERY_TOOLCHAIN_IMAGE`` (a reference pinned by ``@sha256:``) is pulled by digest, so no
+    registry can swap it. Otherwise it is this node's own ``localhost/bakery/llvm:…`` (made
+    by ``bakery base create`` or an earlier build), made here from Debian's packages when
+    missing, never taken from a registry by its tag. The bake pins it by image id."""
+    pinned = os.environ.get("BAKERY_TOOLCHAIN_IMAGE", "").strip()
+    if pinned:
+        pref = oci.Ref.parse(pinned)
+        if not pref.digest:
+            raise BakeryError(f"BAKERY_TOOLCHAIN_IMAGE={pinned!r} is not pinned by digest",
+                              "write it as HOST/REPO@sha256:<digest>")
+        if not engine.exists(str(pref)):
+            engine.pull(str(pref), tls_verify=not oci.is_loopback(pref.registry))
+        return str(pref), engine.image_id(str(pref))
+    b = basemod.names(registry, llvm_major)
+    if not engine.exists(b.llvm):
+        proc.log(f"bake: making the toolchain image {b.llvm} on this node (once)", quiet=quiet)
+        basemod.ensure_local_toolchain(engine, b, llvm_major, quiet=quiet, tls_verify=tls)
+    return b.llvm, engine.image_id(b.llvm)
+
+
+def export_bundle(engine: ContainerEngine, image: str, plan_bytes: bytes, dest: Path) -> None:
+    """The IR image's bundle, as data, checked against the plan artifact before anything else."""
+    engine.export_dir(image, BUNDLE_DIR, dest, limits=safefs.Limits())
+    try:
+        inside = (dest / "plan.json").read_bytes()
+    except FileNotFoundError:
+        raise PlanRefused(f"plan refused: the IR image has no {BUNDLE_DIR}/plan.json") from None
+    if hashlib.sha256(inside).digest() != hashlib.sha256(plan_bytes).digest():
+        raise PlanRefused("plan refused: the IR image's plan differs from the plan artifact attached to it")
+    planmod.load(dest)  # schema, allow-lists, confinement, on the host, before the bake container starts
+
+
 def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *, push: bool = True,
          slim: bool = False, output: Path | None = None, jobs: int = 0, quiet: bool = False,
-         tls_verify: bool | None = None) -> BakeImageResult:
+         tls_verify: bool | None = None, timeout: float | None = None) -> BakeImageResult:
+    """Bake a node tag (or, with ``output``, the binaries alone) from an IR image.
+
+    Nothing of the image runs: its bundle is exported as data and baked by bakery itself in
+    bakery's toolchain image (pinned by id), confined by the engine's sandbox (no network, no
+    capabilities, user nobody, the bundle read-only) within ``timeout`` seconds. Only the plan's
+    install names, each a regular file, are committed."""
     t0 = time.monotonic()
+    limit = bake_timeout(timeout)
     ref = oci.Ref.parse(text, default_registry=registry)
     tls = (not oci.is_loopback(ref.registry)) if tls_verify is None else tls_verify
     reg = oci.Registry(ref.registry, tls_verify=tls)
@@ -240,6 +347,7 @@ def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *,
     tc = plan["toolchain"]
     target = targetmod.resolve(target_name, compiler_version=tc.get("version", f"{tc['llvm_major']}.0.0"),
                                family=tc["family"])
+    major = toolchain_major(tc["llvm_major"])
     for note in target.notes:
         proc.log(f"bake: {note}", quiet=quiet)
     tag = node_tag(ref, plan, target) + ("-slim" if slim else "")
@@ -247,71 +355,75 @@ def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *,
     if output is None:
         existing = reg.head_manifest(ref.repository, tag)
         if existing:
-            made_from = json.loads(reg.get_manifest(ref.repository, existing)[0]).get("annotations", {}) \
-                .get(f"{ANN}.ir.digest")
+            made_from = _json_object(reg.get_manifest(ref.repository, existing)[0], f"the manifest of {node}") \
+                .get("annotations", {}).get(f"{ANN}.ir.digest")
             if made_from in (None, digest):
                 proc.log(f"bake: {node} exists, reusing it", quiet=quiet)
                 return BakeImageResult(f"{node}@{existing}", existing, target.to_json(), True,
                                        time.monotonic() - t0)
-            proc.log(f"bake: {node} was baked from another IR ({made_from[:19]}…): baking it again", quiet=quiet)
+            proc.log(f"bake: {node} was baked from another IR ({str(made_from)[:19]}…): baking it again", quiet=quiet)
+    base_image = _slim_base(reg, ref, digest, tls) if slim else None
     proc.log(f"bake: pulling {ref.repository}@{digest[:19]}…", quiet=quiet)
-    pinned = str(ref.with_digest(digest))
-    image = engine.pull(pinned, tls_verify=tls)
-    inside = engine.read_file(image, f"{BUNDLE_DIR}/plan.json")
-    if hashlib.sha256(inside).digest() != hashlib.sha256(plan_bytes).digest():
-        raise PlanRefused("plan refused: the IR image's plan differs from the plan artifact attached to it")
+    image = engine.pull(str(ref.with_digest(digest)), tls_verify=tls)
     _remove_stale_containers(engine)
     work = Path(tempfile.mkdtemp(prefix="bakery-node-"))
     try:
-        outdir = output.resolve() if output else work / "out"
-        outdir.mkdir(parents=True, exist_ok=True)
+        export_bundle(engine, image, plan_bytes, work / "bundle")
+        tool_name, tool_id = trusted_toolchain(engine, ref.registry, major, quiet=quiet, tls=tls)
+        _copy_package("bakery", work / "lib")
+        _copy_package("archspec", work / "lib")
+        out = work / "out"
+        out.mkdir()
+        os.chown(out, 65534, 65534) if os.geteuid() == 0 else out.chmod(0o777)
         argv = ["python3", "-m", "bakery", "bake", BUNDLE_DIR, "--target", target.name,
                 "--output", "/bakery/out", "--jobs", str(jobs or os.cpu_count() or 1), "-q"]
-        volumes = [(str(outdir), "/bakery/out")]
-        bake_image, where = image, "the image's LLVM"
-        if tc["family"] != FAMILY_OF_ARCH[ARCH_OF_PLATFORM[host_platform()]]:
-            # Off-node: another ISA's IR image has no toolchain that runs here. Bake
-            # its bundle in this machine's LLVM image (same major, cross sysroot).
-            engine.export_dir(image, BUNDLE_DIR, work / "bundle")
-            if hashlib.sha256((work / "bundle" / "plan.json").read_bytes()).digest() != hashlib.sha256(plan_bytes).digest():
-                raise PlanRefused("plan refused: the IR image's plan differs from the plan artifact attached to it")
-            bases = basemod.ensure(engine, ref.registry, tc["llvm_major"], quiet=quiet, tls_verify=tls, push=False)
-            _copy_package("bakery", work / "lib")
-            _copy_package("archspec", work / "lib")
-            volumes += [(str(work / "bundle"), BUNDLE_DIR), (str(work / "lib"), "/opt/bakery/lib")]
-            bake_image, where = bases.llvm, f"cross, in {bases.llvm}"
-        ctr = engine.from_image(bake_image, name=_container_name("bake"))
+        volumes = [(str(work / "bundle"), BUNDLE_DIR, "ro"), (str(work / "lib"), "/opt/bakery/lib", "ro"),
+                   (str(out), "/bakery/out")]
+        ctr = engine.from_image(tool_id, name=_container_name("bake"))
         try:
-            proc.log(f"bake: baking {ref.repository}@{digest[:19]}… for {target.name} ({where})", quiet=quiet)
-            engine.run(ctr, argv, volumes=volumes, env={"PYTHONPATH": "/opt/bakery/lib"}, log=work / "bake.log")
+            where = "cross, " if tc["family"] != FAMILY_OF_ARCH[ARCH_OF_PLATFORM[host_platform()]] else ""
+            proc.log(f"bake: baking {ref.repository}@{digest[:19]}… for {target.name} ({where}in {tool_name})",
+                     quiet=quiet)
+            engine.run(ctr, argv, volumes=volumes, env={"PYTHONPATH": "/opt/bakery/lib", "HOME": "/tmp"},
+                       log=work / "bake.log", sandbox=True, timeout=limit)
         except CommandFailed as e:
             if e.returncode == PlanRefused.exit_code:  # the bake inside refused the image's bundle
                 why = [l for l in e.output.splitlines() if "refused" in l] or ["see the bake log"]
-                raise PlanRefused(f"the IR image was refused by the bake inside it: {why[-1].removeprefix('bakery: error: ')}") from None
+                raise PlanRefused(f"the IR image was refused by the bake: {why[-1].removeprefix('bakery: error: ')}") from None
             raise
         finally:
             engine.remove(ctr)
-        outputs = sorted(p.name for p in outdir.iterdir())
+        installs = [link["install"] for link in plan["links"]]
+        staged = safefs.stage_outputs(out, installs, work / "stage")
+        outputs = sorted(installs)
         if output is not None:
-            return BakeImageResult(str(outdir), "", target.to_json(), False, time.monotonic() - t0, outputs=outputs)
-        base_image = image
+            output = output.resolve()
+            output.mkdir(parents=True, exist_ok=True)
+            for f in staged:
+                tmp = output / f".{f.name}.tmp"
+                shutil.copyfile(f, tmp)
+                tmp.chmod(0o755)
+                os.replace(tmp, output / f.name)  # a reader never sees half a binary
+            return BakeImageResult(str(output), "", target.to_json(), False, time.monotonic() - t0, outputs=outputs)
         if slim:
-            base_image = plan_runtime_base(engine, image, tls)
-            missing = slim_missing_libraries(engine, base_image, outdir)
+            assert base_image is not None
+            if not engine.exists(base_image):
+                engine.pull(base_image, tls_verify=tls and not oci.is_loopback(oci.Ref.parse(base_image).registry))
+            missing = slim_missing_libraries(engine, base_image, work / "stage")
             if missing:
                 raise BakeryError(
                     f"--slim: the runtime base {base_image} lacks {', '.join(missing)}, which the baked "
                     f"outputs ({', '.join(outputs)}) load",
                     "bake without --slim (the node tag then sits on the IR image, which has the toolchain's "
                     "libraries and the recipe's packages), or give the recipe a runtime.base that has them")
-        ctr = engine.from_image(base_image, name=_container_name("commit"))
+        ctr = engine.from_image(base_image or image, name=_container_name("commit"))
         try:
-            for name in outputs:
-                engine.copy(ctr, outdir / name, f"{BIN_DIR}/{name}")
+            engine.copy(ctr, work / "stage", BIN_DIR)
             entry = plan["recipe"].get("entrypoint") or []
             engine.configure(ctr, entrypoint=[f"{BIN_DIR}/{entry[0]}", *entry[1:]] if entry else None,
                              annotations={f"{ANN}.target": target.name, f"{ANN}.target.flags": " ".join(target.flags),
-                                          f"{ANN}.ir.digest": digest, "org.opencontainers.image.base.name": str(ref),
+                                          f"{ANN}.ir.digest": digest, f"{ANN}.toolchain.image": tool_id,
+                                          "org.opencontainers.image.base.name": str(ref),
                                           "org.opencontainers.image.base.digest": digest},
                              labels={f"{ANN}.target": target.name})
             if not push:
@@ -372,12 +484,52 @@ def slim_missing_libraries(engine: ContainerEngine, base_image: str, outdir: Pat
     return sorted(n for n in needed - shipped if n.encode() + b"\0" not in cache)
 
 
-def plan_runtime_base(engine: ContainerEngine, image: str, tls: bool) -> str:
-    info = engine.inspect(image)
-    base = (info.get("ImageAnnotations") or {}).get(f"{ANN}.runtime.base") or \
-        (info.get("OCIv1", {}).get("config", {}).get("Labels") or {}).get(f"{ANN}.runtime.base")
-    if not base:
+def _layers(reg: oci.Registry, repo: str, ref: str, what: str) -> list[str]:
+    """Layer digests of a manifest (an index: the host platform's entry)."""
+    data, mt, _ = reg.get_manifest(repo, ref)
+    doc = _json_object(data, what)
+    if mt in (oci.INDEX, oci.DOCKER_LIST):
+        arch = ARCH_OF_PLATFORM[host_platform()]
+        for m in doc.get("manifests") if isinstance(doc.get("manifests"), list) else []:
+            if isinstance(m, dict) and isinstance(m.get("platform"), dict) and \
+                    m["platform"].get("architecture") == arch and isinstance(m.get("digest"), str):
+                return _layers(reg, repo, m["digest"], what)
+        raise BakeryError(f"{what} has no {arch} image")
+    layers = doc.get("layers")
+    if not isinstance(layers, list) or not all(isinstance(l, dict) and isinstance(l.get("digest"), str)
+                                               for l in layers):
+        raise PlanRefused(f"{what} is not an image manifest")
+    return [l["digest"] for l in layers]
+
+
+def _slim_base(reg: oci.Registry, ref: oci.Ref, digest: str, tls: bool) -> str:
+    """The runtime base a slim node tag sits on, as named by the IR image, accepted only when
+    the IR image's own layers begin with the base's layers: the image already holds that base,
+    so naming another (a private image serve's credentials can read) copies nothing out."""
+    data, _, _ = reg.get_manifest(ref.repository, digest)
+    manifest = _json_object(data, f"the manifest of {ref}")
+    ann = manifest.get("annotations")
+    base = ann.get(f"{ANN}.runtime.base") if isinstance(ann, dict) else None
+    config = manifest.get("config")
+    if not base and isinstance(config, dict) and isinstance(config.get("digest"), str):
+        # Engines without manifest annotations (the Docker API) keep it as the image's label.
+        cfg = _json_object(reg.get_blob(ref.repository, config["digest"]), f"the config of {ref}").get("config")
+        labels = cfg.get("Labels") if isinstance(cfg, dict) else None
+        base = labels.get(f"{ANN}.runtime.base") if isinstance(labels, dict) else None
+    if not isinstance(base, str) or not base:
         raise BakeryError("the IR image does not say which runtime base it has", "bake without --slim")
-    if not engine.exists(base):
-        engine.pull(base, tls_verify=tls and not oci.is_loopback(oci.Ref.parse(base).registry))
-    return base
+    try:
+        bref = oci.Ref.parse(base)
+    except BakeryError as e:
+        raise PlanRefused(f"--slim refused: the IR image names the runtime base {base[:200]!r}: {e.message}") from None
+    ir_layers = _layers(reg, ref.repository, digest, f"the IR image {ref}")
+    breg = reg if bref.registry == ref.registry else \
+        oci.Registry(bref.registry, tls_verify=tls and not oci.is_loopback(bref.registry))
+    try:
+        base_layers = _layers(breg, bref.repository, bref.reference, f"the runtime base {base}")
+    except BakeryError:
+        base_layers = []
+    if not base_layers or ir_layers[:len(base_layers)] != base_layers:
+        raise PlanRefused(f"--slim refused: the IR image does not sit on the runtime base it names ({base[:200]})",
+                          "a slim node tag is made only on the base the IR image was built from")
+    return str(bref)

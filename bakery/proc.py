@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
@@ -79,24 +81,32 @@ def stream(
     log: Path | None = None,
     on_line: Callable[[str], None] | None = None,
     check: bool = True,
+    timeout: float | None = None,
 ) -> int:
     """Run a long command, sending each output line to ``log`` and ``on_line``.
 
     Keeps the last lines in memory for the error message; stdin is closed so
-    that a build never waits for input.
+    that a build never waits for input. With ``timeout``, the command's process
+    group is sent SIGTERM after that many seconds (``buildah run`` then stops its
+    container), SIGKILL 10 s later, and CommandFailed says it timed out.
     """
     argv = [os.fspath(a) for a in argv]
     tail: deque[str] = deque(maxlen=40)
     logf = open(log, "a", encoding="utf-8", errors="replace") if log else None
+    timer = None
+    expired = threading.Event()
     try:
         try:
             proc = subprocess.Popen(
                 argv, cwd=cwd, env=None if env is None else dict(env),
                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                text=True, errors="replace", bufsize=1,
+                text=True, errors="replace", bufsize=1, start_new_session=timeout is not None,
             )
         except FileNotFoundError:
             raise BakeryError(f"{argv[0]} not found", _install_hint(argv[0])) from None
+        if timeout is not None:
+            timer = threading.Thread(target=_stop_after, args=(proc, timeout, expired), daemon=True)
+            timer.start()
         assert proc.stdout is not None
         for line in proc.stdout:
             tail.append(line.rstrip("\n"))
@@ -108,10 +118,35 @@ def stream(
     finally:
         if logf:
             logf.close()
+        if timer is not None and proc.poll() is None:
+            _kill_group(proc, signal.SIGKILL)
+    if expired.is_set():
+        raise CommandFailed(argv, rc, "\n".join([*tail, f"stopped: it ran longer than its time limit of {timeout:g} s"]))
     if check and rc != 0:
         hint = f"full log: {log}" if log else None
         raise CommandFailed(argv, rc, "\n".join(tail), hint)
     return rc
+
+
+def _kill_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _stop_after(proc: subprocess.Popen, timeout: float, expired: threading.Event) -> None:
+    try:
+        proc.wait(timeout)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    expired.set()
+    _kill_group(proc, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc, signal.SIGKILL)
 
 
 def _install_hint(tool: str) -> str | None:

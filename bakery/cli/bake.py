@@ -15,8 +15,10 @@ def setup_parser(sub, parent):
                     "target known, generate code and link with the captured link lines.\n\n"
                     "SOURCE is a bundle directory (from 'bakery capture'; needs --output) or an IR image "
                     "reference (from 'bakery build'). For an image, the node tag <tag>-<target> is reused when "
-                    "it exists; otherwise the bake runs inside the IR image with its own toolchain and the "
-                    "outputs are committed as one new layer and pushed as that tag.\n\n"
+                    "it exists; otherwise the image's bundle is exported as data (nothing of the image runs), "
+                    "baked in bakery's own toolchain image (no network, no capabilities, user nobody, "
+                    "--timeout), and the plan's outputs are committed as one new layer on the IR image and "
+                    "pushed as that tag (docs/security.md).\n\n"
                     "TARGET is 'native' (archspec detection) or an archspec name such as x86_64_v3, zen4, "
                     "skylake_avx512, neoverse_v1; one the toolchain cannot express is clamped to its closest "
                     "supported ancestor, with a note. The plan is untrusted input: it is validated and every "
@@ -34,6 +36,8 @@ def setup_parser(sub, parent):
     p.add_argument("--no-push", dest="push", action="store_false", default=True,
                    help="image: commit locally, do not push the node tag")
     p.add_argument("--keep", action="store_true", help="bundle: keep the bake's work tree")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                   help="image: stop a bake that runs longer (default $BAKERY_BAKE_TIMEOUT, else 7200)")
     common.registry_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     return p
@@ -78,6 +82,6 @@ def _bake_image(args) -> int:
     registry = args.registry or (None if oci.names_registry(args.source) else registrymod.default_registry(quiet=args.quiet))
     res = imagemod.bake(args.source, enginemod.get(args.engine), registry, args.target, push=args.push,
                         slim=args.slim, output=args.output, jobs=args.jobs, quiet=args.quiet,
-                        tls_verify=args.tls_verify)
+                        tls_verify=args.tls_verify, timeout=args.timeout)
     print(json.dumps(res.to_json(), indent=1) if args.json else res.ref)
     return 0
