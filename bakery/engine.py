@@ -347,7 +347,16 @@ def _automatic() -> str:
 
 def get(name: str | None = None) -> ContainerEngine:
     name = name or os.environ.get("BAKERY_ENGINE") or _automatic()
+    if name == "none":
+        raise BakeryError("this command needs a container engine ('none' is for bake IMAGE and serve)",
+                          "use --engine buildah or docker")
     try:
         return ENGINES[name]()
     except KeyError:
         raise BakeryError(f"unknown container engine {name!r}", f"known engines: {', '.join(sorted(ENGINES))}") from None
+
+
+def get_or_none(name: str | None = None) -> ContainerEngine | None:
+    """``none``: no container engine; bakes go through the registry's API alone (bakery/direct.py)."""
+    name = name or os.environ.get("BAKERY_ENGINE")
+    return None if name == "none" else get(name)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -32,6 +33,7 @@ from . import target as targetmod
 from .engine import ContainerEngine
 from .errors import BakeryError, CommandFailed, PlanRefused
 
+log = logging.getLogger(__name__)
 BUNDLE_DIR = "/bakery/bundle"
 BIN_DIR = "/usr/local/bin"
 ANN = "dev.bakery"
@@ -137,7 +139,7 @@ def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = N
                          annotations=_annotations(recipe, bases, llvm, inputs) | {f"{ANN}.platform": platform},
                          on_line=None if quiet else _build_progress())
         plan_bytes = engine.read_file(image, f"{BUNDLE_DIR}/plan.json")
-        planmod.validate(json.loads(plan_bytes))
+        planmod.parse(plan_bytes, f"{image}:{BUNDLE_DIR}/plan.json")
         built.append((platform, image, plan_bytes))
     if not push:
         return BuildResult(str(ref), "", oci.sha256(built[0][2]), "", time.monotonic() - t0)
@@ -158,7 +160,7 @@ def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = N
     for platform, _, plan_bytes in built:
         sub = targets[platform]
         data, mt, _ = reg.get_manifest(ref.repository, sub)
-        plan = json.loads(plan_bytes)
+        plan = planmod.parse(plan_bytes)
         with tempfile.TemporaryDirectory() as tmp:
             p = Path(tmp) / "plan.json"
             p.write_bytes(plan_bytes)
@@ -202,17 +204,6 @@ class BakeImageResult:
         return self.__dict__.copy()
 
 
-def _json_object(data: bytes, what: str) -> dict:
-    """A registry's answer as a JSON object, or a one-line refusal (the registry is untrusted)."""
-    try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise PlanRefused(f"{what} is not JSON") from None
-    if not isinstance(doc, dict):
-        raise PlanRefused(f"{what} is not a JSON object")
-    return doc
-
-
 def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tuple[str, dict, bytes]:
     """(IR manifest digest, verified plan, plan bytes); from an index, the ``family``'s image."""
     digest = ref.digest or reg.head_manifest(ref.repository, ref.tag)
@@ -221,7 +212,7 @@ def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tu
     data, mt, _ = reg.get_manifest(ref.repository, digest)
     if mt in (oci.INDEX, oci.DOCKER_LIST):
         family = family or FAMILY_OF_ARCH.get(ARCH_OF_PLATFORM[host_platform()])
-        index = _json_object(data, f"the index {ref}")
+        index = oci.json_object(data, f"the index {ref}")
         entries = {}
         for m in index.get("manifests") if isinstance(index.get("manifests"), list) else []:
             plat = m.get("platform") if isinstance(m, dict) else None
@@ -232,11 +223,7 @@ def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tu
                               f"it has: {', '.join(sorted(k for k in entries if k))}; build with --platform")
         digest = entries[family]
     plan_bytes, _ = oci.fetch_plan(reg, ref.repository, digest)
-    try:
-        plan = json.loads(plan_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise PlanRefused("plan refused: the plan artifact is not JSON") from None
-    planmod.validate(plan)
+    plan = planmod.parse(plan_bytes, "the plan artifact")
     return digest, plan, plan_bytes
 
 
@@ -317,6 +304,21 @@ def trusted_toolchain(engine: ContainerEngine, registry: str, llvm_major: int, *
     return b.llvm, engine.image_id(b.llvm)
 
 
+def _with_packages(engine: ContainerEngine, tool_id: str, major: int, packages: list[str], *, quiet: bool,
+                   tls: bool) -> tuple[str, str]:
+    """The toolchain image plus the Debian packages the plan links against (made once per set)."""
+    key = hashlib.sha256(" ".join([tool_id, *sorted(packages)]).encode()).hexdigest()[:12]
+    name = f"localhost/bakery/llvm-packages:{major}-{key}"
+    if not engine.exists(name):
+        proc.log(f"bake: adding {' '.join(packages)} to the toolchain image (once)", quiet=quiet)
+        with tempfile.TemporaryDirectory(prefix="bakery-pkgs-") as ctx:
+            cf = Path(ctx) / "Containerfile"
+            cf.write_text(templates.render_file("Containerfiles/packages.Containerfile.j2", base=tool_id,
+                                                packages=sorted(packages)))
+            engine.build(containerfile=cf, context=Path(ctx), tag=name, tls_verify=tls, log=Path(ctx) / "build.log")
+    return name, engine.image_id(name)
+
+
 def export_bundle(engine: ContainerEngine, image: str, plan_bytes: bytes, dest: Path) -> None:
     """The IR image's bundle, as data, checked against the plan artifact before anything else."""
     engine.export_dir(image, BUNDLE_DIR, dest, limits=safefs.Limits())
@@ -329,7 +331,76 @@ def export_bundle(engine: ContainerEngine, image: str, plan_bytes: bytes, dest: 
     planmod.load(dest)  # schema, allow-lists, confinement, on the host, before the bake container starts
 
 
-def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *, push: bool = True,
+def _bake_in_engine(engine: ContainerEngine, ref: oci.Ref, digest: str, image: str, plan_bytes: bytes, tc: dict,
+                    target: targetmod.Target, major: int, work: Path, out: Path, jobs: int, limit: float,
+                    quiet: bool, tls: bool) -> str:
+    """The bundle exported from ``image`` as data, baked in bakery's toolchain image, sandboxed;
+    returns the toolchain image's id."""
+    export_bundle(engine, image, plan_bytes, work / "bundle")
+    tool_name, tool_id = trusted_toolchain(engine, ref.registry, major, quiet=quiet, tls=tls)
+    packages = planmod.parse(plan_bytes).get("recipe", {}).get("packages") or []
+    if packages:
+        tool_name, tool_id = _with_packages(engine, tool_id, major, packages, quiet=quiet, tls=tls)
+    _copy_package("bakery", work / "lib")
+    _copy_package("archspec", work / "lib")
+    out.mkdir()
+    os.chown(out, 65534, 65534) if os.geteuid() == 0 else out.chmod(0o777)
+    argv = ["python3", "-m", "bakery", "bake", BUNDLE_DIR, "--target", target.name,
+            "--output", "/bakery/out", "--jobs", str(jobs or os.cpu_count() or 1), "-q"]
+    volumes = [(str(work / "bundle"), BUNDLE_DIR, "ro"), (str(work / "lib"), "/opt/bakery/lib", "ro"),
+               (str(out), "/bakery/out")]
+    ctr = engine.from_image(tool_id, name=_container_name("bake"))
+    try:
+        where = "cross, " if tc["family"] != FAMILY_OF_ARCH[ARCH_OF_PLATFORM[host_platform()]] else ""
+        proc.log(f"bake: baking {ref.repository}@{digest[:19]}… for {target.name} ({where}in {tool_name})",
+                 quiet=quiet)
+        engine.run(ctr, argv, volumes=volumes, env={"PYTHONPATH": "/opt/bakery/lib", "HOME": "/tmp"},
+                   log=work / "bake.log", sandbox=True, timeout=limit)
+    except CommandFailed as e:
+        _refused_inside(e)
+        raise
+    finally:
+        engine.remove(ctr)
+    return tool_id
+
+
+def _bake_here(reg: oci.Registry, ref: oci.Ref, digest: str, plan_bytes: bytes, target: targetmod.Target,
+               major: int, work: Path, out: Path, jobs: int, limit: float, quiet: bool) -> str:
+    """``--engine none``: the bundle read from the layer blobs, baked with this machine's LLVM, which
+    must be bakery's own container (a pod); returns a name for that toolchain."""
+    from . import direct
+
+    tc = direct.toolchain_here(major)
+    if not direct.in_container():
+        log.warning("bake: --engine none on a host: the bake's compiler runs unconfined here (run bakery in "
+                    "its own container for that, or use a container engine)")
+    proc.log(f"bake: reading the bundle of {ref.repository}@{digest[:19]}… from its layers", quiet=quiet)
+    direct.export_bundle(reg, ref.repository, digest, BUNDLE_DIR, work / "bundle")
+    if hashlib.sha256((work / "bundle" / "plan.json").read_bytes()).digest() != hashlib.sha256(plan_bytes).digest():
+        raise PlanRefused("plan refused: the IR image's plan differs from the plan artifact attached to it")
+    planmod.load(work / "bundle")
+    proc.log(f"bake: baking {ref.repository}@{digest[:19]}… for {target.name} (this machine's LLVM {major})",
+             quiet=quiet)
+    import sys
+
+    argv = [sys.executable, "-m", "bakery", "-q", "bake", str(work / "bundle"), "--target", target.name,
+            "--output", str(out), "--jobs", str(jobs or os.cpu_count() or 1)]
+    env = proc.env_with({"BAKERY_LLVM_VERSION": str(major)})
+    try:
+        proc.stream(argv, cwd=work, env=env, log=work / "bake.log", timeout=limit)
+    except CommandFailed as e:
+        _refused_inside(e)
+        raise
+    return f"llvm-{tc.version}@{os.uname().nodename}"
+
+
+def _refused_inside(e: CommandFailed) -> None:
+    if e.returncode == PlanRefused.exit_code:  # the bake refused the image's bundle
+        why = [l for l in e.output.splitlines() if "refused" in l] or ["see the bake log"]
+        raise PlanRefused(f"the IR image was refused by the bake: {why[-1].removeprefix('bakery: error: ')}") from None
+
+
+def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: str, *, push: bool = True,
          slim: bool = False, output: Path | None = None, jobs: int = 0, quiet: bool = False,
          tls_verify: bool | None = None, timeout: float | None = None) -> BakeImageResult:
     """Bake a node tag (or, with ``output``, the binaries alone) from an IR image.
@@ -355,44 +426,29 @@ def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *,
     if output is None:
         existing = reg.head_manifest(ref.repository, tag)
         if existing:
-            made_from = _json_object(reg.get_manifest(ref.repository, existing)[0], f"the manifest of {node}") \
-                .get("annotations", {}).get(f"{ANN}.ir.digest")
+            ann = oci.json_object(reg.get_manifest(ref.repository, existing)[0], f"the manifest of {node}") \
+                .get("annotations")
+            made_from = ann.get(f"{ANN}.ir.digest") if isinstance(ann, dict) else None
             if made_from in (None, digest):
                 proc.log(f"bake: {node} exists, reusing it", quiet=quiet)
                 return BakeImageResult(f"{node}@{existing}", existing, target.to_json(), True,
                                        time.monotonic() - t0)
             proc.log(f"bake: {node} was baked from another IR ({str(made_from)[:19]}…): baking it again", quiet=quiet)
     base_image = _slim_base(reg, ref, digest, tls) if slim else None
-    proc.log(f"bake: pulling {ref.repository}@{digest[:19]}…", quiet=quiet)
-    image = engine.pull(str(ref.with_digest(digest)), tls_verify=tls)
-    _remove_stale_containers(engine)
+    if engine is None and not push and output is None:
+        raise BakeryError("--no-push needs a container engine to commit to", "use --engine buildah or docker")
     work = Path(tempfile.mkdtemp(prefix="bakery-node-"))
     try:
-        export_bundle(engine, image, plan_bytes, work / "bundle")
-        tool_name, tool_id = trusted_toolchain(engine, ref.registry, major, quiet=quiet, tls=tls)
-        _copy_package("bakery", work / "lib")
-        _copy_package("archspec", work / "lib")
         out = work / "out"
-        out.mkdir()
-        os.chown(out, 65534, 65534) if os.geteuid() == 0 else out.chmod(0o777)
-        argv = ["python3", "-m", "bakery", "bake", BUNDLE_DIR, "--target", target.name,
-                "--output", "/bakery/out", "--jobs", str(jobs or os.cpu_count() or 1), "-q"]
-        volumes = [(str(work / "bundle"), BUNDLE_DIR, "ro"), (str(work / "lib"), "/opt/bakery/lib", "ro"),
-                   (str(out), "/bakery/out")]
-        ctr = engine.from_image(tool_id, name=_container_name("bake"))
-        try:
-            where = "cross, " if tc["family"] != FAMILY_OF_ARCH[ARCH_OF_PLATFORM[host_platform()]] else ""
-            proc.log(f"bake: baking {ref.repository}@{digest[:19]}… for {target.name} ({where}in {tool_name})",
-                     quiet=quiet)
-            engine.run(ctr, argv, volumes=volumes, env={"PYTHONPATH": "/opt/bakery/lib", "HOME": "/tmp"},
-                       log=work / "bake.log", sandbox=True, timeout=limit)
-        except CommandFailed as e:
-            if e.returncode == PlanRefused.exit_code:  # the bake inside refused the image's bundle
-                why = [l for l in e.output.splitlines() if "refused" in l] or ["see the bake log"]
-                raise PlanRefused(f"the IR image was refused by the bake: {why[-1].removeprefix('bakery: error: ')}") from None
-            raise
-        finally:
-            engine.remove(ctr)
+        if engine is None:
+            tool_id = _bake_here(reg, ref, digest, plan_bytes, target, major, work, out, jobs, limit, quiet)
+            image = ""
+        else:
+            proc.log(f"bake: pulling {ref.repository}@{digest[:19]}…", quiet=quiet)
+            image = engine.pull(str(ref.with_digest(digest)), tls_verify=tls)
+            _remove_stale_containers(engine)
+            tool_id = _bake_in_engine(engine, ref, digest, image, plan_bytes, tc, target, major, work, out, jobs,
+                                      limit, quiet, tls)
         installs = [link["install"] for link in plan["links"]]
         staged = safefs.stage_outputs(out, installs, work / "stage")
         outputs = sorted(installs)
@@ -405,6 +461,27 @@ def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *,
                 tmp.chmod(0o755)
                 os.replace(tmp, output / f.name)  # a reader never sees half a binary
             return BakeImageResult(str(output), "", target.to_json(), False, time.monotonic() - t0, outputs=outputs)
+        annotations = {f"{ANN}.target": target.name, f"{ANN}.target.flags": " ".join(target.flags),
+                       f"{ANN}.ir.digest": digest, f"{ANN}.toolchain.image": tool_id,
+                       "org.opencontainers.image.base.name": str(ref), "org.opencontainers.image.base.digest": digest}
+        entry = plan["recipe"].get("entrypoint") or []
+        entrypoint = [f"{BIN_DIR}/{entry[0]}", *entry[1:]] if entry else None
+        if engine is None:
+            from . import direct
+
+            base_reg, base_repo, base_digest = reg, ref.repository, digest
+            if slim:
+                assert base_image is not None
+                bref = oci.Ref.parse(base_image)
+                base_reg = reg if bref.registry == ref.registry else \
+                    oci.Registry(bref.registry, tls_verify=tls and not oci.is_loopback(bref.registry))
+                base_repo, base_digest = bref.repository, _platform_digest(base_reg, bref)
+            proc.log(f"bake: pushing {node} (one layer, through the registry API)", quiet=quiet)
+            new_digest = direct.push_node(reg, ref.repository, base_repo, base_digest, staged, tag, bindir=BIN_DIR,
+                                          entrypoint=entrypoint, annotations=annotations,
+                                          labels={f"{ANN}.target": target.name}, base_reg=base_reg)
+            return BakeImageResult(f"{node}@{new_digest}", new_digest, target.to_json(), False,
+                                   time.monotonic() - t0, outputs=outputs)
         if slim:
             assert base_image is not None
             if not engine.exists(base_image):
@@ -419,13 +496,7 @@ def bake(text: str, engine: ContainerEngine, registry: str, target_name: str, *,
         ctr = engine.from_image(base_image or image, name=_container_name("commit"))
         try:
             engine.copy(ctr, work / "stage", BIN_DIR)
-            entry = plan["recipe"].get("entrypoint") or []
-            engine.configure(ctr, entrypoint=[f"{BIN_DIR}/{entry[0]}", *entry[1:]] if entry else None,
-                             annotations={f"{ANN}.target": target.name, f"{ANN}.target.flags": " ".join(target.flags),
-                                          f"{ANN}.ir.digest": digest, f"{ANN}.toolchain.image": tool_id,
-                                          "org.opencontainers.image.base.name": str(ref),
-                                          "org.opencontainers.image.base.digest": digest},
-                             labels={f"{ANN}.target": target.name})
+            engine.configure(ctr, entrypoint=entrypoint, annotations=annotations, labels={f"{ANN}.target": target.name})
             if not push:
                 local = f"localhost/bakery-node/{ref.repository}:{tag}"
                 engine.commit(ctr, local)
@@ -487,7 +558,7 @@ def slim_missing_libraries(engine: ContainerEngine, base_image: str, outdir: Pat
 def _layers(reg: oci.Registry, repo: str, ref: str, what: str) -> list[str]:
     """Layer digests of a manifest (an index: the host platform's entry)."""
     data, mt, _ = reg.get_manifest(repo, ref)
-    doc = _json_object(data, what)
+    doc = oci.json_object(data, what)
     if mt in (oci.INDEX, oci.DOCKER_LIST):
         arch = ARCH_OF_PLATFORM[host_platform()]
         for m in doc.get("manifests") if isinstance(doc.get("manifests"), list) else []:
@@ -502,18 +573,30 @@ def _layers(reg: oci.Registry, repo: str, ref: str, what: str) -> list[str]:
     return [l["digest"] for l in layers]
 
 
+def _platform_digest(reg: oci.Registry, ref: oci.Ref) -> str:
+    """The manifest digest of ``ref`` for this host's platform (an index: its entry)."""
+    data, mt, digest = reg.get_manifest(ref.repository, ref.reference)
+    if mt not in (oci.INDEX, oci.DOCKER_LIST):
+        return digest
+    arch = ARCH_OF_PLATFORM[host_platform()]
+    for m in oci.descriptors(oci.json_object(data, f"the index {ref}").get("manifests"), f"the index {ref}"):
+        if isinstance(m.get("platform"), dict) and m["platform"].get("architecture") == arch:
+            return m["digest"]
+    raise BakeryError(f"{ref} has no {arch} image")
+
+
 def _slim_base(reg: oci.Registry, ref: oci.Ref, digest: str, tls: bool) -> str:
     """The runtime base a slim node tag sits on, as named by the IR image, accepted only when
     the IR image's own layers begin with the base's layers: the image already holds that base,
     so naming another (a private image serve's credentials can read) copies nothing out."""
     data, _, _ = reg.get_manifest(ref.repository, digest)
-    manifest = _json_object(data, f"the manifest of {ref}")
+    manifest = oci.json_object(data, f"the manifest of {ref}")
     ann = manifest.get("annotations")
     base = ann.get(f"{ANN}.runtime.base") if isinstance(ann, dict) else None
     config = manifest.get("config")
     if not base and isinstance(config, dict) and isinstance(config.get("digest"), str):
         # Engines without manifest annotations (the Docker API) keep it as the image's label.
-        cfg = _json_object(reg.get_blob(ref.repository, config["digest"]), f"the config of {ref}").get("config")
+        cfg = oci.json_object(reg.get_blob(ref.repository, config["digest"]), f"the config of {ref}").get("config")
         labels = cfg.get("Labels") if isinstance(cfg, dict) else None
         base = labels.get(f"{ANN}.runtime.base") if isinstance(labels, dict) else None
     if not isinstance(base, str) or not base:

@@ -262,6 +262,24 @@ class Registry:
             raise PlanRefused(f"blob {digest} does not match its digest: refused")
         return data
 
+    def download_blob(self, repo: str, digest: str, out, max_size: int) -> int:
+        """Stream a blob into the binary file ``out``, checking its size bound and its digest."""
+        self._container(repo, digest)
+        r = self._request("GET", self._url(repo, "blobs", digest), stream=True)
+        if r.status_code != 200:
+            self._fail(r, f"GET blob {digest[:19]}")
+        h, n = hashlib.sha256(), 0
+        for chunk in r.iter_content(1 << 20):
+            n += len(chunk)
+            if n > max_size:
+                r.close()
+                raise PlanRefused(f"blob {digest} is larger than {max_size} bytes")
+            h.update(chunk)
+            out.write(chunk)
+        if "sha256:" + h.hexdigest() != digest:
+            raise PlanRefused(f"blob {digest} does not match its digest: refused")
+        return n
+
     def push_blob(self, repo: str, path: Path, media_type: str) -> dict:
         data = path.read_bytes()
         desc = {"mediaType": media_type, "digest": sha256(data), "size": len(data)}

@@ -141,31 +141,44 @@ def _copy_dir(src: int, dest: int, rel: str, budget: _Budget, depth: int) -> Non
             raise PlanRefused(f"{what}: {sub} is a device, FIFO or socket: refused")
 
 
-def extract_tar(fileobj: IO[bytes], dest: Path, *, strip: str = "", limits: Limits = Limits(),
-                what: str = "the IR image") -> int:
-    """Extract a tar stream (Docker's archive of a folder) to ``dest``, which must not exist:
-    regular files and folders only, names confined below ``strip`` (the archive's top
-    folder, removed). Returns the bytes written."""
+def extract_tar(fileobj: IO[bytes], dest: Path, *, strip: str = "", others: str = "refuse",
+                limits: Limits = Limits(), what: str = "the IR image") -> int:
+    """Extract a tar stream to ``dest``, which must not exist: regular files and folders only,
+    the members below the folder ``strip`` (a relative path such as ``bundle`` or
+    ``bakery/bundle``, removed from their names). Members elsewhere are refused
+    (``others="refuse"``: Docker's archive of one folder) or passed over (``"skip"``: an image
+    layer). Returns the bytes written."""
     budget = _Budget(limits, what)
+    top = PurePosixPath(strip) if strip else None
     dest.mkdir(parents=False)
-    with tarfile.open(fileobj=fileobj, mode="r|*") as tf:
+    try:
+        tf = tarfile.open(fileobj=fileobj, mode="r|*")
+    except tarfile.TarError as e:
+        raise PlanRefused(f"{what}: not a readable tar archive ({e})") from None
+    with tf:
         for m in tf:
-            p = PurePosixPath(m.name)
-            if p.is_absolute() or ".." in p.parts:
-                raise PlanRefused(f"{what}: archive member {m.name!r} leaves the folder: refused")
-            if strip:
-                if p.parts[:1] != (strip,):
-                    raise PlanRefused(f"{what}: archive member {m.name!r} is outside {strip}: refused")
-                p = PurePosixPath(*p.parts[1:]) if len(p.parts) > 1 else PurePosixPath(".")
+            p = PurePosixPath(m.name.removeprefix("./"))
+            if p.is_absolute() or ".." in p.parts or "\0" in m.name:
+                raise PlanRefused(f"{what}: archive member {m.name[:200]!r} leaves the folder: refused")
+            if top is not None:
+                if p != top and top not in p.parents:
+                    if others == "skip":
+                        continue
+                    raise PlanRefused(f"{what}: archive member {m.name[:200]!r} is outside {strip}: refused")
+                p = p.relative_to(top)
             if len(p.parts) > limits.max_depth:
-                raise PlanRefused(f"{what}: {m.name} is nested deeper than {limits.max_depth} folders")
+                raise PlanRefused(f"{what}: {m.name[:200]} is nested deeper than {limits.max_depth} folders")
+            if p.name.startswith(".wh."):
+                raise PlanRefused(f"{what}: {m.name[:200]} is a whiteout (a deleted file): refused")
             if m.isdir():
                 if str(p) != ".":
-                    _mkdirs_nofollow(dest, p.parts, what)
+                    os.close(_mkdirs_nofollow(dest, p.parts, what))
                 continue
             if not m.isreg():
                 kind = "a symlink" if m.issym() else "a hard link" if m.islnk() else "not a regular file"
-                raise PlanRefused(f"{what}: {m.name} is {kind}: refused (a bundle holds regular files only)")
+                raise PlanRefused(f"{what}: {m.name[:200]} is {kind}: refused (a bundle holds regular files only)")
+            if str(p) == ".":
+                raise PlanRefused(f"{what}: {strip} is a file, not a folder")
             budget.file(m.size, m.name)
             parent = _mkdirs_nofollow(dest, p.parts[:-1], what)
             try:
@@ -177,6 +190,8 @@ def extract_tar(fileobj: IO[bytes], dest: Path, *, strip: str = "", limits: Limi
                         os.write(out, data)
                 finally:
                     os.close(out)
+            except FileExistsError:
+                raise PlanRefused(f"{what}: {m.name[:200]} appears twice in the archive") from None
             finally:
                 os.close(parent)
     return budget.bytes

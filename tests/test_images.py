@@ -106,6 +106,45 @@ def test_slim_has_runtime_base_plus_one_layer(images, engine, registry):
     assert "pi = 3.14159" in run_in_image(engine, res.ref.split("@")[0], ["pi", "100000", "2"])
 
 
+def test_registry_only_bake_needs_no_engine(images, engine, registry):
+    """--engine none: the bundle from the layer blobs, the node layer pushed through the registry's
+    API. The tag is the IR image plus one layer and runs as a buildah-made one does; slim too."""
+    images.ir("pi")
+    res = imagemod.bake(f"{registry}/pi:1.0", None, registry, "haswell", quiet=True)
+    assert not res.reused and res.outputs == ["pi"]
+    ir = skopeo(f"{registry}/pi:1.0", raw=True)["layers"]
+    node = skopeo(f"{registry}/pi:1.0-haswell", raw=True)
+    assert [l["digest"] for l in node["layers"][:-1]] == [l["digest"] for l in ir]
+    assert node["annotations"]["dev.bakery.target"] == "haswell"
+    assert "pi = 3.14159" in run_in_image(engine, res.ref.split("@")[0], ["pi", "100000", "2"])
+    assert imagemod.bake(f"{registry}/pi:1.0", None, registry, "haswell", quiet=True).reused
+    slim = imagemod.bake(f"{registry}/pi:1.0", None, registry, "haswell", slim=True, quiet=True)
+    base = skopeo(f"{registry}/bakery/debian:bookworm", raw=True)["layers"]
+    assert [l["digest"] for l in skopeo(slim.ref.split("@")[0], raw=True)["layers"][:-1]] == [l["digest"] for l in base]
+    assert "pi = 3.14159" in run_in_image(engine, slim.ref.split("@")[0], ["pi", "100000", "2"])
+
+
+def test_runtime_packages_are_linked_in_the_trusted_toolchain(engine, registry, tmp_path):
+    """A plan that links a -dev package's library (zlib): the bake runs in bakery's toolchain image,
+    not the IR image that has the package, so the toolchain image gets the plan's packages (from
+    Debian, once per set) and the link finds -lz."""
+    from conftest import write_project
+
+    recipe_file = write_project(tmp_path, "zpi", {"z.c": """
+        #include <stdio.h>
+        #include <zlib.h>
+        int main(void) { printf("crc=%lu\\n", crc32(0L, (const unsigned char *)"bakery", 6)); return 0; }
+        """, "Makefile": "zpi: z.c\n\t$(CC) -O2 -o zpi z.c -lz\n"},
+        "build: {system: make}\noutputs: [zpi]\nruntime: {packages: [zlib1g-dev]}\nentrypoint: [zpi]\n")
+    from bakery import recipe as recipemod
+
+    built = imagemod.build(recipemod.load(recipe_file), engine, registry, quiet=True)
+    res = imagemod.bake(built.ref, engine, registry, "x86_64_v2", quiet=True)
+    import zlib
+
+    assert run_in_image(engine, res.ref.split("@")[0], ["zpi"]).strip() == f"crc={zlib.crc32(b'bakery')}"
+
+
 def test_tampered_plan_artifact_is_refused(images, engine, registry, tmp_path):
     res = images.ir("pi")
     reg = oci.Registry(registry)

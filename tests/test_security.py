@@ -125,6 +125,9 @@ def test_escape_program_in_the_ir_image_never_runs(images, engine, registry, esc
     manifest = json.loads(oci.Registry(registry).get_manifest("escape", res.digest)[0])
     tool = manifest["annotations"]["dev.bakery.toolchain.image"]
     assert tool == engine.image_id(imagemod.basemod.names(registry, 16).llvm)
+    # Through the registry's API alone (--engine none), the same.
+    res = imagemod.bake(ref, None, registry, "x86_64_v2", quiet=True)
+    assert not marker.exists() and res.outputs == ["pi"]
 
 
 def test_bundle_symlinked_to_a_host_folder_is_refused(images, engine, registry, tmp_path):
@@ -139,8 +142,9 @@ def test_bundle_symlinked_to_a_host_folder_is_refused(images, engine, registry, 
         (root / "bakery/bundle").symlink_to(secret)
 
     ref = hostile_image(engine, registry, images, "linkedbundle", edit=relink)
-    with pytest.raises(PlanRefused, match="symlink"):
-        imagemod.bake(ref, engine, registry, "x86_64", quiet=True)
+    for eng in (engine, None):
+        with pytest.raises(PlanRefused, match="symlink"):
+            imagemod.bake(ref, eng, registry, "x86_64", quiet=True)
     assert oci.Registry(registry).head_manifest("linkedbundle", "1.0-x86_64") is None
 
 
@@ -151,8 +155,9 @@ def test_symlink_inside_the_bundle_is_refused(images, engine, registry):
         bc.symlink_to("/etc/shadow")
 
     ref = hostile_image(engine, registry, images, "linkedbitcode", edit=link)
-    with pytest.raises(PlanRefused, match=r"bitcode/.*symlink"):
-        imagemod.bake(ref, engine, registry, "x86_64", quiet=True)
+    for eng in (engine, None):
+        with pytest.raises(PlanRefused, match=r"bitcode/.*symlink"):
+            imagemod.bake(ref, eng, registry, "x86_64", quiet=True)
 
 
 def test_bundle_over_the_size_limit_is_refused(tmp_path):
@@ -208,8 +213,9 @@ def test_slim_base_named_by_the_image_must_be_its_own(images, engine, registry):
     private = imagemod.basemod.names(registry, 16).remote(imagemod.basemod.names(registry, 16).build)
     ref = hostile_image(engine, registry, images, "slimthief",
                         annotations={"dev.bakery.runtime.base": private})
-    with pytest.raises(PlanRefused, match="does not sit on the runtime base"):
-        imagemod.bake(ref, engine, registry, "x86_64", slim=True, quiet=True)
+    for eng in (engine, None):
+        with pytest.raises(PlanRefused, match="does not sit on the runtime base"):
+            imagemod.bake(ref, eng, registry, "x86_64", slim=True, quiet=True)
     assert oci.Registry(registry).head_manifest("slimthief", "1.0-x86_64-slim") is None
 
 

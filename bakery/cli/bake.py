@@ -80,7 +80,7 @@ def _bake_image(args) -> int:
     from .. import registry as registrymod
 
     registry = args.registry or (None if oci.names_registry(args.source) else registrymod.default_registry(quiet=args.quiet))
-    res = imagemod.bake(args.source, enginemod.get(args.engine), registry, args.target, push=args.push,
+    res = imagemod.bake(args.source, enginemod.get_or_none(args.engine), registry, args.target, push=args.push,
                         slim=args.slim, output=args.output, jobs=args.jobs, quiet=args.quiet,
                         tls_verify=args.tls_verify, timeout=args.timeout)
     print(json.dumps(res.to_json(), indent=1) if args.json else res.ref)
