@@ -43,6 +43,7 @@ from pathlib import Path
 import archspec.cpu
 import yaml
 
+from . import templates
 from .errors import BakeryError
 
 NFD = "feature.node.kubernetes.io/"
@@ -398,10 +399,14 @@ def render_serve(image: str, *, upstream: str | None = None, registry_image: str
 
     With ``upstream`` set to a registry elsewhere, only `bakery serve` is deployed."""
     embedded = upstream is None
-    ctx = dict(name=dns_name(name), namespace=namespace, image=image, registry_image=registry_image,
+    if policy is None:  # the documented deployment default: named repositories and targets only
+        policy = templates.source("registry/lazy-policy.yaml")
+    name = dns_name(name)
+    ctx = dict(name=name, namespace=namespace, image=image, registry_image=registry_image,
                embedded=embedded, upstream=upstream or f"http://127.0.0.1:{registry_port}", port=port,
                registry_port=registry_port, service_type=service_type, workers=workers, policy=policy,
-               storage_claim=storage_claim, pull_policy=pull_policy)
+               storage_claim=storage_claim, pull_policy=pull_policy, htpasswd_secret=f"{name}-htpasswd",
+               auth_secret=f"{name}-auth")
     return _render("serve.yaml.j2", **ctx)
 
 

@@ -225,12 +225,25 @@ def test_serve_manifests_validate():
     assert registry["image"] == "registry:2" and serve["command"][:4] == ["bakery", "serve", "--upstream",
                                                                           "http://127.0.0.1:5000"]
     assert serve["command"][serve["command"].index("--listen") + 1] == "0.0.0.0:5001"
-    assert {p["port"] for p in docs[2]["spec"]["ports"]} == {5000, 5001}
     assert yaml.safe_load(docs[0]["data"]["policy.yaml"]) == {"rules": [{"repositories": ["*"]}]}
+    # Nothing unauthenticated is exposed, and nothing is privileged (docs/security.md).
+    assert {p["port"] for p in docs[2]["spec"]["ports"]} == {5001}
+    env = {e["name"]: e["value"] for e in registry["env"]}
+    assert env["REGISTRY_HTTP_ADDR"] == "127.0.0.1:5000" and env["REGISTRY_AUTH"] == "htpasswd"
+    assert serve["command"][serve["command"].index("--engine") + 1] == "none"
+    for c in (registry, serve):
+        sc = c["securityContext"]
+        assert not sc.get("privileged") and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert serve["securityContext"]["runAsNonRoot"] and serve["securityContext"]["readOnlyRootFilesystem"]
+    # Without --policy: registry/lazy-policy.yaml, not "everything".
+    default = validate(k8s.render_serve("registry.example.com/bakery:0.1"))
+    rules = yaml.safe_load(default[0]["data"]["policy.yaml"])["rules"]
+    assert rules and all("*" not in r["repositories"] and "*" not in r["targets"] for r in rules)
     # A registry elsewhere: serve alone.
     docs = validate(k8s.render_serve("registry.example.com/bakery:0.1", upstream="https://registry.example.com",
                                      registry_image="registry.example.com/distribution:2.8"))
-    (serve,) = docs[0]["spec"]["template"]["spec"]["containers"]
+    (serve,) = docs[1]["spec"]["template"]["spec"]["containers"]
     assert "https://registry.example.com" in serve["command"]
 
 

@@ -52,10 +52,13 @@ def setup_parser(sub, parent):
     j.add_argument("--registry", help="registry for a REF that names none (default: $BAKERY_REGISTRY)")
 
     s = ks.add_parser("serve", parents=[parent], help="the registry + `bakery serve` as a Deployment and Service",
-                      description="A Deployment with the CNCF distribution registry and `bakery serve --upstream "
-                                  "http://127.0.0.1:PORT` as a sidecar, and a Service for both ports. With "
-                                  "--upstream URL (a registry elsewhere) only `bakery serve` is deployed.")
-    s.add_argument("--image", required=True, help="an image with bakery and buildah, for `bakery serve`")
+                      description="A Deployment with the CNCF distribution registry (on the pod's loopback, "
+                                  "htpasswd auth) and `bakery serve --upstream http://127.0.0.1:PORT --engine none` "
+                                  "as a sidecar, unprivileged (non-root, no capabilities, read-only root), and a "
+                                  "Service for serve's port only. With --upstream URL (a registry elsewhere) only "
+                                  "`bakery serve` is deployed. Without --policy, registry/lazy-policy.yaml is "
+                                  "shipped: edit it to your repositories and targets. See docs/security.md.")
+    s.add_argument("--image", required=True, help="an image with bakery and its LLVM, for `bakery serve`")
     s.add_argument("--upstream", metavar="URL", help="registry behind serve (default: the registry in the pod)")
     s.add_argument("--registry-image", default="registry:2", help="CNCF distribution image (default registry:2)")
     s.add_argument("--name", default="bakery")
