@@ -43,7 +43,7 @@ from urllib.parse import urlsplit
 import prometheus_client as prom
 
 from .errors import BakeryError
-from .serve_lazy import JsonLog, Lazy, Outcome, parse_node_tag
+from .serve_lazy import BAKE_TIMEOUT, JsonLog, Lazy, Outcome, parse_node_tag
 
 CHUNK = 64 << 10
 SMALL = 256 << 10          # bodies up to this size are read whole and sent with the headers
@@ -632,7 +632,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 def make_server(*, upstream: str, listen: str, engine=None, bake_fn=None, policy=None, workers: int = 1,
                 queue_size: int = 16, deadline: float = 300.0, backoff: float = 30.0,
-                tls_verify: bool | None = None, log: JsonLog | None = None) -> Server:
+                bake_timeout: float = BAKE_TIMEOUT, tls_verify: bool | None = None,
+                log: JsonLog | None = None) -> Server:
     """A ready service (not yet serving: call ``serve_forever``)."""
     from . import oci
     from .serve_lazy import bake_with_engine
@@ -647,7 +648,7 @@ def make_server(*, upstream: str, listen: str, engine=None, bake_fn=None, policy
         bake_fn = bake_with_engine(engine)
     log = log or JsonLog()
     lazy = Lazy(up.netloc, bake_fn, policy=policy, workers=workers, queue_size=queue_size, deadline=deadline,
-                backoff=backoff, tls_verify=up.tls_verify, log=log)
+                backoff=backoff, bake_timeout=bake_timeout, tls_verify=up.tls_verify, log=log)
     try:
         return Server(parse_listen(listen), up, lazy, log)
     except OSError as e:

@@ -18,7 +18,10 @@ comes here. :meth:`Lazy.ensure` decides, in this order:
 
 Every request waits at most ``deadline`` seconds from its arrival; past that it
 gets 503 ``UNAVAILABLE`` with ``Retry-After`` while the bake goes on, and a
-retry joins the same flight (or finds the tag). The bake pushes blobs first and
+retry joins the same flight (or finds the tag). A bake itself may take at most
+``bake_timeout`` seconds: past that its flight is answered 504 (remembered like
+any failure) and the worker takes the next one; the bake's processes are killed
+by :func:`bakery.image.bake` at the same limit. The bake pushes blobs first and
 the manifest last, so a service killed mid-bake leaves no tag and the next
 request bakes again.
 """
@@ -48,6 +51,7 @@ from .errors import BakeryError
 
 SLIM = "-slim"
 MAX_MESSAGE = 2000
+BAKE_TIMEOUT = 1800.0   # seconds a lazy bake may take (--bake-timeout)
 
 
 # -- node tags ---------------------------------------------------------------------
@@ -241,6 +245,8 @@ class Metrics:
                                      ["reason"], registry=r)
         for reason in ("invalid", "policy", "busy", "deadline", "backoff"):
             self.rejected.labels(reason)
+        self.timed_out = prom.Counter("bakery_serve_bakes_timed_out",
+                                      "Bakes abandoned for taking longer than --bake-timeout", registry=r)
         self.duration = prom.Histogram("bakery_serve_bake_duration_seconds", "Duration of bakes run by workers",
                                        buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, math.inf),
                                        registry=r)
@@ -279,31 +285,41 @@ class Rejected(Exception):
         self.outcome, self.reason, self.remember = outcome, reason, remember
 
 
+class BakeTimedOut(Exception):
+    """A bake took longer than ``Lazy.bake_timeout``."""
+
+
 BakeFn = Callable[["Flight", "Lazy"], str]   # returns the digest of the node tag
 
 
 def bake_with_engine(engine, *, jobs: int = 0) -> BakeFn:
-    """The real bake: :func:`bakery.image.bake` on the upstream, pushed there."""
+    """The real bake: :func:`bakery.image.bake` on the upstream, pushed there, its processes
+    killed after ``lazy.bake_timeout`` seconds."""
 
     def run(flight: Flight, lazy: "Lazy") -> str:
         from . import image as imagemod
 
+        # Lazy abandons a bake past the limit anyway; image.bake's own limit also kills its processes.
+        kw = {"timeout": lazy.bake_timeout} if "timeout" in inspect.signature(imagemod.bake).parameters else {}
         res = imagemod.bake(f"{lazy.upstream}/{flight.repo}:{flight.node.base}", engine, lazy.upstream,
                             flight.node.target, push=True, slim=flight.node.slim, jobs=jobs, quiet=True,
-                            tls_verify=lazy.tls_verify)
+                            tls_verify=lazy.tls_verify, **kw)
         return res.digest
     return run
 
 
 class Lazy:
     """Single-flight lazy bakes with a bounded queue, ``workers`` threads, a per-request
-    deadline and a failure memory of ``backoff`` seconds."""
+    deadline, a time limit per bake and a failure memory of ``backoff`` seconds."""
 
     def __init__(self, upstream: str, bake_fn: BakeFn, *, policy: Policy | None = None, workers: int = 1,
                  queue_size: int = 16, deadline: float = 300.0, backoff: float = 30.0,
-                 tls_verify: bool | None = None, metrics: Metrics | None = None, log: JsonLog | None = None):
-        if workers < 1 or queue_size < 1 or deadline <= 0 or backoff < 0:
-            raise BakeryError("--workers and --queue must be >= 1, --deadline > 0 and --backoff >= 0")
+                 bake_timeout: float = BAKE_TIMEOUT, tls_verify: bool | None = None,
+                 metrics: Metrics | None = None, log: JsonLog | None = None):
+        if workers < 1 or queue_size < 1 or deadline <= 0 or backoff < 0 or not bake_timeout > 0:
+            raise BakeryError("--workers and --queue must be >= 1, --deadline and --bake-timeout > 0 "
+                              "and --backoff >= 0")
+        self.bake_timeout = bake_timeout
         self.upstream = upstream
         self.tls_verify = (not oci.is_loopback(upstream)) if tls_verify is None else tls_verify
         self.bake_fn = bake_fn
@@ -486,13 +502,16 @@ class Lazy:
         self.log("bake_start", repo=repo, tag=node.base, target=node.target, node_tag=node.tag,
                  ir_digest=flight.ir_digest, waiters=flight.waiters)
         try:
-            digest = self.bake_fn(flight, self)
-            if flight.target is not None and flight.target.name != node.target:
-                digest = self._alias(flight, digest)
-            out, remember = Outcome(200, digest=digest, message="baked"), False
+            out, remember = self._bake_within_limit(flight), False
         except Exception as e:  # noqa: BLE001
-            msg = e.message if isinstance(e, BakeryError) else f"{type(e).__name__}: {e}"
-            out, remember = Outcome(502, "UNKNOWN", _clip(f"the bake of {repo}:{node.tag} failed: {msg}")), True
+            if isinstance(e, BakeTimedOut):
+                m.timed_out.inc()
+                out = Outcome(504, "UNAVAILABLE", f"the bake of {repo}:{node.tag} exceeded {self.bake_timeout:g} s "
+                                                  f"(--bake-timeout) and was abandoned")
+            else:
+                msg = e.message if isinstance(e, BakeryError) else f"{type(e).__name__}: {e}"
+                out = Outcome(502, "UNKNOWN", _clip(f"the bake of {repo}:{node.tag} failed: {msg}"))
+            remember = True
         finally:
             m.in_flight.dec()
         seconds = time.monotonic() - t0
@@ -505,6 +524,31 @@ class Lazy:
                  outcome="succeeded" if out.ok else "failed", digest=out.digest, waiters=flight.waiters,
                  **({} if out.ok else {"error": out.message}))
         self._finish(flight, out, remember=remember)
+
+    def _bake_within_limit(self, flight: Flight) -> Outcome:
+        """The bake (and the alias of a clamped target) in a thread of its own, so that one that
+        hangs costs ``bake_timeout`` seconds of this worker, not the worker: BakeTimedOut past it.
+        The abandoned thread's result, if it ever comes, is dropped (a tag it pushed is just there)."""
+        result: list = []
+        done = threading.Event()
+
+        def run() -> None:
+            try:
+                digest = self.bake_fn(flight, self)
+                if flight.target is not None and flight.target.name != flight.node.target:
+                    digest = self._alias(flight, digest)
+                result.append(Outcome(200, digest=digest, message="baked"))
+            except BaseException as e:  # noqa: BLE001 - handed to the worker
+                result.append(e)
+            finally:
+                done.set()
+
+        threading.Thread(target=run, name=f"bake-{flight.node.tag}"[:60], daemon=True).start()
+        if not done.wait(self.bake_timeout):
+            raise BakeTimedOut(f"bake exceeded {self.bake_timeout:g} s")
+        if isinstance(result[0], BaseException):
+            raise result[0]
+        return result[0]
 
     def _alias(self, flight: Flight, digest: str) -> str:
         """A target the toolchain clamps (zen5 -> zen4) was baked under the clamped name:

@@ -15,9 +15,10 @@ the upstream first, once for any number of concurrent pulls:
   skopeo inspect --tls-verify=false docker://127.0.0.1:5001/pi:1.0-x86_64_v3
 
 Waiting pulls get the manifest when the bake is done; past --deadline they get
-503 with Retry-After (the bake goes on), past --queue waiting bakes 429. A
-failed bake is answered with its reason and remembered for --backoff seconds,
-then tried again.
+503 with Retry-After (the bake goes on), past --queue waiting bakes 429. A bake
+that takes longer than --bake-timeout is stopped and answered 504. A failed
+bake is answered with its reason and remembered for --backoff seconds, then
+tried again.
 
 Policy (--policy FILE, YAML): which repositories and targets may be baked on
 demand. Without one: every repository, every archspec target of the plan's ISA
@@ -49,6 +50,9 @@ def setup_parser(sub, parent):
                    help="longest a pull waits for its bake before 503 + Retry-After (default 300)")
     p.add_argument("--backoff", type=float, default=30.0, metavar="SECONDS",
                    help="how long a failed bake's error is answered before it is tried again (default 30)")
+    p.add_argument("--bake-timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="longest a bake may take; past it the bake is stopped, its pulls get 504 and the "
+                        "worker takes the next (default 1800)")
     p.add_argument("--policy", metavar="FILE", help="YAML policy (default: all repositories, all targets)")
     p.add_argument("--jobs", type=int, default=0, help="compile jobs per bake (default: all cores)")
     p.add_argument("--tls-verify", type=common._bool, default=None, metavar="BOOL",
@@ -67,10 +71,12 @@ def run(args) -> int:
     log = JsonLog()
     server = servemod.make_server(upstream=args.upstream, listen=args.listen, bake_fn=bake_with_engine(engine, jobs=args.jobs),
                                   policy=policy, workers=args.workers, queue_size=args.queue, deadline=args.deadline,
-                                  backoff=args.backoff, tls_verify=args.tls_verify, log=log)
+                                  backoff=args.backoff, bake_timeout=args.bake_timeout,
+                                  tls_verify=args.tls_verify, log=log)
     ok, detail = server.check_upstream()
     log("listening", address=server.address, upstream=server.upstream.base, upstream_ok=ok, upstream_detail=detail,
-        policy=policy.source, workers=args.workers, queue=args.queue, deadline=args.deadline, backoff=args.backoff)
+        policy=policy.source, workers=args.workers, queue=args.queue, deadline=args.deadline, backoff=args.backoff,
+        bake_timeout=args.bake_timeout)
     if not args.quiet:
         print(f"http://{server.address}", flush=True)
 
