@@ -24,6 +24,10 @@ any failure) and the worker takes the next one; the bake's processes are killed
 by :func:`bakery.image.bake` at the same limit. The bake pushes blobs first and
 the manifest last, so a service killed mid-bake leaves no tag and the next
 request bakes again.
+
+The prepared target is checked against the policy twice: as asked, and as
+resolved (``zen5`` clamped to ``zen4`` by clang 16 is a zen4 bake, and the
+policy must allow that too).
 """
 
 from __future__ import annotations
@@ -480,6 +484,13 @@ class Lazy:
         except BakeryError as e:
             raise Rejected(Outcome(404, "MANIFEST_UNKNOWN", f"{repo}:{node.tag} cannot be baked: {e.message}"),
                            remember=True) from None
+        if flight.target.name != node.target:
+            # A clamped target (zen5 -> zen4) is a bake for the resolved one: the policy must allow it too.
+            why = self.policy.allows(repo, dataclasses.replace(node, target=flight.target.name))
+            if why:
+                raise Rejected(Outcome(403, "DENIED", f"{repo}:{node.tag} is not baked on demand here: "
+                                       f"{node.target} would be baked as {flight.target.name}, and {why}"),
+                               reason="policy", remember=True)
         return None
 
     # -- workers bake --

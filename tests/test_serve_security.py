@@ -176,3 +176,30 @@ def test_bake_timeout_is_passed_to_the_real_bake(monkeypatch):
     assert seen == {"text": "127.0.0.1:1/pi:1.0", "target": "zen4", "timeout": 42.0}
     with pytest.raises(BakeryError, match="bake-timeout"):
         Lazy("127.0.0.1:1", lambda f, l: FAKE, bake_timeout=0)
+
+
+# -- 5. a clamped target must be allowed as resolved ----------------------------------------------
+
+@pytest.mark.slow
+def test_a_clamped_target_needs_the_policy_to_allow_the_resolved_one(serve, images, tmp_path):
+    from bakery import target as targetmod
+
+    pi = images.ir("pi")  # noqa: F841 - the IR image, in the registry
+    if targetmod.resolve("zen6", compiler_version="16.0.6", family="x86_64").name != "zen4":
+        pytest.skip("archspec no longer clamps zen6 for clang 16")
+    calls = []
+
+    def bake(flight, lazy):
+        calls.append(flight.target.name)
+        raise BakeryError("stub: nothing baked")
+
+    only_zen6 = Policy.from_dict({"rules": [{"repositories": ["pi"], "targets": ["zen6"]}]}, "only-zen6")
+    srv = serve(bake_fn=bake, policy=only_zen6)
+    status, _, body = get_manifest(srv.address, "pi", "1.0-zen6")
+    err = oci_error(body)
+    assert status == 403 and err["code"] == "DENIED" and "baked as zen4" in err["message"], body
+    assert calls == [] and srv.lazy.metrics.started._value.get() == 0
+    both = Policy.from_dict({"rules": [{"repositories": ["pi"], "targets": ["zen6", "zen4"]}]}, "zen6-and-zen4")
+    srv = serve(bake_fn=bake, policy=both)
+    status, _, body = get_manifest(srv.address, "pi", "1.0-zen6")
+    assert status == 502 and calls == ["zen4"], body
