@@ -43,7 +43,8 @@ from urllib.parse import urlsplit
 import prometheus_client as prom
 
 from .errors import BakeryError
-from .serve_lazy import BAKE_TIMEOUT, JsonLog, Lazy, Outcome, parse_node_tag
+from .oci import ACCEPT
+from .serve_lazy import BAKE_TIMEOUT, JsonLog, Lazy, Outcome, parse_node_tag, split_tag
 
 CHUNK = 64 << 10
 SMALL = 256 << 10          # bodies up to this size are read whole and sent with the headers
@@ -56,6 +57,8 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
                         "expect"})
 MANIFEST_PATH = re.compile(r"^/v2/(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*)/manifests/(?P<ref>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
 REASONS = {s.value: s.phrase for s in HTTPStatus}
+ERROR_CODES = {401: "UNAUTHORIZED", 403: "DENIED", 404: "MANIFEST_UNKNOWN", 429: "TOOMANYREQUESTS",
+               503: "UNAVAILABLE"}
 
 
 class UpstreamDown(Exception):
@@ -419,13 +422,15 @@ class Handler(BaseHTTPRequestHandler):
     # -- the one path that is not plain passthrough --
 
     def _manifest(self, path: str, repo: str, ref: str):
+        lazy = self.server.lazy
         try:
             resp = self._forward(path)
         except (UpstreamDown, BadRequest) as e:
             return self._upstream_down(e)
-        if resp.status != 404 or "-" not in ref:
-            if resp.status == 200 and "-" in ref and parse_node_tag(ref):
-                self.server.lazy.metrics.cache_hits.inc()
+        parts = split_tag(ref) if resp.status == 404 else None
+        if parts is None or parts[0] == "sha256":  # not <base>-<something>; sha256-<hex>: referrers, cosign
+            if resp.status == 200 and parse_node_tag(ref):
+                lazy.metrics.cache_hits.inc()
             return self._relay(resp)
         try:
             body = resp.read()  # a small error document: kept, in case the 404 stands
@@ -433,7 +438,23 @@ class Handler(BaseHTTPRequestHandler):
             self._up.close()
             return self._upstream_down(UpstreamDown(f"the upstream {self.server.upstream.base} broke off: {e}"))
         self._done(resp)
-        outcome = self.server.lazy.ensure(repo, ref, self.arrived)
+        # The service's own credentials may see tags this client may not: whatever they would tell
+        # (the tag exists, a bake starts, a hint) is only for a client the upstream shows the IR image.
+        try:
+            probe = self._forward(f"/v2/{repo}/manifests/{parts[0]}", method="HEAD", accept=ACCEPT)
+        except (UpstreamDown, BadRequest) as e:
+            return self._upstream_down(e)
+        self._done(probe)
+        if probe.status != 200:
+            if probe.status in (401, 403, 429) or probe.status >= 500:  # the client's auth challenge, or trouble
+                return self._relay_head(probe)
+            if probe.status == 404 and parse_node_tag(ref):  # what the client was told itself, said plainly
+                lazy.metrics.rejected.labels("invalid").inc()
+                return self._oci_error(Outcome(404, "MANIFEST_UNKNOWN", f"{repo}:{ref} cannot be baked: there is no "
+                                               f"IR image {repo}:{parts[0]} (the upstream answered 404 to its HEAD "
+                                               f"with this request's credentials)"))
+            return self._send(404, resp.headers.items(), body, reason=resp.reason)  # the 404 as it was
+        outcome = lazy.ensure(repo, ref, self.arrived, base_visible=True)
         if outcome is None:
             return self._send(404, resp.headers.items(), body, reason=resp.reason)
         if not outcome.ok:
@@ -444,15 +465,30 @@ class Handler(BaseHTTPRequestHandler):
             return self._upstream_down(e)
         self._relay(resp)
 
+    def _relay_head(self, resp: Response):
+        """The answer to a HEAD sent for the client (its status and headers, ``WWW-Authenticate``
+        among them), to a GET too: with an OCI error body of its own, the upstream sent none."""
+        headers = [(k, v) for k, v in resp.headers.items() if k.lower() not in ("content-type", "content-length")]
+        headers.append(("Content-Type", "application/json"))
+        out = Outcome(resp.status, ERROR_CODES.get(resp.status, "UNKNOWN"), resp.reason or REASONS.get(resp.status, ""))
+        self._send(resp.status, headers, out.body(), reason=resp.reason)
+
     # -- upstream round trip --
 
-    def _forward(self, path: str) -> Response:
+    def _forward(self, path: str, method: str | None = None, accept: str | None = None) -> Response:
+        """The client's request to the upstream; with ``method``: that request instead, with the
+        client's headers (its ``Authorization`` among them, ``Accept`` replaced) and no body."""
         up = self.server.upstream
-        headers = [(k, v) for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP]
+        drop = HOP_BY_HOP | ({"accept"} if accept else set())
+        headers = [(k, v) for k, v in self.headers.items() if k.lower() not in drop]
+        if accept:
+            headers.append(("Accept", accept))
         headers.append(("Host", up.netloc))
         body, chunked = None, False
         te = (self.headers.get("Transfer-Encoding") or "").lower()
-        if "chunked" in te:
+        if method is not None:
+            pass
+        elif "chunked" in te:
             body, chunked = _dechunk(self.rfile), True
             headers.append(("Transfer-Encoding", "chunked"))
         else:
@@ -464,6 +500,7 @@ class Handler(BaseHTTPRequestHandler):
                 n = int(length)
                 headers.append(("Content-Length", str(n)))
                 body = _Limited(self.rfile, n) if n else b""
+        method = method or self.command
         replayable = body is None or isinstance(body, bytes)
         conn = self._up
         for attempt in (0, 1):
@@ -472,8 +509,8 @@ class Handler(BaseHTTPRequestHandler):
             try:
                 fresh = conn.sock is None
                 conn.open()
-                conn.send(self.command, path, headers, body, chunked)
-                resp = conn.response(self.command)
+                conn.send(method, path, headers, body, chunked)
+                resp = conn.response(method)
                 conn.reused = True
                 return resp
             except ConnectionError as e:

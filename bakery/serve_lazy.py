@@ -3,10 +3,12 @@
 A manifest request for ``<repo>:<tag>-<target>`` that the upstream answers 404
 comes here. :meth:`Lazy.ensure` decides, in this order:
 
+0. the caller (the HTTP handler) has checked that the *client* can see the IR
+   image ``<repo>:<tag>`` with its own credentials (``base_visible``); if not,
+   nothing here runs, so the service's own credentials never tell a client
+   whether a tag it may not see exists;
 1. not a node tag (the part after the last ``-`` is no archspec name, once an
-   optional ``-slim`` is set aside): the upstream's 404 stands, unless
-   ``<repo>:<tag>`` exists, in which case the answer is a 404 saying the target
-   is unknown;
+   optional ``-slim`` is set aside): a 404 saying the target is unknown;
 2. a failure remembered for this node tag, less than ``backoff`` seconds old:
    the same error again, with ``Retry-After``;
 3. the policy refuses the repository or the target: 403 ``DENIED``;
@@ -353,8 +355,15 @@ class Lazy:
 
     # -- entry point --
 
-    def ensure(self, repo: str, tag: str, arrived: float | None = None) -> Outcome | None:
-        """None: not a node tag (let the upstream's 404 stand). Else the outcome to answer."""
+    def ensure(self, repo: str, tag: str, arrived: float | None = None, *,
+               base_visible: bool = False) -> Outcome | None:
+        """None: let the upstream's 404 stand. Else the outcome to answer.
+
+        ``base_visible``: the client, with its own credentials, was answered 200 for the IR image
+        ``<repo>:<base>``. Without that nothing is looked up with the service's own credentials
+        (they may see tags the client may not), and the 404 stands."""
+        if not base_visible:
+            return None
         arrived = time.monotonic() if arrived is None else arrived
         node = parse_node_tag(tag)
         if node is None:
@@ -396,16 +405,13 @@ class Lazy:
         return flight.outcome
 
     def _unknown_target(self, repo: str, tag: str) -> Outcome | None:
+        """The hint for ``<base>-<no archspec name>``; the caller saw that the client can see
+        ``<repo>:<base>``, so no registry look-up (with the service's credentials) is made."""
         parts = split_tag(tag)
         if parts is None:
             return None
         base, target, _ = parts
         if base == "sha256":  # the referrers tag schema (sha256-<hex>), cosign's sha256-<hex>.sig ...
-            return None
-        try:
-            if self.registry().head_manifest(repo, base) is None:
-                return None
-        except BakeryError:
             return None
         close = difflib.get_close_matches(target, archspec.cpu.TARGETS, n=3)
         self.metrics.rejected.labels("invalid").inc()

@@ -123,6 +123,100 @@ def serve(registry, tmp_path):
         srv.server_close()
 
 
+# -- a real front to the registry: records what reaches it, demands tokens for private/ ----------
+
+USERS = {"serve:servepass": "serve-token", "alice:alicepass": "alice-token", "guest:guestpass": "guest-token"}
+SEES_PRIVATE = {"Bearer serve-token", "Bearer alice-token"}
+
+
+class Front(ThreadingHTTPServer):
+    """What a registry with token auth does: ``/v2/private/...`` without a token is 401 with a
+    Bearer challenge (realm: its ``/token``, which takes Basic credentials); with the token of a
+    user who may not see private/ it is 404 NAME_UNKNOWN (private repositories are hidden, as
+    hosted registries do); serve's and alice's tokens see everything. Everything else is the
+    registry's own answer. ``seen`` records (method, path, Authorization) of every request."""
+
+    daemon_threads = True
+
+    def __init__(self, registry: str):
+        self.registry = registry
+        self.seen: list[tuple[str, str, str | None]] = []
+        super().__init__(("127.0.0.1", 0), FrontHandler)
+        self.address = f"127.0.0.1:{self.server_address[1]}"
+        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
+
+
+class FrontHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: Front
+
+    def log_message(self, *a):
+        pass
+
+    def answer(self, status: int, doc: dict, headers: dict | None = None):
+        body = json.dumps(doc).encode()
+        self.send_response(status)
+        for k, v in {"Content-Type": "application/json", **(headers or {})}.items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self):
+        auth = self.headers.get("Authorization")
+        self.server.seen.append((self.command, self.path, auth))
+        if self.path.startswith("/token"):
+            user = base64.b64decode(auth.split(" ", 1)[1]).decode() if auth and auth.startswith("Basic ") else ""
+            if user not in USERS:
+                return self.answer(401, {"errors": [{"code": "UNAUTHORIZED", "message": "bad credentials"}]})
+            return self.answer(200, {"token": USERS[user]})
+        if self.path.startswith("/v2/private/"):
+            repo = self.path.split("/")[2:4]
+            if auth is None:
+                return self.answer(401, {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
+                                   {"WWW-Authenticate": f'Bearer realm="http://{self.server.address}/token",'
+                                                        f'service="front",scope="repository:{"/".join(repo)}:pull"'})
+            if auth == "Bearer lister-token" and "/manifests/" in self.path:
+                # Existence first, rights second (as some registries do): 404 for a missing tag, else 403.
+                c = http.client.HTTPConnection(*hostport(self.server.registry), timeout=30)
+                c.request("HEAD", self.path, headers={"Accept": ACCEPT})
+                found = c.getresponse().status == 200
+                c.close()
+                if found:
+                    return self.answer(403, {"errors": [{"code": "DENIED", "message": "requested access to the "
+                                                         "resource is denied"}]}, {"X-Front": "denied"})
+            elif auth not in SEES_PRIVATE:
+                return self.answer(404, {"errors": [{"code": "NAME_UNKNOWN", "message": "repository name not known"}]})
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else None
+        c = http.client.HTTPConnection(*hostport(self.server.registry), timeout=30)
+        skip = {"host", "authorization", "connection", "content-length"}
+        c.request(self.command, self.path, body=body, headers={k: v for k, v in self.headers.items() if k.lower() not in skip})
+        r = c.getresponse()
+        data = r.read()
+        c.close()
+        self.send_response(r.status)
+        for k, v in r.getheaders():
+            if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", r.getheader("Content-Length", str(len(data))) if self.command == "HEAD"
+                         else str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    do_HEAD = do_PUT = do_POST = do_PATCH = do_DELETE = do_GET
+
+
+@pytest.fixture
+def front(registry):
+    f = Front(registry)
+    yield f
+    f.shutdown()
+    f.server_close()
+
+
 # -- 1. a bake time limit ---------------------------------------------------------------
 
 @pytest.mark.slow
@@ -203,3 +297,72 @@ def test_a_clamped_target_needs_the_policy_to_allow_the_resolved_one(serve, imag
     srv = serve(bake_fn=bake, policy=both)
     status, _, body = get_manifest(srv.address, "pi", "1.0-zen6")
     assert status == 502 and calls == ["zen4"], body
+
+
+# -- 4. serve's credentials tell nothing a client may not see ----------------------------------
+
+def test_private_tags_stay_hidden_from_clients_that_cannot_see_them(serve, front, registry, tmp_path, monkeypatch):
+    push_small(registry, "private/app", "1.0")  # a private IR image (no plan: any bake of it fails)
+    auth = tmp_path / "auth.json"  # serve's own credentials, for the front
+    auth.write_text(json.dumps({"auths": {front.address: {"auth": base64.b64encode(b"serve:servepass").decode()}}}))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+    srv = serve(upstream=front.address, backoff=0)
+    m = srv.lazy.metrics
+    # What the gate keeps from clients: with its own credentials, serve's answers differ by whether
+    # the private IR image exists (a bake of 1.0 fails on its missing plan; 9.9 does not exist).
+    seen = srv.lazy.ensure("private/app", "1.0-x86_64_v3", base_visible=True)
+    absent = srv.lazy.ensure("private/app", "9.9-x86_64_v3", base_visible=True)
+    assert (seen.status, absent.status) == (502, 404) and "no IR image" in absent.message, (seen, absent)
+    assert any(a == "Bearer serve-token" for _, _, a in front.seen)
+    failed = m.failed._value.get()
+
+    guest = {"Authorization": "Bearer guest-token"}
+    for tags in (("1.0-x86_64_v3", "9.9-x86_64_v3"), ("1.0-zen9", "9.9-zen9"), ("1.0-zen4-slim", "9.9-zen4-slim")):
+        del front.seen[:]
+        # The guest (a user who may not see private/): the same answer for both, that of the
+        # upstream to the guest (said plainly for a node tag: no IR image it can see).
+        a, b = (get_manifest(srv.address, "private/app", t, guest) for t in tags)
+        assert a[0] == b[0] == 404 and a[2].replace(b"1.0", b"9.9") == b[2], (a, b)
+        direct = get_manifest(front.address, "private/app", tags[1], guest)
+        assert direct[0] == 404 and (a[2] == direct[2] if tags[0] == "1.0-zen9"
+                                     else "no IR image private/app:1.0" in oci_error(a[2])["message"]), (a, direct)
+        # Anonymous: the upstream's challenge, relayed.
+        a, b = (get_manifest(srv.address, "private/app", t) for t in tags)
+        assert a[0] == b[0] == 401 and a[2] == b[2] and 'realm="http://' in a[1]["www-authenticate"]
+        for method in ("GET", "HEAD"):
+            assert get_manifest(srv.address, "private/app", tags[0], guest, method=method)[0] == 404
+        # Nothing was looked up with serve's credentials, nothing baked.
+        assert not any(a == "Bearer serve-token" or p.startswith("/token") for _, p, a in front.seen), front.seen
+    assert m.failed._value.get() == failed and m.started._value.get() == 0
+
+    # alice may see private/: for her the lazy path runs (serve's credentials, the bake that fails)...
+    alice = {"Authorization": "Bearer alice-token"}
+    status, _, body = get_manifest(srv.address, "private/app", "1.0-x86_64_v3", alice)
+    assert status == 502 and "no bake plan" in oci_error(body)["message"], body
+    assert m.failed._value.get() == failed + 1
+    status, _, body = get_manifest(srv.address, "private/app", "1.0-zen9", alice)  # ...and the hint
+    assert status == 404 and "not an archspec target" in oci_error(body)["message"]
+    status, _, body = get_manifest(srv.address, "private/app", "9.9-x86_64_v3", alice)
+    assert status == 404 and oci_error(body)["code"] == "MANIFEST_UNKNOWN"
+
+
+def test_the_client_checks_answer_is_relayed_to_get_and_head(serve, front, registry, tmp_path, monkeypatch):
+    """An upstream that says 404 for a missing tag before it checks the client's rights (and 403
+    for a tag that exists): the client check's 403 is relayed, with an OCI body for a GET."""
+    push_small(registry, "private/app", "1.0")
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps({"auths": {front.address: {"auth": base64.b64encode(b"serve:servepass").decode()}}}))
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+    srv = serve(upstream=front.address)
+    lister = {"Authorization": "Bearer lister-token"}
+    direct = request(front.address, "HEAD", "/v2/private/app/manifests/1.0", {"Accept": ACCEPT, **lister})
+    assert direct[0] == 403
+    status, headers, body = get_manifest(srv.address, "private/app", "1.0-x86_64_v3", lister)
+    assert status == 403 and oci_error(body)["code"] == "DENIED" and int(headers["content-length"]) == len(body)
+    assert headers["x-front"] == "denied"  # the upstream's own headers come along
+    status, headers, body = get_manifest(srv.address, "private/app", "1.0-x86_64_v3", lister, method="HEAD")
+    assert status == 403 and body == b""
+    status, _, body = get_manifest(srv.address, "private/app", "9.9-x86_64_v3", lister)
+    assert status == 404 and oci_error(body)["code"] == "MANIFEST_UNKNOWN"
+    assert srv.lazy.metrics.failed._value.get() == 0
+    assert not any(a == "Bearer serve-token" for _, _, a in front.seen), front.seen
