@@ -16,24 +16,40 @@ one thread per client connection is what a registry front needs here. What it
 does per request is blocking I/O (relaying a socket to a socket) or waiting on
 a bake; threads keep both simple and a slow blob transfer or a long wait never
 stalls other clients, with no event loop to bridge to the blocking bakes and no
-third-party server. Each client connection keeps its own keep-alive connection
-to the upstream, so a cache hit costs one loopback round trip more than a
-direct pull and no connection set-up. The stdlib's header parsing (the
+third-party server. Keep-alive connections to the upstream are pooled and
+shared by all handler threads (a connection goes back only when its answer was
+read whole), so a cache hit costs one loopback round trip more than a direct
+pull and no connection set-up, even for a client that connects anew for each
+request. The stdlib's header parsing (the
 ``email`` package, ~60 us per header block) was most of the service's own
 cost per request, so requests and upstream responses are parsed here by a
 plain line reader: HTTP/1.1 framing (Content-Length, chunked, close-delimited,
 HEAD/204/304, 1xx) is all a registry speaks. Small answers go out in one
 ``sendall`` and ``TCP_NODELAY`` is on both sides, so no Nagle/delayed-ACK stall
 adds latency. ``bench/serve_latency.py`` measures the result.
+
+Clients are untrusted. Hence: at most ``max_connections`` client connections
+(more are answered 503 at once); a request's line and headers must be in within
+``header_timeout`` of its first byte (a connection's first request: of its
+accept), a body or a client reading an answer that makes no progress for
+``body_timeout`` is cut, and a keep-alive connection idle for ``idle_timeout``
+is closed. Request framing is parsed strictly (ASCII digits, one chunked coding,
+no control characters in headers) and request targets with dot segments,
+percent-encoded dots, slashes or backslashes, or control characters are
+refused, never forwarded: each with a 400 and an OCI error body. And the
+service's own registry credentials are used for a node tag only once the
+client, with its own, was shown the IR image (see ``Handler._manifest``).
 """
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import re
 import select
 import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -49,7 +65,12 @@ from .serve_lazy import BAKE_TIMEOUT, JsonLog, Lazy, Outcome, parse_node_tag, sp
 CHUNK = 64 << 10
 SMALL = 256 << 10          # bodies up to this size are read whole and sent with the headers
 UPSTREAM_TIMEOUT = 300.0   # seconds per socket operation to the upstream
-CLIENT_TIMEOUT = 600.0     # idle / stalled client connections are closed after this
+MAX_CONNECTIONS = 128      # client connections at once; more are answered 503 at once
+HEADER_TIMEOUT = 10.0      # a request line + headers must be in within this (slow or half-sent requests)
+BODY_TIMEOUT = 30.0        # a request body, or a client reading an answer, with no progress this long is cut
+IDLE_TIMEOUT = 30.0        # an idle keep-alive client connection is closed after this
+POOL_SIZE = 32             # idle keep-alive upstream connections kept for reuse
+THREAD_IDLE = 30.0         # a handler thread without a connection for this long ends
 MAX_HEADERS = 200
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -57,8 +78,13 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
                         "expect"})
 MANIFEST_PATH = re.compile(r"^/v2/(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*)/manifests/(?P<ref>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
 REASONS = {s.value: s.phrase for s in HTTPStatus}
-ERROR_CODES = {401: "UNAUTHORIZED", 403: "DENIED", 404: "MANIFEST_UNKNOWN", 429: "TOOMANYREQUESTS",
-               503: "UNAVAILABLE"}
+
+_DIGITS = re.compile(r"[0-9]{1,18}")                       # Content-Length: ASCII only (not str.isdigit's "²")
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")          # a header name, a method (RFC 9110 token)
+_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")                # in a header value: a bare CR could split it upstream
+_PATH_CHARS = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/%-]*")  # RFC 3986 pchar and "/": no backslash, no quote ...
+_PCT = re.compile(r"%([0-9A-Fa-f]{2})?")
 
 
 class UpstreamDown(Exception):
@@ -66,7 +92,52 @@ class UpstreamDown(Exception):
 
 
 class BadRequest(Exception):
-    pass
+    """The client's request is malformed: 400, and the connection is closed (its framing is unknown)."""
+
+
+class ClientGone(Exception):
+    """The client stalled (``body_timeout``) or closed the connection in the middle of its request body."""
+
+
+def bad_target(target: str) -> str | None:
+    """Why a request target is refused, or None. The upstream, or a proxy or router before it,
+    may normalise ``/v2/../admin`` or ``%2e%2e`` into a path this service never saw: such targets
+    are not forwarded. OCI names and references need none of it."""
+    path, _, _query = target.partition("?")
+    if any(not "\x21" <= c <= "\x7e" for c in target):
+        return "a space, control or non-ASCII character"
+    if not path.startswith("/"):
+        return "not an absolute path"
+    if not _PATH_CHARS.fullmatch(path):
+        return "a character a path may not have (a backslash, a quote ...)"
+    for m in _PCT.finditer(path):
+        if m[1] is None:
+            return "a malformed percent-escape"
+        c = chr(int(m[1], 16))
+        if c in "./\\%" or not "\x21" <= c <= "\x7e":
+            return f"a percent-encoded {c!r}"
+    segments = path.split("/")[1:]
+    if any(seg in (".", "..") for seg in segments):
+        return "a dot segment"
+    if "" in segments[:-1]:
+        return "an empty path segment"
+    return None
+
+
+def content_length(values: list[str]) -> int:
+    """The one Content-Length of a message; repeated differing values are a smuggling attempt."""
+    found = {v.strip(" \t") for v in values}
+    if len(found) != 1 or not _DIGITS.fullmatch(text := found.pop()):
+        raise BadRequest(f"bad Content-Length {', '.join(values)[:40]!r}")
+    return int(text)
+
+
+def chunk_size(line: bytes) -> int | None:
+    """The size on a chunk's size line (extensions ignored), None when it is not one."""
+    if not line.endswith(b"\n"):
+        return None
+    size = line.split(b";", 1)[0].strip(b" \t\r\n")
+    return int(size, 16) if _CHUNK_SIZE.fullmatch(size) else None
 
 
 # -- headers ---------------------------------------------------------------------
@@ -110,14 +181,18 @@ def read_headers(fp) -> Headers:
             raise http.client.LineTooLong("header line")
         if line in (b"\r\n", b"\n", b""):
             return Headers(items)
-        if line[:1] in (b" ", b"\t") and items:  # obsolete line folding
-            k, v = items[-1]
-            items[-1] = (k, f"{v} {line.decode('latin-1').strip()}")
-            continue
-        k, sep, v = line.decode("latin-1").partition(":")
-        if not sep or not k or k != k.strip():
+        text = line.decode("latin-1")
+        if text[:1] in (" ", "\t") and items:  # obsolete line folding
+            k, v = items.pop()
+            sep, v = ":", f"{v} {text}"
+        else:
+            k, sep, v = text.partition(":")
+        v = v.strip(" \t\r\n")
+        if not sep or not _TOKEN.fullmatch(k):
             raise http.client.HTTPException(f"malformed header line {line[:80]!r}")
-        items.append((k, v.strip()))
+        if _CTL.search(v):
+            raise http.client.HTTPException(f"a control character in header {k[:40]}")
+        items.append((k, v))
         if len(items) > MAX_HEADERS:
             raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
 
@@ -134,10 +209,20 @@ class Upstream:
         if "://" not in url:
             url = ("http://" if oci.is_loopback(url) else "https://") + url
         u = urlsplit(url)
-        if u.scheme not in ("http", "https") or not u.hostname or (u.path not in ("", "/")):
-            raise BakeryError(f"--upstream {url!r}: expected http[s]://HOST[:PORT]")
+        if "@" in u.netloc:
+            # It would show in /healthz, logs and error bodies; and the service's credentials are its own.
+            raise BakeryError("--upstream: credentials in the URL are refused",
+                              "give bakery serve its registry credentials in the containers auth file "
+                              "($REGISTRY_AUTH_FILE, ~/.config/containers/auth.json) or the docker config")
+        try:
+            port = u.port
+        except ValueError:
+            port = -1
+        if (u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/") or u.query
+                or u.fragment or port == -1):
+            raise BakeryError(f"--upstream {u.scheme}://{u.netloc}: expected http[s]://HOST[:PORT]")
         self.scheme, self.netloc = u.scheme, u.netloc
-        self.host, self.port = u.hostname, u.port or (443 if u.scheme == "https" else 80)
+        self.host, self.port = u.hostname, port or (443 if u.scheme == "https" else 80)
         self.tls_verify = tls_verify
         self.base = f"{self.scheme}://{self.netloc}"
 
@@ -155,19 +240,18 @@ class Upstream:
 
 
 class UpstreamConn:
-    """One keep-alive HTTP/1.1 connection to the upstream, used by one thread."""
+    """One keep-alive HTTP/1.1 connection to the upstream, used by one thread at a time
+    (taken from the :class:`UpstreamPool`, given back once its answer was read whole)."""
 
     def __init__(self, upstream: Upstream):
         self.upstream = upstream
         self.sock: socket.socket | None = None
         self.rfile = None
-        self.reused = False
 
     def open(self) -> None:
         if self.sock is None:
             self.sock = self.upstream.socket()
             self.rfile = self.sock.makefile("rb", buffering=CHUNK)
-            self.reused = False
 
     def idle_but_closed(self) -> bool:
         """An idle keep-alive connection that is readable was closed by the upstream."""
@@ -213,7 +297,7 @@ class UpstreamConn:
             if not line:
                 raise http.client.RemoteDisconnected("the upstream closed the connection without a response")
             parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not re.fullmatch(r"[1-5][0-9][0-9]", parts[1]):
                 raise http.client.BadStatusLine(line[:80])
             version, status, reason = parts[0], int(parts[1]), parts[2] if len(parts) > 2 else ""
             headers = read_headers(self.rfile)
@@ -226,13 +310,56 @@ class UpstreamConn:
         length = headers.get("Content-Length")
         if method == "HEAD" or status in (204, 304):
             mode, n = "none", 0
-        elif "chunked" in te:
+        elif te:
+            if te.strip().lower() != "chunked":
+                raise http.client.HTTPException(f"the upstream sent Transfer-Encoding {te[:40]!r}")
             mode, n = "chunked", None
-        elif length is not None and length.strip().isdigit():
-            mode, n = "length", int(length)
+        elif length is not None:
+            try:
+                mode, n = "length", content_length(headers.get_all("Content-Length"))
+            except BadRequest:
+                raise http.client.HTTPException(f"the upstream sent Content-Length {length[:40]!r}") from None
         else:
             mode, n, will_close = "close", None, True
         return Response(self, status, reason, headers, mode, n, will_close)
+
+
+class UpstreamPool:
+    """Idle keep-alive upstream connections, shared by the handler threads: a client that
+    connects anew for each pull still finds a connection to the upstream open."""
+
+    def __init__(self, upstream: Upstream, size: int = POOL_SIZE):
+        self.upstream, self.size = upstream, size
+        self.idle: list[UpstreamConn] = []
+        self.lock = threading.Lock()
+
+    def get(self) -> UpstreamConn:
+        """An idle connection (the most recently used: the least likely to be stale), or a new,
+        not yet opened one."""
+        while True:
+            with self.lock:
+                conn = self.idle.pop() if self.idle else None
+            if conn is None:
+                return UpstreamConn(self.upstream)
+            if not conn.idle_but_closed():
+                return conn
+            conn.close()
+
+    def put(self, conn: UpstreamConn) -> None:
+        """Only a connection whose last answer was read whole comes here."""
+        if conn.sock is None:
+            return
+        with self.lock:
+            if len(self.idle) < self.size:
+                self.idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self.lock:
+            idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
 
 
 class Response:
@@ -264,10 +391,11 @@ class Response:
             line = f.readline(1024)
             if not line:
                 raise ConnectionError("the upstream closed the connection in the middle of a chunked body")
-            size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+            size = chunk_size(line)
+            if size is None:
+                raise http.client.HTTPException(f"the upstream sent a bad chunk size line {line[:40]!r}")
             if size == 0:
-                while f.readline(1024) not in (b"\r\n", b"\n", b""):  # trailers
-                    pass
+                _trailers(f.readline, http.client.HTTPException)
                 self.done = True
                 return 0
             self._chunk_left = size
@@ -275,8 +403,8 @@ class Response:
         if not n:
             raise ConnectionError("the upstream closed the connection in the middle of a chunk")
         self._chunk_left -= n
-        if self._chunk_left == 0:
-            f.readline(16)
+        if self._chunk_left == 0 and f.readline(3) not in (b"\r\n", b"\n"):
+            raise http.client.HTTPException("the upstream sent a chunk without its CRLF")
         return n
 
     def read(self) -> bytes:
@@ -295,7 +423,27 @@ class Response:
         return bytes(out)
 
 
+def _trailers(readline, error: type[Exception]) -> None:
+    """Skip a chunked body's trailer lines (at most MAX_HEADERS)."""
+    for _ in range(MAX_HEADERS + 1):
+        if readline(1024) in (b"\r\n", b"\n", b""):
+            return
+    raise error("too many trailer lines")
+
+
 # -- the request body, from the client -----------------------------------------------
+
+def _client_read(read, n: int, what: str) -> bytes:
+    """A piece of the client's body; its stalls and hang-ups are ClientGone, never an upstream error."""
+    try:
+        data = read(n)
+    except OSError as e:
+        raise ClientGone(f"the client stalled or broke off in the middle of {what}: "
+                         f"{getattr(e, 'strerror', None) or e}") from None
+    if not data:
+        raise ClientGone(f"the client closed the connection in the middle of {what}")
+    return data
+
 
 class _Limited:
     """The request body: exactly ``n`` bytes of the client's stream, read in pieces."""
@@ -307,9 +455,7 @@ class _Limited:
         if self.left <= 0:
             return b""
         size = self.left if size is None or size < 0 else min(size, self.left)
-        data = self.f.read1(size)
-        if not data:
-            raise ConnectionError("the client closed the connection in the middle of the body")
+        data = _client_read(self.f.read1, size, "the body")
         self.left -= len(data)
         return data
 
@@ -317,74 +463,151 @@ class _Limited:
 def _dechunk(f):
     """A chunked request body, decoded, piece by piece (re-chunked to the upstream)."""
     while True:
-        line = f.readline(1024)
-        if not line:
-            raise ConnectionError("the client closed the connection in the middle of a chunked body")
-        size = int(line.split(b";", 1)[0].strip() or b"0", 16)
+        line = _client_read(f.readline, 1024, "a chunked body")
+        size = chunk_size(line)
+        if size is None:
+            raise BadRequest(f"bad chunk size line {line[:40]!r}")
         if size == 0:
-            while f.readline(1024) not in (b"\r\n", b"\n", b""):  # trailers
-                pass
+            _trailers(lambda n: _client_read(f.readline, n, "a chunked body's trailers"), BadRequest)
             return
         left = size
         while left:
-            data = f.read1(min(left, CHUNK))
-            if not data:
-                raise ConnectionError("the client closed the connection in the middle of a chunk")
+            data = _client_read(f.read1, min(left, CHUNK), "a chunk")
             left -= len(data)
             yield data
-        f.readline(16)
+        if _client_read(f.readline, 3, "a chunk") not in (b"\r\n", b"\n"):
+            raise BadRequest("a chunk without its CRLF")
 
 
 # -- the handler -------------------------------------------------------------------
+
+def _canned(status: str, message: str, extra: str = "") -> bytes:
+    """A whole answer sent without a handler (a refused or a timed-out connection)."""
+    body = Outcome(0, "UNAVAILABLE", message).body()
+    return (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{extra}Connection: close\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+TIMED_OUT = _canned("408 Request Timeout", "the request line and headers were not sent in time")
+BUSY = _canned("503 Service Unavailable: too many connections", "too many connections", "Retry-After: 1\r\n")
+ERROR_CODES = {401: "UNAUTHORIZED", 403: "DENIED", 404: "MANIFEST_UNKNOWN", 408: "UNKNOWN", 429: "TOOMANYREQUESTS",
+               503: "UNAVAILABLE"}
+
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "bakery-serve"
     sys_version = ""
-    timeout = CLIENT_TIMEOUT
     server: "Server"
 
     # -- connection life --
 
     def setup(self):
+        self.timeout = self.server.body_timeout  # every client read or write: progress within this, or cut
+        self.accepted = time.monotonic()
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._up = UpstreamConn(self.server.upstream)
-
-    def finish(self):
-        try:
-            super().finish()
-        finally:
-            self._up.close()
+        self.first, self.reaped = True, False
+        self.headers, self.command = Headers([]), None   # for answers to requests that do not parse
+        self._chunked, self._length = False, None
+        self._taken: list[UpstreamConn] = []             # upstream connections out of the pool, this request
 
     def log_message(self, format, *args):  # no access log: bakes are logged as JSON lines
         pass
 
+    def handle_one_request(self):
+        srv = self.server
+        self.close_connection = True
+        try:
+            if self.first:
+                self.first = False
+                deadline = self.accepted + srv.header_timeout
+            else:
+                # Between requests: an idle keep-alive connection has idle_timeout to start its next one.
+                self.connection.settimeout(srv.idle_timeout)
+                try:
+                    if not self.rfile.peek(1):
+                        return
+                except OSError:
+                    return
+                self.connection.settimeout(srv.body_timeout)
+                deadline = time.monotonic() + srv.header_timeout
+            # Its line and headers then have until the deadline, however slowly they trickle in.
+            srv.reaper.arm(self, deadline)
+            try:
+                ok = self._read_request()
+            except TimeoutError:  # no byte for body_timeout, before the reaper's deadline
+                srv.reaper.disarm(self)
+                if not self.reaped:
+                    srv.lazy.metrics.connections_timed_out.inc()
+                    self.connection.send(TIMED_OUT, socket.MSG_DONTWAIT)
+                return
+            finally:
+                srv.reaper.disarm(self)
+            if ok and not self.reaped:
+                mname = "do_" + self.command
+                if not hasattr(self, mname):
+                    return self._error(501, f"the method {self.command[:20]} is not supported")
+                getattr(self, mname)()
+        except (OSError, ClientGone):
+            self.close_connection = True
+        finally:
+            for conn in self._taken:  # left by an answer that broke off: never back to the pool
+                conn.close()
+            self._taken.clear()
+            if self.reaped:
+                self.close_connection = True
+
+    def _read_request(self) -> bool:
+        self.raw_requestline = self.rfile.readline(65537)
+        if not self.raw_requestline or self.reaped:
+            return False
+        if len(self.raw_requestline) > 65536:
+            self.requestline, self.request_version, self.command = "", "HTTP/1.1", None
+            self._error(414, "the request line is too long")
+            return False
+        return self.parse_request()
+
     def parse_request(self) -> bool:
-        """``BaseHTTPRequestHandler.parse_request`` with the fast header reader."""
+        """``BaseHTTPRequestHandler.parse_request`` with the fast header reader and strict framing."""
         self.command = None
         self.request_version = self.default_request_version
         self.close_connection = True
+        if not self.raw_requestline.endswith(b"\n"):
+            return False  # the client closed, or the reaper cut it, in the middle of the line
         self.requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
-        words = self.requestline.split()
+        words = self.requestline.split(" ")
         if len(words) != 3:
-            if words:
-                self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request syntax ({self.requestline[:100]!r})")
-            return False
-        command, path, version = words
+            return self._error(400, f"bad request line {self.requestline[:100]!r}")
+        command, target, version = words
         if version not in ("HTTP/1.1", "HTTP/1.0"):
-            self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED, f"Unsupported HTTP version ({version[:20]!r})")
-            return False
+            return self._error(505, f"unsupported HTTP version {version[:20]!r}")
         self.request_version = version
-        self.command, self.path = command, path
-        if self.path.startswith("//"):
-            self.path = "/" + self.path.lstrip("/")
+        if not _TOKEN.fullmatch(command):
+            return self._error(400, f"bad method {command[:20]!r}")
+        self.command, self.path = command, target
         try:
             self.headers = read_headers(self.rfile)
         except (http.client.HTTPException, ValueError) as e:
-            self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE
-                            if isinstance(e, http.client.LineTooLong) else HTTPStatus.BAD_REQUEST, str(e)[:200])
+            if self.reaped:
+                return False
+            return self._error(431 if isinstance(e, http.client.LineTooLong) else 400, str(e)[:200])
+        if self.reaped:
             return False
+        te, cl = self.headers.get_all("Transfer-Encoding"), self.headers.get_all("Content-Length")
+        self._chunked, self._length = False, None
+        if te:
+            # One coding, chunked, and no Content-Length beside it: anything else is read one way
+            # here and another way by some server behind (request smuggling).
+            if cl or len(te) != 1 or te[0].strip().lower() != "chunked" or version != "HTTP/1.1":
+                return self._error(400, f"unsupported request framing: Transfer-Encoding {', '.join(te)[:40]!r}"
+                                   + (" with Content-Length" if cl else ""))
+            self._chunked = True
+        elif cl:
+            try:
+                self._length = content_length(cl)
+            except BadRequest as e:
+                return self._error(400, str(e))
         conntype = (self.headers.get("Connection") or "").lower()
         self.close_connection = (version == "HTTP/1.0" and conntype != "keep-alive") or conntype == "close"
         if (self.headers.get("Expect") or "").lower() == "100-continue" and version == "HTTP/1.1":
@@ -392,15 +615,35 @@ class Handler(BaseHTTPRequestHandler):
                 return False
         return True
 
+    def send_error(self, code, message=None, explain=None):
+        """``http.server``'s own error answers, as OCI error bodies."""
+        self._error(int(code), message or REASONS.get(int(code), "error"))
+
+    def _error(self, status: int, message: str) -> bool:
+        """A refusal of a request that is the client's fault; the connection is closed. False (for parse_request)."""
+        self.close_connection = True
+        self._oci_error(Outcome(status, ERROR_CODES.get(status, "UNSUPPORTED"), message))
+        return False
+
     # -- dispatch --
 
     def do_GET(self):
         self.arrived = time.monotonic()
-        path = self.path
-        if path.startswith(("http://", "https://")):  # absolute-form request target
-            u = urlsplit(path)
-            path = u.path + (f"?{u.query}" if u.query else "")
+        target = self.path
+        why = None
+        if target.startswith(("http://", "https://")):  # absolute-form request target
+            try:
+                u = urlsplit(target)
+                target = u.path + (f"?{u.query}" if u.query else "")
+            except ValueError:
+                why = "not a URL"
+        why = why or bad_target(target)
+        if why:
+            return self._error(400, f"refused request target ({why}): {target[:100]!r}")
+        path = target
         p = path.split("?", 1)[0]
+        if self.command in ("GET", "HEAD") and (self._chunked or self._length):
+            return self._error(400, f"a {self.command} request with a body")
         if p == "/metrics" and self.command in ("GET", "HEAD"):
             return self._plain(200, self.server.lazy.metrics.text(), prom.CONTENT_TYPE_LATEST)
         if p == "/healthz" and self.command in ("GET", "HEAD"):
@@ -413,8 +656,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self._manifest(path, m["repo"], m["ref"])
         try:
             resp = self._forward(path)
-        except (UpstreamDown, BadRequest) as e:
-            return self._upstream_down(e)
+        except (UpstreamDown, BadRequest, ClientGone) as e:
+            return self._fail(e)
         self._relay(resp)
 
     do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
@@ -425,8 +668,8 @@ class Handler(BaseHTTPRequestHandler):
         lazy = self.server.lazy
         try:
             resp = self._forward(path)
-        except (UpstreamDown, BadRequest) as e:
-            return self._upstream_down(e)
+        except (UpstreamDown, BadRequest, ClientGone) as e:
+            return self._fail(e)
         parts = split_tag(ref) if resp.status == 404 else None
         if parts is None or parts[0] == "sha256":  # not <base>-<something>; sha256-<hex>: referrers, cosign
             if resp.status == 200 and parse_node_tag(ref):
@@ -435,15 +678,15 @@ class Handler(BaseHTTPRequestHandler):
         try:
             body = resp.read()  # a small error document: kept, in case the 404 stands
         except (OSError, http.client.HTTPException) as e:
-            self._up.close()
-            return self._upstream_down(UpstreamDown(f"the upstream {self.server.upstream.base} broke off: {e}"))
+            self._drop(resp)
+            return self._fail(UpstreamDown(f"the upstream {self.server.upstream.base} broke off: {e}"))
         self._done(resp)
         # The service's own credentials may see tags this client may not: whatever they would tell
         # (the tag exists, a bake starts, a hint) is only for a client the upstream shows the IR image.
         try:
-            probe = self._forward(f"/v2/{repo}/manifests/{parts[0]}", method="HEAD", accept=ACCEPT)
-        except (UpstreamDown, BadRequest) as e:
-            return self._upstream_down(e)
+            probe = self._exchange("HEAD", f"/v2/{repo}/manifests/{parts[0]}", self._client_headers(ACCEPT))
+        except (UpstreamDown, BadRequest, ClientGone) as e:
+            return self._fail(e)
         self._done(probe)
         if probe.status != 200:
             if probe.status in (401, 403, 429) or probe.status >= 500:  # the client's auth challenge, or trouble
@@ -461,8 +704,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._oci_error(outcome)
         try:
             resp = self._forward(path)
-        except (UpstreamDown, BadRequest) as e:
-            return self._upstream_down(e)
+        except (UpstreamDown, BadRequest, ClientGone) as e:
+            return self._fail(e)
         self._relay(resp)
 
     def _relay_head(self, resp: Response):
@@ -473,67 +716,78 @@ class Handler(BaseHTTPRequestHandler):
         out = Outcome(resp.status, ERROR_CODES.get(resp.status, "UNKNOWN"), resp.reason or REASONS.get(resp.status, ""))
         self._send(resp.status, headers, out.body(), reason=resp.reason)
 
-    # -- upstream round trip --
+    # -- upstream round trips --
 
-    def _forward(self, path: str, method: str | None = None, accept: str | None = None) -> Response:
-        """The client's request to the upstream; with ``method``: that request instead, with the
-        client's headers (its ``Authorization`` among them, ``Accept`` replaced) and no body."""
-        up = self.server.upstream
+    def _client_headers(self, accept: str | None = None) -> list[tuple[str, str]]:
+        """The client's end-to-end headers (its ``Authorization`` among them), for the upstream."""
         drop = HOP_BY_HOP | ({"accept"} if accept else set())
         headers = [(k, v) for k, v in self.headers.items() if k.lower() not in drop]
         if accept:
             headers.append(("Accept", accept))
-        headers.append(("Host", up.netloc))
+        headers.append(("Host", self.server.upstream.netloc))
+        return headers
+
+    def _forward(self, path: str) -> Response:
+        """The client's request, as it is, to the upstream."""
+        headers = self._client_headers()
         body, chunked = None, False
-        te = (self.headers.get("Transfer-Encoding") or "").lower()
-        if method is not None:
-            pass
-        elif "chunked" in te:
+        if self._chunked:
             body, chunked = _dechunk(self.rfile), True
             headers.append(("Transfer-Encoding", "chunked"))
-        else:
-            length = self.headers.get("Content-Length")
-            if length is not None:
-                if not length.strip().isdigit():
-                    self.close_connection = True
-                    raise BadRequest(f"bad Content-Length {length[:40]!r}")
-                n = int(length)
-                headers.append(("Content-Length", str(n)))
-                body = _Limited(self.rfile, n) if n else b""
-        method = method or self.command
+        elif self._length is not None:
+            headers.append(("Content-Length", str(self._length)))
+            body = _Limited(self.rfile, self._length) if self._length else b""
+        self._chunked = self._length = None  # a body is read once: a second round trip sends none
+        return self._exchange(self.command, path, headers, body, chunked)
+
+    def _exchange(self, method: str, path: str, headers: list[tuple[str, str]], body=None,
+                  chunked: bool = False) -> Response:
+        up = self.server.upstream
         replayable = body is None or isinstance(body, bytes)
-        conn = self._up
         for attempt in (0, 1):
-            if conn.idle_but_closed():
-                conn.close()
+            conn = self.server.pool.get() if attempt == 0 else UpstreamConn(up)
+            self._taken.append(conn)
+            reused = conn.sock is not None
             try:
-                fresh = conn.sock is None
                 conn.open()
                 conn.send(method, path, headers, body, chunked)
-                resp = conn.response(method)
-                conn.reused = True
-                return resp
-            except ConnectionError as e:
-                if isinstance(e, (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected)) \
-                        and not fresh and attempt == 0 and replayable:
-                    conn.close()
-                    continue  # a stale keep-alive connection: once more on a fresh one
-                conn.close()
+                return conn.response(method)
+            except (ClientGone, BadRequest):
+                self._close(conn)  # a body half sent: the upstream connection is done for
                 self.close_connection = True
-                who = "the client" if "client" in str(e) else f"the upstream {up.base}"
-                raise UpstreamDown(f"{who} broke off the connection: {e}") from None
+                raise
+            except ConnectionError as e:
+                self._close(conn)
+                if isinstance(e, (ConnectionResetError, BrokenPipeError)) and reused and replayable:
+                    continue  # a pooled connection the upstream closed meanwhile: once more on a fresh one
+                self.close_connection = True
+                raise UpstreamDown(f"the upstream {up.base} broke off the connection: {e}") from None
             except (OSError, http.client.HTTPException) as e:
-                conn.close()
+                self._close(conn)
                 if not replayable:
                     self.close_connection = True
                 raise UpstreamDown(f"the upstream {up.base} is unreachable: "
                                    f"{getattr(e, 'strerror', None) or e}") from None
         raise AssertionError("unreachable")
 
+    def _close(self, conn: UpstreamConn) -> None:
+        if conn in self._taken:
+            self._taken.remove(conn)
+        conn.close()
+
     def _done(self, resp: Response) -> None:
-        """After a response: keep the upstream connection only if it is reusable."""
+        """After a response: its connection back to the pool only if read whole and reusable."""
+        conn = resp.conn
+        if conn not in self._taken:
+            return  # given back already
+        self._taken.remove(conn)
         if resp.will_close or not resp.done:
-            self._up.close()
+            conn.close()
+        else:
+            self.server.pool.put(conn)
+
+    def _drop(self, resp: Response) -> None:
+        self._close(resp.conn)
 
     def _rewrite(self, value: str) -> str:
         up = self.server.upstream
@@ -611,7 +865,7 @@ class Handler(BaseHTTPRequestHandler):
         headers = [("Content-Type", "application/json"), ("Docker-Distribution-API-Version", "registry/2.0")]
         if outcome.retry_after:
             headers.append(("Retry-After", str(outcome.retry_after)))
-        if self.headers.get("Content-Length") not in (None, "0") or self.headers.get("Transfer-Encoding"):
+        if self._chunked or self._length:
             self.close_connection = True  # an unread request body
         reason = None
         if outcome.status >= 500:
@@ -621,9 +875,11 @@ class Handler(BaseHTTPRequestHandler):
             reason = f"{REASONS.get(outcome.status, 'Error')}: {text[:300]}"
         self._send(outcome.status, headers, outcome.body(), reason=reason)
 
-    def _upstream_down(self, e: Exception):
+    def _fail(self, e: Exception):
         if isinstance(e, BadRequest):
-            return self._oci_error(Outcome(400, "UNSUPPORTED", str(e)))
+            return self._error(400, str(e))
+        if isinstance(e, ClientGone):  # best effort: it may be gone for good
+            return self._error(408, str(e))
         self.server.log("upstream", outcome="unreachable", error=str(e), path=self.path[:200])
         self._oci_error(Outcome(502, "UNAVAILABLE", str(e), retry_after=5))
 
@@ -634,16 +890,152 @@ class Handler(BaseHTTPRequestHandler):
         self._plain(200 if ok else 503, body + b"\n", "application/json")
 
 
+class Reaper:
+    """Cuts client connections whose request head is not in by its deadline: a slow or half-sent
+    request holds a thread for ``header_timeout`` at most, however it trickles in (a socket
+    timeout alone is reset by every byte)."""
+
+    def __init__(self, tick: float, metrics):
+        self.tick, self.metrics = tick, metrics
+        self.lock = threading.Lock()
+        self.armed: dict[Handler, float] = {}
+        self.stopped = threading.Event()
+        threading.Thread(target=self._run, name="bakery-serve-reaper", daemon=True).start()
+
+    def arm(self, handler: Handler, deadline: float) -> None:
+        with self.lock:
+            self.armed[handler] = deadline
+
+    def disarm(self, handler: Handler) -> None:
+        """After this the reaper leaves the connection alone (the handler may close it)."""
+        with self.lock:
+            self.armed.pop(handler, None)
+
+    def _run(self) -> None:
+        while not self.stopped.wait(self.tick):
+            now = time.monotonic()
+            with self.lock:
+                for h in [h for h, t in self.armed.items() if t <= now]:
+                    del self.armed[h]
+                    h.reaped = True
+                    self.metrics.connections_timed_out.inc()
+                    try:
+                        h.connection.send(TIMED_OUT, socket.MSG_DONTWAIT)
+                    except OSError:
+                        pass
+                    try:
+                        h.connection.shutdown(socket.SHUT_RDWR)  # the handler's blocked read returns
+                    except OSError:
+                        pass
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    block_on_close = False     # server_close does not wait for connections (their threads are ours)
     request_queue_size = 256   # bursts of pulls (a job starting on many nodes) are not refused at connect
 
-    def __init__(self, listen: tuple[str, int], upstream: Upstream, lazy: Lazy, log: JsonLog | None = None):
+    def __init__(self, listen: tuple[str, int], upstream: Upstream, lazy: Lazy, log: JsonLog | None = None, *,
+                 max_connections: int = MAX_CONNECTIONS, header_timeout: float = HEADER_TIMEOUT,
+                 body_timeout: float = BODY_TIMEOUT, idle_timeout: float = IDLE_TIMEOUT,
+                 pool_size: int = POOL_SIZE, thread_idle: float = THREAD_IDLE):
+        if max_connections < 1 or pool_size < 0 or min(header_timeout, body_timeout, idle_timeout) <= 0:
+            raise BakeryError("--max-connections must be >= 1 and the client timeouts > 0")
         self.upstream, self.lazy = upstream, lazy
         self.log = log or lazy.log
+        self.max_connections = max_connections
+        self.header_timeout, self.body_timeout, self.idle_timeout = header_timeout, body_timeout, idle_timeout
+        self.pool = UpstreamPool(upstream, pool_size)
+        self.active = 0
+        self._active_lock = threading.Lock()
+        self.thread_idle = thread_idle
+        self._cv = threading.Condition()
+        self._pending: collections.deque = collections.deque()   # accepted, waiting for a handler thread
+        self._idle = 0
+        self._closing = False
+        lazy.metrics.connections.set_function(lambda: self.active)
         super().__init__(listen, Handler)
+        self.reaper = Reaper(min(0.5, header_timeout / 5), lazy.metrics)
         host, port = self.server_address[:2]
         self.address = f"{host}:{port}"
+
+    # -- the connection cap --
+
+    def process_request(self, request, client_address):
+        with self._active_lock:
+            full = self.active >= self.max_connections
+            if not full:
+                self.active += 1
+        if full:
+            self.lazy.metrics.connections_refused.inc()
+            return self._turn_away(request)
+        with self._cv:
+            self._pending.append((request, client_address))
+            if self._idle >= len(self._pending):
+                self._cv.notify()
+                return
+        try:
+            threading.Thread(target=self._handler_thread, name="bakery-serve-conn", daemon=True).start()
+        except RuntimeError:  # no thread to be had: this connection is turned away, if still pending
+            with self._cv:
+                if (request, client_address) not in self._pending:
+                    return
+                self._pending.remove((request, client_address))
+            self._release()
+            self._turn_away(request)
+
+    # -- handler threads, kept for reuse: a new thread per connection costs its start-up
+    # latency on every fresh connection (a node's first pull, each curl) --
+
+    def _handler_thread(self) -> None:
+        while True:
+            with self._cv:
+                self._idle += 1
+                while not self._pending and not self._closing:
+                    if not self._cv.wait(self.thread_idle):
+                        break
+                self._idle -= 1
+                if not self._pending:
+                    return  # idle for thread_idle seconds (or closing): one thread fewer
+                request, client_address = self._pending.popleft()
+            try:
+                self.process_request_thread(request, client_address)
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        with self._active_lock:
+            self.active -= 1
+
+    def _turn_away(self, sock: socket.socket) -> None:
+        """503 without a thread: a non-blocking send of a canned answer, then close."""
+        try:
+            sock.setblocking(False)
+            sock.send(BUSY)
+            sock.recv(65536)  # what the client sent already: unread, it would make close() a reset
+        except OSError:
+            pass
+        self.shutdown_request(sock)
+
+    def handle_error(self, request, client_address):
+        """No traceback on stderr for a connection: one JSON line, unless the client just went away."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (OSError, ClientGone)):
+            self.log("internal_error", error=repr(exc)[:300])
+
+    def server_close(self):
+        super().server_close()
+        with self._cv:
+            self._closing = True
+            pending, self._pending = list(self._pending), collections.deque()
+            self._cv.notify_all()
+        for request, _ in pending:
+            self._release()
+            self.shutdown_request(request)
+        self.reaper.stop()
+        self.pool.close()
 
     def check_upstream(self) -> tuple[bool, str]:
         conn = UpstreamConn(self.upstream)
@@ -662,15 +1054,17 @@ class Server(ThreadingHTTPServer):
 
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not _DIGITS.fullmatch(port) or int(port) > 65535:
         raise BakeryError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:5001")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
 def make_server(*, upstream: str, listen: str, engine=None, bake_fn=None, policy=None, workers: int = 1,
                 queue_size: int = 16, deadline: float = 300.0, backoff: float = 30.0,
-                bake_timeout: float = BAKE_TIMEOUT, tls_verify: bool | None = None,
-                log: JsonLog | None = None) -> Server:
+                bake_timeout: float = BAKE_TIMEOUT, max_connections: int = MAX_CONNECTIONS,
+                header_timeout: float = HEADER_TIMEOUT, body_timeout: float = BODY_TIMEOUT,
+                idle_timeout: float = IDLE_TIMEOUT, pool_size: int = POOL_SIZE, thread_idle: float = THREAD_IDLE,
+                tls_verify: bool | None = None, log: JsonLog | None = None) -> Server:
     """A ready service (not yet serving: call ``serve_forever``)."""
     from . import oci
     from .serve_lazy import bake_with_engine
@@ -687,7 +1081,9 @@ def make_server(*, upstream: str, listen: str, engine=None, bake_fn=None, policy
     lazy = Lazy(up.netloc, bake_fn, policy=policy, workers=workers, queue_size=queue_size, deadline=deadline,
                 backoff=backoff, bake_timeout=bake_timeout, tls_verify=up.tls_verify, log=log)
     try:
-        return Server(parse_listen(listen), up, lazy, log)
+        return Server(parse_listen(listen), up, lazy, log, max_connections=max_connections,
+                      header_timeout=header_timeout, body_timeout=body_timeout, idle_timeout=idle_timeout,
+                      pool_size=pool_size, thread_idle=thread_idle)
     except OSError as e:
         raise BakeryError(f"cannot listen on {listen}: {e.strerror or e}") from None
 

@@ -253,6 +253,13 @@ class Metrics:
             self.rejected.labels(reason)
         self.timed_out = prom.Counter("bakery_serve_bakes_timed_out",
                                       "Bakes abandoned for taking longer than --bake-timeout", registry=r)
+        self.connections = prom.Gauge("bakery_serve_connections", "Client connections open", registry=r)
+        self.connections_refused = prom.Counter("bakery_serve_connections_refused",
+                                                "Client connections answered 503 at once: --max-connections reached",
+                                                registry=r)
+        self.connections_timed_out = prom.Counter("bakery_serve_connections_timed_out",
+                                                  "Client connections cut: request head not sent in time",
+                                                  registry=r)
         self.duration = prom.Histogram("bakery_serve_bake_duration_seconds", "Duration of bakes run by workers",
                                        buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, math.inf),
                                        registry=r)

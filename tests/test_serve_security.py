@@ -141,6 +141,7 @@ class Front(ThreadingHTTPServer):
     def __init__(self, registry: str):
         self.registry = registry
         self.seen: list[tuple[str, str, str | None]] = []
+        self.connections = 0
         super().__init__(("127.0.0.1", 0), FrontHandler)
         self.address = f"127.0.0.1:{self.server_address[1]}"
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True).start()
@@ -152,6 +153,10 @@ class FrontHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *a):
         pass
+
+    def setup(self):
+        self.server.connections += 1
+        super().setup()
 
     def answer(self, status: int, doc: dict, headers: dict | None = None):
         body = json.dumps(doc).encode()
@@ -366,3 +371,200 @@ def test_the_client_checks_answer_is_relayed_to_get_and_head(serve, front, regis
     assert status == 404 and oci_error(body)["code"] == "MANIFEST_UNKNOWN"
     assert srv.lazy.metrics.failed._value.get() == 0
     assert not any(a == "Bearer serve-token" for _, _, a in front.seen), front.seen
+
+
+# -- 2. connection cap, header/body/idle time-outs ----------------------------------------
+
+def conn_threads() -> int:
+    return sum(t.name == "bakery-serve-conn" for t in threading.enumerate())
+
+
+def test_half_sent_requests_are_capped_and_cut_in_time(serve, small):
+    srv = serve(max_connections=20, header_timeout=1.0, body_timeout=1.0, idle_timeout=1.0, thread_idle=0.5)
+    m = srv.lazy.metrics
+    assert request(srv.address, "GET", "/v2/")[0] == 200
+    wait_for(lambda: srv.active == 0 and conn_threads() == 0, 3, "the first connection was not released")
+    held = []
+    try:
+        for _ in range(60):  # each: a request line and one header, never the blank line
+            s = socket.create_connection(hostport(srv.address), timeout=3)
+            s.sendall(b"GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+            held.append(s)
+        t_sent = time.monotonic()
+        # The attack does hold threads, one per connection: up to the cap, no more.
+        wait_for(lambda: m.connections_refused._value.get() == 40, 3, "connections past the cap were not refused")
+        assert srv.active == 20 and conn_threads() == 20
+        for s in held[20:]:
+            status, headers, body = parse(s.recv(65536))
+            assert status == 503 and headers["retry-after"] == "1" and oci_error(body)["code"] == "UNAVAILABLE"
+        # A normal client is answered at once meanwhile (503: the cap is full), not left waiting.
+        t0 = time.monotonic()
+        assert request(srv.address, "GET", "/v2/", timeout=2)[0] == 503
+        assert time.monotonic() - t0 < 0.5
+        # The held connections are cut at the header time-out (408), and their threads are gone.
+        for s in held[:20]:
+            answer = b""
+            while piece := s.recv(65536):
+                answer += piece
+            assert parse(answer)[0] == 408
+        assert time.monotonic() - t_sent < 2.5
+        wait_for(lambda: srv.active == 0 and conn_threads() == 0, 2, "threads were not released")
+        assert m.connections_timed_out._value.get() == 20
+        t0 = time.monotonic()
+        status, _, body = get_manifest(srv.address, "sec/app", "1.0-x86_64_v3")
+        assert status == 200 and time.monotonic() - t0 < 0.5
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_a_request_head_trickling_in_is_cut_at_the_header_timeout(serve):
+    """A socket time-out alone is reset by every byte: the header deadline is for the whole head."""
+    srv = serve(header_timeout=1.0, body_timeout=1.0)
+    got: dict = {}
+    with socket.create_connection(hostport(srv.address), timeout=5) as s:
+
+        def read():
+            answer = b""
+            try:
+                while piece := s.recv(65536):
+                    answer += piece
+            except OSError:
+                pass
+            got.update(answer=answer, at=time.monotonic())
+
+        reader = threading.Thread(target=read)
+        t0 = time.monotonic()
+        s.sendall(b"GET /v2/ HTTP/1.1\r\nX-Slow: ")
+        reader.start()
+        for _ in range(50):  # one byte every 0.1 s (within the 1 s socket time-out): 5 s of headers
+            if not reader.is_alive():
+                break
+            try:
+                s.sendall(b"x")
+            except OSError:
+                break
+            time.sleep(0.1)
+        reader.join(5)
+    assert 0.9 <= got["at"] - t0 < 2.5, got["at"] - t0
+    assert got["answer"].startswith(b"HTTP/1.1 408 "), got
+
+
+def test_a_stalled_body_and_an_idle_keepalive_connection_are_closed(serve, small):
+    srv = serve(header_timeout=1.0, body_timeout=1.0, idle_timeout=1.0)
+    with socket.create_connection(hostport(srv.address), timeout=5) as s:
+        t0 = time.monotonic()
+        s.sendall(b"PUT /v2/sec/app/blobs/uploads/x HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"a" * 10)
+        answer = b""
+        while piece := s.recv(65536):
+            answer += piece
+        took = time.monotonic() - t0
+    status, _, body = parse(answer)
+    assert status == 408 and "stalled" in oci_error(body)["message"] and 0.9 <= took < 3, (answer, took)
+    # Keep-alive: a second request on the connection is served; then idle, it is closed after 1 s.
+    with socket.create_connection(hostport(srv.address), timeout=5) as s:
+        get = b"GET /v2/ HTTP/1.1\r\nHost: x\r\n\r\n"
+        for _ in range(2):
+            s.sendall(get)
+            assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+        t0 = time.monotonic()
+        assert s.recv(65536) == b""
+        assert 0.9 <= time.monotonic() - t0 < 2.5
+    wait_for(lambda: srv.active == 0, 2, "threads were not released")
+
+
+# -- 3. malformed requests: 400s, never tracebacks, never forwarded ---------------------------
+
+def test_malformed_framing_is_400_not_a_traceback(serve, small, capfd):
+    srv = serve()
+    assert "\xb2".isdigit()  # what the old check took for a number (and int() then failed on)
+    put = "PUT /v2/sec/app/blobs/uploads/x HTTP/1.1\r\nHost: x\r\n"
+    cases = {
+        "Content-Length: ² (a latin-1 digit)": (put + "Content-Length: \xb2\r\n\r\n").encode("latin-1"),
+        "Content-Length: 1_0": (put + "Content-Length: 1_0\r\n\r\n").encode(),
+        "two Content-Lengths": (put + "Content-Length: 1\r\nContent-Length: 2\r\n\r\nab").encode(),
+        "Content-Length with Transfer-Encoding": (put + "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                                  "0\r\n\r\n").encode(),
+        "Transfer-Encoding: gzip, chunked": (put + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n").encode(),
+        "bad chunk size": (put + "Transfer-Encoding: chunked\r\n\r\nzz\r\nab\r\n0\r\n\r\n").encode(),
+        "chunk size 0x5": (put + "Transfer-Encoding: chunked\r\n\r\n0x5\r\nabcde\r\n0\r\n\r\n").encode(),
+        "chunk size ²": (put + "Transfer-Encoding: chunked\r\n\r\n\xb2\r\nab\r\n0\r\n\r\n").encode("latin-1"),
+        "a bare CR in a header": b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-A: 1\rX-B: 2\r\n\r\n",
+        "a NUL in a header": b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+        "a space in a header name": b"GET /v2/ HTTP/1.1\r\nHost: x\r\nX A: 1\r\n\r\n",
+        "a GET with a body": b"GET /v2/ HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",
+        "a bad request line": b"GET  /v2/ HTTP/1.1\r\nHost: x\r\n\r\n",
+    }
+    for what, data in cases.items():
+        status, headers, body = parse(raw(srv.address, data))
+        assert status == 400 and oci_error(body) and headers.get("connection") == "close", (what, status, body)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+
+
+TRAVERSALS = ["/v2/../admin", "/v2/%2e%2e/admin", "/v2/%2E%2e/x", "/v2/sec/app/../../x", "/v2/./_catalog",
+              "/v2/sec/.%2e/x", "/v2/sec%2fapp/tags/list", "/v2/sec%2Fapp/tags/list", "/v2/sec\\app/tags/list",
+              "/v2/sec%5capp/tags/list", "/v2/sec%00/tags/list", "/v2/sec%0d%0aX:%20y/tags/list",
+              "/v2//sec/app/tags/list", "/v2/sec/app%/tags/list", "/v2/sec\x01app/tags/list",
+              "/v2/sec\x7fapp/tags/list", "/v2/sec\xe9/tags/list", "http://x/v2/../admin"]
+
+
+def test_traversal_and_control_paths_are_400_and_never_forwarded(serve, front, small):
+    srv = serve(upstream=front.address)
+    # The control: a plain path is forwarded, as it is.
+    status, _, body = parse(raw(srv.address, b"GET /v2/sec/app/tags/list HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+    assert status == 200 and "1.0" in json.loads(body)["tags"]
+    assert ("GET", "/v2/sec/app/tags/list", None) in front.seen
+    before = len(front.seen)
+    for path in TRAVERSALS:
+        answer = raw(srv.address, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode("latin-1"))
+        status, _, body = parse(answer)
+        assert status == 400 and "refused request target" in oci_error(body)["message"], (path, answer[:300])
+    assert front.seen[before:] == []
+
+
+def test_credentials_in_the_upstream_url_are_refused(tmp_path):
+    with pytest.raises(BakeryError, match="credentials in the URL are refused") as e:
+        servemod.make_server(upstream="http://user:s3cret@127.0.0.1:5000", listen="127.0.0.1:0",
+                             bake_fn=lambda f, l: FAKE)
+    assert "s3cret" not in str(e.value) + (e.value.hint or "") and "\n" not in e.value.message
+    for url in ("http://user:s3cret@127.0.0.1:5000", "user:s3cret@127.0.0.1:5000", "https://tok3n@registry.example"):
+        cp = subprocess.run([sys.executable, "-m", "bakery", "serve", "--upstream", url, "--listen", "127.0.0.1:0",
+                             "--engine", "buildah"], capture_output=True, text=True, timeout=60, check=False)
+        out = cp.stdout + cp.stderr
+        assert cp.returncode != 0 and "credentials in the URL are refused" in out, out
+        assert "s3cret" not in out and "tok3n" not in out and "Traceback" not in out, out
+        assert cp.stderr.strip().splitlines()[0].count("credentials") == 1
+
+
+# -- 7. latency: upstream connections and handler threads are reused ---------------------------
+
+def test_fresh_client_connections_share_pooled_upstream_connections(serve, front, small, registry):
+    srv = serve(upstream=front.address)
+    for _ in range(20):  # each on a new client connection, as curl or a node's first pull
+        status, headers, _ = get_manifest(srv.address, "sec/app", "1.0-x86_64_v3", {"Connection": "close"})
+        assert status == 200 and headers["docker-content-digest"] == small
+    assert len([1 for _, p, _ in front.seen if p.endswith("/manifests/1.0-x86_64_v3")]) == 20
+    assert front.connections == 1 and conn_threads() <= 2, (front.connections, conn_threads())
+    assert srv.lazy.metrics.cache_hits._value.get() == 20
+
+
+def test_an_answer_broken_off_never_returns_its_connection_to_the_pool(serve, registry):
+    """A client that leaves mid-blob: the rest of the blob must not reach the next client."""
+    blob = os.urandom(3 << 20)
+    digest = oci.sha256(blob)
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(blob)
+        f.flush()
+        oci.Registry(registry).push_blob("sec/blob", Path(f.name), "application/octet-stream")
+    srv = serve(pool_size=1)
+    for _ in range(3):
+        with socket.create_connection(hostport(srv.address), timeout=5) as s:
+            s.sendall(f"GET /v2/sec/blob/blobs/{digest} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert s.recv(1024).startswith(b"HTTP/1.1 200 ")
+        wait_for(lambda: srv.active == 0, 5, "the broken-off connection was not released")
+        assert srv.pool.idle == []  # its upstream connection, the blob half read, was closed
+        status, _, body = request(srv.address, "GET", f"/v2/sec/blob/blobs/{digest}")
+        assert status == 200 and oci.sha256(body) == digest
+        status, _, body = request(srv.address, "GET", "/v2/sec/blob/tags/list")
+        assert status in (200, 404) and json.loads(body)

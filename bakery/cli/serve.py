@@ -29,6 +29,13 @@ family. Example:
       targets: ["x86_64_v3+", "zen4"]    # names, "*", or NAME+ (NAME and its descendants)
       slim: true                         # allow <tag>-<target>-slim (default true)
 
+Clients are untrusted: at most --max-connections at once (more get 503), a
+request head must arrive within 10 s, a stalled body is cut after 30 s, an idle
+keep-alive connection is closed after 30 s; malformed requests and paths with
+dot segments or encoded slashes are refused with 400. Lazy bakes use the
+service's own registry credentials (auth file, never --upstream's URL), but
+only for a client the upstream itself shows the IR image <repo>:<tag>.
+
 GET /metrics is Prometheus text; GET /healthz checks the upstream's /v2/.
 Each bake is logged as one JSON line on stderr."""
 
@@ -53,6 +60,8 @@ def setup_parser(sub, parent):
     p.add_argument("--bake-timeout", type=float, default=1800.0, metavar="SECONDS",
                    help="longest a bake may take; past it the bake is stopped, its pulls get 504 and the "
                         "worker takes the next (default 1800)")
+    p.add_argument("--max-connections", type=int, default=128, metavar="N",
+                   help="client connections at once; more are answered 503 at once (default 128)")
     p.add_argument("--policy", metavar="FILE", help="YAML policy (default: all repositories, all targets)")
     p.add_argument("--jobs", type=int, default=0, help="compile jobs per bake (default: all cores)")
     p.add_argument("--tls-verify", type=common._bool, default=None, metavar="BOOL",
@@ -72,11 +81,11 @@ def run(args) -> int:
     server = servemod.make_server(upstream=args.upstream, listen=args.listen, bake_fn=bake_with_engine(engine, jobs=args.jobs),
                                   policy=policy, workers=args.workers, queue_size=args.queue, deadline=args.deadline,
                                   backoff=args.backoff, bake_timeout=args.bake_timeout,
-                                  tls_verify=args.tls_verify, log=log)
+                                  max_connections=args.max_connections, tls_verify=args.tls_verify, log=log)
     ok, detail = server.check_upstream()
     log("listening", address=server.address, upstream=server.upstream.base, upstream_ok=ok, upstream_detail=detail,
         policy=policy.source, workers=args.workers, queue=args.queue, deadline=args.deadline, backoff=args.backoff,
-        bake_timeout=args.bake_timeout)
+        bake_timeout=args.bake_timeout, max_connections=args.max_connections)
     if not args.quiet:
         print(f"http://{server.address}", flush=True)
 
