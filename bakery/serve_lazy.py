@@ -98,7 +98,8 @@ def parse_node_tag(tag: str) -> NodeTag | None:
 # -- policy ------------------------------------------------------------------------
 
 DEFAULT_POLICY_TEXT = """\
-# Default policy: every repository, every archspec target of the plan's ISA family.
+# Default policy: ANY client may bake ANY repository for every archspec target of the plan's ISA
+# family. Deploy with a policy file instead (registry/lazy-policy.yaml).
 rules:
   - repositories: ["*"]
     targets: ["*"]

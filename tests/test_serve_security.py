@@ -568,3 +568,36 @@ def test_an_answer_broken_off_never_returns_its_connection_to_the_pool(serve, re
         assert status == 200 and oci.sha256(body) == digest
         status, _, body = request(srv.address, "GET", "/v2/sec/blob/tags/list")
         assert status in (200, 404) and json.loads(body)
+
+
+# -- 6. the default policy is said to be open ---------------------------------------------------
+
+def test_the_open_default_policy_is_said_so(tmp_path):
+    from bakery.cli import serve as cli
+
+    assert "ANY CLIENT" in cli.DESCRIPTION and "registry/lazy-policy.yaml" in cli.DESCRIPTION
+    readme = (Path(__file__).parent.parent / "registry" / "README.md").read_text()
+    assert "any client" in readme.lower() and "--policy registry/lazy-policy.yaml" in readme
+    p = Policy.load(Path(__file__).parent.parent / "registry" / "lazy-policy.yaml")
+    assert all("*" not in r.targets for r in p.rules) and all("*" not in r.repositories for r in p.rules)
+    # The service says so at start, on stderr, when it runs without --policy.
+    events = []
+    for policy in ([], ["--policy", "registry/lazy-policy.yaml"]):
+        proc = subprocess.Popen([sys.executable, "-m", "bakery", "serve", "--upstream", "http://127.0.0.1:9",
+                                 "--listen", "127.0.0.1:0", "--engine", "buildah", *policy],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                cwd=Path(__file__).parent.parent)
+        try:
+            recs = []
+            for line in proc.stderr:
+                if line.startswith("{"):
+                    recs.append(json.loads(line))
+                    if recs[-1]["event"] == "listening":
+                        break
+        finally:
+            proc.terminate()
+            proc.wait(10)
+        events.append(recs)
+    warning = [r for r in events[0] if r["event"] == "warning"]
+    assert len(warning) == 1 and "no --policy" in warning[0]["message"], events[0]
+    assert [r["event"] for r in events[1]] == ["listening"] and events[1][0]["policy"] == "registry/lazy-policy.yaml"

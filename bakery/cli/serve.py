@@ -21,12 +21,14 @@ bake is answered with its reason and remembered for --backoff seconds, then
 tried again.
 
 Policy (--policy FILE, YAML): which repositories and targets may be baked on
-demand. Without one: every repository, every archspec target of the plan's ISA
-family. Example:
+demand. WITHOUT ONE, ANY CLIENT THAT CAN PULL AN IR IMAGE MAY MAKE THIS SERVICE
+BAKE IT FOR EVERY ARCHSPEC TARGET OF ITS ISA FAMILY (dozens of bakes per tag,
+each pushed to the upstream): deploy with one, e.g. registry/lazy-policy.yaml.
+A target clang clamps (zen5 baked as zen4) must be allowed as it is resolved too.
 
   rules:                       # the first rule whose repositories match decides
     - repositories: ["hpc/*", "pi"]      # fnmatch globs
-      targets: ["x86_64_v3+", "zen4"]    # names, "*", or NAME+ (NAME and its descendants)
+      targets: ["x86_64_v2+"]            # names, "*", or NAME+ (NAME and its descendants)
       slim: true                         # allow <tag>-<target>-slim (default true)
 
 Clients are untrusted: at most --max-connections at once (more get 503), a
@@ -62,7 +64,8 @@ def setup_parser(sub, parent):
                         "worker takes the next (default 1800)")
     p.add_argument("--max-connections", type=int, default=128, metavar="N",
                    help="client connections at once; more are answered 503 at once (default 128)")
-    p.add_argument("--policy", metavar="FILE", help="YAML policy (default: all repositories, all targets)")
+    p.add_argument("--policy", metavar="FILE",
+                   help="YAML policy, e.g. registry/lazy-policy.yaml (default: ANY repository, every target)")
     p.add_argument("--jobs", type=int, default=0, help="compile jobs per bake (default: all cores)")
     p.add_argument("--tls-verify", type=common._bool, default=None, metavar="BOOL",
                    help="verify the upstream's TLS (default: true, false for loopback)")
@@ -83,6 +86,9 @@ def run(args) -> int:
                                   backoff=args.backoff, bake_timeout=args.bake_timeout,
                                   max_connections=args.max_connections, tls_verify=args.tls_verify, log=log)
     ok, detail = server.check_upstream()
+    if not args.policy:
+        log("warning", message="no --policy: any client may have every repository baked for every target of its "
+                               "ISA family; deploy with a policy file, e.g. registry/lazy-policy.yaml")
     log("listening", address=server.address, upstream=server.upstream.base, upstream_ok=ok, upstream_detail=detail,
         policy=policy.source, workers=args.workers, queue=args.queue, deadline=args.deadline, backoff=args.backoff,
         bake_timeout=args.bake_timeout, max_connections=args.max_connections)
