@@ -150,6 +150,9 @@ class Registry:
 
         c = oras.container.Container(f"{self.host}/{repo}:{ref}" if not ref.startswith("sha256:")
                                      else f"{self.host}/{repo}@{ref}")
+        if not getattr(self, "_checked", False):
+            self._reachable()
+            self._basic_if_asked()
         if repo not in self._authed:
             self.oras.auth.load_configs(c, configs=_auth_files() or None)
             self._authed.add(repo)
@@ -167,6 +170,24 @@ class Registry:
             raise BakeryError(f"registry {self.host} is unreachable ({e.strerror or e})",
                               "start the embedded one with 'bakery registry start', or check the address") from None
         self._checked = True
+
+    def _basic_if_asked(self) -> None:
+        """A registry that asks for HTTP Basic auth (distribution with htpasswd, as `bakery k8s serve`
+        deploys it): oras's token backend would take the Basic realm for a token server's address."""
+        import oras.auth
+        import requests
+
+        try:
+            r = self.oras.session.get(f"{self.prefix}://{self.host}/v2/", timeout=self.timeout,
+                                      verify=self.oras._tls_verify)
+        except requests.exceptions.RequestException:
+            return  # the request itself will say what is wrong
+        if r.status_code == 401 and r.headers.get("WWW-Authenticate", "").lower().startswith("basic"):
+            backend = oras.auth.get_auth_backend("basic", self.oras.session, insecure=self.insecure,
+                                                 tls_verify=self.oras._tls_verify)
+            backend._basic_auth = getattr(backend, "_basic_auth", None)  # no login: a 401, not an AttributeError
+            self.oras.auth = backend
+            self._authed.clear()  # credentials are loaded again, into the basic backend
 
     def _request(self, method: str, url: str, **kw):
         """One registry request with a time limit and a short retry of transient failures.
@@ -209,7 +230,9 @@ class Registry:
             detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errs)[:300]
         except (ValueError, AttributeError, TypeError, RecursionError):  # an error body of another shape
             detail = r.text[:300].splitlines()[0] if r.text.strip() else ""
-        raise BakeryError(f"registry {self.host}: {what} failed (HTTP {r.status_code}) {detail}".rstrip())
+        hint = (f"log in to {self.host}: its credentials are read from $REGISTRY_AUTH_FILE, the containers "
+                "auth file or the docker config (e.g. 'skopeo login')") if r.status_code == 401 else None
+        raise BakeryError(f"registry {self.host}: {what} failed (HTTP {r.status_code}) {detail}".rstrip(), hint)
 
     def head_manifest(self, repo: str, ref: str) -> str | None:
         """The digest a tag points to, or None when there is no such manifest."""

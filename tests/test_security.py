@@ -276,3 +276,65 @@ def test_bake_time_limit_stops_the_bake_and_its_container(images, engine, regist
     assert "--output /bakery/out" not in ps
     with pytest.raises(BakeryError, match="expected seconds > 0"):
         imagemod.bake_timeout(0)
+
+
+@pytest.mark.filterwarnings("ignore:'crypt' is deprecated:DeprecationWarning")
+def test_serve_as_k8s_serve_deploys_it(images, registry, tmp_path, monkeypatch):
+    """The pod `bakery k8s serve` renders, run here: the registry asks for a password (htpasswd),
+    serve bakes with --engine none and its own login. An anonymous pull is told to log in and bakes
+    nothing; a pull with the client's login bakes the node tag once, and it runs."""
+    import base64
+    import crypt  # bcrypt, as distribution's htpasswd wants: Debian's libxcrypt has it
+    from bakery import registry as registrymod
+    from test_serve import Service, get_manifest
+
+    res = images.ir("pi")
+    (tmp_path / "htpasswd").write_text("bob:" + crypt.crypt("s3cret", crypt.mksalt(crypt.METHOD_BLOWFISH)) + "\n")
+    for k, v in {"REGISTRY_AUTH": "htpasswd", "REGISTRY_AUTH_HTPASSWD_REALM": "bakery",
+                 "REGISTRY_AUTH_HTPASSWD_PATH": str(tmp_path / "htpasswd")}.items():
+        monkeypatch.setenv(k, v)
+    emb = registrymod.Embedded(tmp_path / "reg")
+    (tmp_path / "reg").mkdir()
+    addr = emb.start(port=0, quiet=True)
+    for k in ("REGISTRY_AUTH", "REGISTRY_AUTH_HTPASSWD_REALM", "REGISTRY_AUTH_HTPASSWD_PATH"):
+        monkeypatch.delenv(k)
+    try:
+        auth = tmp_path / "auth.json"
+        auth.write_text(json.dumps({"auths": {addr: {"auth": base64.b64encode(b"bob:s3cret").decode()}}}))
+        monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+        subprocess.run(["skopeo", "copy", "-q", "--src-tls-verify=false", "--dest-tls-verify=false",
+                        f"docker://{registry}/pi:1.0", f"docker://{addr}/pi:1.0"], check=True, capture_output=True)
+        reg = oci.Registry(addr)
+        data, mt, digest = reg.get_manifest("pi", "1.0")
+        plan_file = tmp_path / "plan.json"
+        plan_file.write_bytes(oci.Registry(registry).get_blob("pi", res.plan_digest))
+        oci.push_plan(reg, "pi", {"mediaType": mt, "digest": digest, "size": len(data)}, plan_file)
+        svc = Service(addr, tmp_path / "serve.log", "--engine", "none", "--policy",
+                      str(Path(__file__).resolve().parent.parent / "registry/lazy-policy.yaml")).start()
+        try:
+            monkeypatch.setenv("REGISTRY_AUTH_FILE", "/nonexistent")  # the client: anonymous first
+            status, headers, _ = get_manifest(svc.addr, "pi", "1.0-x86_64_v3")
+            assert status == 401 and headers["www-authenticate"].lower().startswith("basic")
+            assert reg.head_manifest("pi", "1.0-x86_64_v3") is None and not svc.bakes()
+            cp = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", "bob:s3cret",
+                                 f"docker://{svc.addr}/pi:1.0-x86_64_v3"], capture_output=True, text=True, timeout=600)
+            assert cp.returncode == 0, cp.stderr + svc.log()
+            assert json.loads(cp.stdout)["annotations"]["dev.bakery.target"] == "x86_64_v3"
+            (bake,) = svc.bakes()
+            assert bake["outcome"] == "succeeded", bake
+        finally:
+            svc.stop()
+        monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
+        subprocess.run(["buildah", "pull", "-q", "--tls-verify=false", "--creds", "bob:s3cret",
+                        f"docker://{addr}/pi:1.0-x86_64_v3"], check=True, capture_output=True)
+        ctr = subprocess.run(["buildah", "from", "--pull-never", f"{addr}/pi:1.0-x86_64_v3"], check=True,
+                             capture_output=True, text=True).stdout.strip()
+        try:
+            out = subprocess.run(["buildah", "run", "--isolation=chroot", ctr, "--", "pi", "100000", "2"],
+                                 capture_output=True, text=True, check=True).stdout
+            assert "pi = 3.14159" in out
+        finally:
+            subprocess.run(["buildah", "rm", ctr], capture_output=True)
+            subprocess.run(["buildah", "rmi", "-f", f"{addr}/pi:1.0-x86_64_v3"], capture_output=True)
+    finally:
+        emb.stop()

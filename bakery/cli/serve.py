@@ -69,7 +69,10 @@ def setup_parser(sub, parent):
     p.add_argument("--jobs", type=int, default=0, help="compile jobs per bake (default: all cores)")
     p.add_argument("--tls-verify", type=common._bool, default=None, metavar="BOOL",
                    help="verify the upstream's TLS (default: true, false for loopback)")
-    p.add_argument("--engine", help="container engine (default: $BAKERY_ENGINE, else buildah)")
+    p.add_argument("--engine", choices=["buildah", "docker", "none"],
+                   help="container engine for the bakes (default: $BAKERY_ENGINE, else buildah). 'none': no "
+                        "engine, for serve in bakery's own container (a pod): the bundle is read from the layer "
+                        "blobs, baked with this container's LLVM and pushed through the registry's API")
     return p
 
 
@@ -79,7 +82,7 @@ def run(args) -> int:
     from ..serve_lazy import JsonLog, Policy, bake_with_engine
 
     policy = Policy.load(args.policy) if args.policy else Policy.default()
-    engine = enginemod.get(args.engine)
+    engine = enginemod.get_or_none(args.engine)
     log = JsonLog()
     server = servemod.make_server(upstream=args.upstream, listen=args.listen, bake_fn=bake_with_engine(engine, jobs=args.jobs),
                                   policy=policy, workers=args.workers, queue_size=args.queue, deadline=args.deadline,
