@@ -472,9 +472,17 @@ class DockerEngine(ContainerEngine):
                     timer.daemon = True
                     timer.start()
                 try:
+                    missed = False
                     for chunk in self.api.logs(container, stream=True, follow=True, stdout=True, stderr=True):
-                        out.feed(chunk.decode("utf-8", errors="replace") if isinstance(chunk, bytes) else chunk)
+                        text = chunk.decode("utf-8", errors="replace") if isinstance(chunk, bytes) else chunk
+                        if "failed to obtain logs for Container" in text and '"response":500' in text:
+                            missed = True  # podman 4: a container that exits at once races the follow
+                            continue
+                        out.feed(text)
                     status = self.api.wait(container)
+                    if missed:  # it has exited: its whole log is there to read now
+                        text = self.api.logs(container, stream=False, stdout=True, stderr=True)
+                        out.feed(text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text)
                 finally:
                     if timer is not None:
                         timer.cancel()
