@@ -16,12 +16,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import bake as bakemod
-from . import capture as capturemod
-from . import plan as planmod
-from . import proc
-from . import target as targetmod
-from .errors import BakeryError
+from bakery import bake as bakemod
+from bakery import capture as capturemod
+from bakery import plan as planmod
+from bakery import proc
+from bakery import target as targetmod
+from bakery.errors import BakeryError
 
 
 def _time_command(bindir: Path, argv: list[str], repeat: int, stdin: str | None = None) -> tuple[float, str]:

@@ -16,7 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .errors import BakeryError, CommandFailed
+from bakery.errors import BakeryError, CommandFailed
 
 # Debian package that provides a tool, for the "not found" hint.
 PACKAGES = {

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import archspec.cpu
 
-from .errors import BakeryError
+from bakery.errors import BakeryError
 
 
 @dataclass(frozen=True)

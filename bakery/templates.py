@@ -7,20 +7,13 @@ from pathlib import Path
 
 import jinja2
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def _search_path() -> list[str]:
-    # The repository's Containerfiles/ and registry/ (editable installs and
-    # the container build context), else the copies shipped in the package.
-    here = Path(__file__).resolve().parent
-    return [str(REPO_ROOT), str(here / "data")]
+DATA = Path(__file__).resolve().parent / "data"   # Containerfiles/, k8s/, registry/: package data
 
 
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_search_path()),
+        loader=jinja2.FileSystemLoader(str(DATA)),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -12,8 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BakeryError
-from . import proc
+from bakery.errors import BakeryError
+from bakery.platforms import platform_of_family, triple_of_platform  # noqa: F401  (re-exported)
+from bakery import proc
 
 DEFAULT_LLVM = 16
 
@@ -25,22 +26,9 @@ def default_major() -> int:
     return int(value)
 
 
-PLATFORMS = {"linux/amd64": "x86_64-linux-gnu", "linux/arm64": "aarch64-linux-gnu",
-             "linux/arm64/v8": "aarch64-linux-gnu"}
 # Debian's cross sysroots that clang --target=TRIPLE finds by itself.
 CROSS_PACKAGES = {"aarch64-linux-gnu": "libc6-dev-arm64-cross libstdc++-12-dev-arm64-cross libgcc-12-dev-arm64-cross",
                   "x86_64-linux-gnu": "libc6-dev-amd64-cross libstdc++-12-dev-amd64-cross libgcc-12-dev-amd64-cross"}
-
-
-def triple_of_platform(platform: str) -> str:
-    try:
-        return PLATFORMS[platform]
-    except KeyError:
-        raise BakeryError(f"unknown platform {platform!r}", f"known: {', '.join(PLATFORMS)}") from None
-
-
-def platform_of_family(family: str) -> str:
-    return {"x86_64": "linux/amd64", "aarch64": "linux/arm64"}[family]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ REPO, TAG = "bench/app", "1.0-x86_64_v3"
 
 
 def push_image(addr: str) -> str:
-    from bakery import oci
+    from bakery.images import oci
 
     reg = oci.Registry(addr, tls_verify=False)
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,7 +86,7 @@ def main() -> int:
     ap.add_argument("--fresh", action="store_true", help="a new client connection per request (default: keep-alive)")
     args = ap.parse_args()
 
-    from bakery import registry as registrymod
+    from bakery.images import registry as registrymod
 
     stack = []
     tmp = tempfile.TemporaryDirectory(prefix="bakery-bench-")

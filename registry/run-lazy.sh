@@ -8,7 +8,7 @@
 #
 # Usage: registry/run-lazy.sh [bakery serve options...]
 #   REGISTRY_PORT=5000 SERVE_LISTEN=127.0.0.1:5001 registry/run-lazy.sh --workers 1
-# The policy is registry/lazy-policy.yaml (edit it to your repositories and targets) unless the
+# The policy is bakery/data/registry/lazy-policy.yaml (edit it to your repositories and targets) unless the
 # options name one with --policy (docs/security.md).
 # The registry keeps running in the background when the service stops (`bakery registry stop`).
 set -euo pipefail
@@ -22,5 +22,5 @@ upstream="$("$BAKERY" -q registry start --port "$REGISTRY_PORT")"
 echo "run-lazy: registry on $upstream, bakery serve on $SERVE_LISTEN" >&2
 
 policy=()
-case " $* " in *" --policy "*|*" --policy="*) ;; *) policy=(--policy "$(dirname "$0")/lazy-policy.yaml") ;; esac
+case " $* " in *" --policy "*|*" --policy="*) ;; *) policy=(--policy "$(dirname "$0")/../bakery/data/registry/lazy-policy.yaml") ;; esac
 exec "$BAKERY" serve --upstream "http://$upstream" --listen "$SERVE_LISTEN" "${policy[@]}" "$@"

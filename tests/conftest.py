@@ -108,7 +108,7 @@ def disassembly(path: Path, symbol: str | None = None) -> str:
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory):
     """A real CNCF distribution registry on a free loopback port."""
-    from bakery import registry as registrymod
+    from bakery.images import registry as registrymod
 
     emb = registrymod.Embedded(tmp_path_factory.mktemp("registry"))
     addr = emb.start(port=0, quiet=True)
@@ -137,7 +137,7 @@ def _drop_session_images(addr: str) -> None:
 
 @pytest.fixture(scope="session")
 def engine():
-    from bakery import engine as enginemod
+    from bakery import engines as enginemod
 
     return enginemod.get("buildah")
 
@@ -151,7 +151,7 @@ class Images:
 
     def ir(self, name: str):
         if name not in self._built:
-            from bakery import image as imagemod
+            from bakery import images as imagemod
 
             self._built[name] = imagemod.build(self.builds.recipe(name), self.engine, self.registry, quiet=True)
         return self._built[name]

@@ -25,14 +25,14 @@ from pathlib import Path
 
 import pytest
 
-from bakery import engine as enginemod
-from bakery import image as imagemod
-from bakery import oci
+from bakery import engines as enginemod
+from bakery import images as imagemod
+from bakery.images import oci
 from bakery.errors import BakeryError, CommandFailed
 from conftest import EXAMPLES, run_verify
 
 docker = pytest.importorskip("docker", reason="the docker engine needs the docker Python SDK (pip install docker)")
-from bakery.engine_docker import DockerEngine, _version_tuple, candidate_sockets, socket_answers  # noqa: E402
+from bakery.engines.docker import DockerEngine, _version_tuple, candidate_sockets, socket_answers  # noqa: E402
 
 CONTAINERS_CONF = """\
 # Written by tests/test_engine_docker.py for its podman API service; see docs/engines.md.
@@ -385,7 +385,7 @@ def test_import_read_tag_exists_remove(docker_engine, tiny_rootfs):
 @pytest.mark.slow
 def test_debian_base_from_debootstrap_through_the_docker_api(docker_engine):
     """import_rootfs with a real debootstrap tree: device nodes, hard links, modes, then a shell in it."""
-    from bakery import base as basemod
+    from bakery.images import base as basemod
 
     name = f"localhost/bakery-docker-test/debian:{os.getpid()}"
     basemod.make_runtime(docker_engine, name, quiet=True)

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from bakery import image as imagemod
-from bakery import oci
+from bakery import images as imagemod
+from bakery.images import oci
 from bakery.errors import BakeryError, PlanRefused
 from conftest import EXAMPLES, EXAMPLE_NAMES
 

@@ -7,7 +7,7 @@ import archspec.cpu
 import pytest
 import yaml
 
-from bakery import k8s
+from bakery.scale import k8s
 from bakery.cli import main
 from bakery.errors import BakeryError
 
@@ -236,7 +236,7 @@ def test_serve_manifests_validate():
         assert not sc.get("privileged") and sc["allowPrivilegeEscalation"] is False
         assert sc["capabilities"] == {"drop": ["ALL"]}
     assert serve["securityContext"]["runAsNonRoot"] and serve["securityContext"]["readOnlyRootFilesystem"]
-    # Without --policy: registry/lazy-policy.yaml, not "everything".
+    # Without --policy: bakery/data/registry/lazy-policy.yaml, not "everything".
     default = validate(k8s.render_serve("registry.example.com/bakery:0.1"))
     rules = yaml.safe_load(default[0]["data"]["policy.yaml"])["rules"]
     assert rules and all("*" not in r["repositories"] and "*" not in r["targets"] for r in rules)

@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from bakery import matrix, oci
+from bakery.scale import matrix
+from bakery.images import oci
 from bakery.errors import BakeryError
 from conftest import EXAMPLES
 

@@ -76,7 +76,7 @@ def test_x86_target_for_arm64_ir_is_refused(builds, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def multi(engine, registry, builds):
-    from bakery import image as imagemod
+    from bakery import images as imagemod
 
     return imagemod.build(builds.recipe("kernel"), engine, registry, tag=f"{registry}/kernel-multi:1.0",
                           platforms=["linux/amd64", "linux/arm64"], quiet=True)
@@ -85,7 +85,7 @@ def multi(engine, registry, builds):
 def test_index_lists_both_platforms_each_with_a_plan(multi, registry):
     import json
 
-    from bakery import oci
+    from bakery.images import oci
 
     reg = oci.Registry(registry)
     index = json.loads(reg.get_manifest("kernel-multi", multi.digest)[0])
@@ -98,7 +98,7 @@ def test_index_lists_both_platforms_each_with_a_plan(multi, registry):
 
 
 def test_one_ref_bakes_for_both_isas(multi, engine, registry):
-    from bakery import image as imagemod
+    from bakery import images as imagemod
 
     arm = imagemod.bake(f"{registry}/kernel-multi:1.0", engine, registry, "neoverse_v1", quiet=True)
     x86 = imagemod.bake(f"{registry}/kernel-multi:1.0", engine, registry, "x86_64_v3", quiet=True)

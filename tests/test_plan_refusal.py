@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from bakery import plan as planmod
+from bakery.plan import assembly, trust
 from bakery.cli import main
 from bakery.errors import PlanRefused
 
@@ -341,7 +342,7 @@ def test_clang_and_lld_run_inside_the_work_tree(bundle, tmp_path, toolchain, mon
     def spy(argv, **kw):
         seen.append((argv[0], kw.get("cwd")))
         return real(argv, **kw)
-    monkeypatch.setattr(bakemod.proc, "run", spy)
+    monkeypatch.setattr(proc, "run", spy)
     monkeypatch.chdir(tmp_path)
     target = targetmod.resolve("x86_64", compiler_version=toolchain.version, family=toolchain.family)
     bakemod.bake(bundle, planmod.load(bundle), toolchain, target, tmp_path / "out", quiet=True)
@@ -424,9 +425,9 @@ def test_version_script_that_includes_is_refused_at_bake(vbundle, tmp_path, caps
 
 def test_file_item_for_a_linker_script_is_dropped_by_the_capture():
     """A build's own linker script (-T) is left out of the plan, with a note, not refused at bake."""
-    assert planmod._file_item_problem({"file": "a" * 64, "wl": ["-T", "x.ld"], "at": 1, "prefix": ""})
-    assert planmod._file_item_problem({"file": "a" * 64, "wl": ["--script=x"], "at": 0, "prefix": "--script="})
-    assert not planmod._file_item_problem({"file": "a" * 64, "wl": ["--version-script", "x"], "at": 1, "prefix": ""})
+    assert assembly._file_item_problem({"file": "a" * 64, "wl": ["-T", "x.ld"], "at": 1, "prefix": ""})
+    assert assembly._file_item_problem({"file": "a" * 64, "wl": ["--script=x"], "at": 0, "prefix": "--script="})
+    assert not assembly._file_item_problem({"file": "a" * 64, "wl": ["--version-script", "x"], "at": 1, "prefix": ""})
 
 
 # -- shapes that used to crash the loader or the bake (found by mutating plans) -------------------
@@ -483,7 +484,7 @@ def test_json_that_is_too_deep_or_broken_is_refused(bundle, tmp_path, capsys, te
 
 
 def test_oversized_plan_is_refused_unread(bundle, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(planmod, "MAX_PLAN_BYTES", 1000)
+    monkeypatch.setattr(trust, "MAX_PLAN_BYTES", 1000)
     refused(bundle, tmp_path, capsys, "larger than")
 
 

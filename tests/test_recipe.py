@@ -31,7 +31,7 @@ def write(tmp_path, text, name="recipe.yaml"):
 
 
 def test_schema_is_valid_draft_2020_12():
-    text = resources.files("bakery").joinpath("schemas/recipe.schema.json").read_text()
+    text = resources.files("bakery.recipe").joinpath("schema.json").read_text()
     Draft202012Validator.check_schema(json.loads(text))
 
 
@@ -249,7 +249,7 @@ def fake_debian(tmp_path, monkeypatch):
 
 
 def test_debian_source_is_fetched_unpacked_and_cached(tmp_path, fake_debian):
-    from bakery import sources
+    from bakery.capture import sources
     _, log = fake_debian
     src = recipe.Source("debian", "hello", dest="app", version="1:2.10-3")
     for n in (1, 2):
@@ -266,7 +266,7 @@ def test_debian_source_is_fetched_unpacked_and_cached(tmp_path, fake_debian):
 
 
 def test_debian_source_without_deb_src_says_how_to_add_it(tmp_path, fake_debian, monkeypatch):
-    from bakery import sources
+    from bakery.capture import sources
     from bakery.errors import BakeryError
     monkeypatch.setenv("FAKE_APT", "nosrc")
     with pytest.raises(BakeryError) as exc:
@@ -278,7 +278,7 @@ def test_debian_source_without_deb_src_says_how_to_add_it(tmp_path, fake_debian,
 
 
 def test_debian_source_unknown_version_points_at_showsrc(tmp_path, fake_debian, monkeypatch):
-    from bakery import sources
+    from bakery.capture import sources
     from bakery.errors import BakeryError
     monkeypatch.setenv("FAKE_APT", "noversion")
     with pytest.raises(BakeryError) as exc:
@@ -288,7 +288,7 @@ def test_debian_source_unknown_version_points_at_showsrc(tmp_path, fake_debian, 
 
 
 def test_debian_source_needs_dpkg_dev(tmp_path, fake_debian):
-    from bakery import sources
+    from bakery.capture import sources
     from bakery.errors import BakeryError
     bin_dir, log = fake_debian
     (bin_dir / "dpkg-source").unlink()
@@ -302,7 +302,7 @@ def test_debian_source_needs_dpkg_dev(tmp_path, fake_debian):
 def test_inputs_digest_follows_the_local_source_tree_not_build_debris(tmp_path):
     import os
 
-    from bakery import sources
+    from bakery.capture import sources
 
     p = write(tmp_path, VALID)
     (tmp_path / "src" / "pi.c").write_text("int main(void){return 0;}\n")

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bakery import image as imagemod
-from bakery import oci, safefs
+from bakery import images as imagemod
+from bakery.images import base as basemod
+from bakery.images import oci
+from bakery import safefs
 from bakery.errors import BakeryError, CommandFailed, PlanRefused
 
 pytestmark = pytest.mark.slow
@@ -124,7 +126,7 @@ def test_escape_program_in_the_ir_image_never_runs(images, engine, registry, esc
     assert res.outputs == ["pi"]
     manifest = json.loads(oci.Registry(registry).get_manifest("escape", res.digest)[0])
     tool = manifest["annotations"]["dev.bakery.toolchain.image"]
-    assert tool == engine.image_id(imagemod.basemod.names(registry, 16).llvm)
+    assert tool == engine.image_id(basemod.names(registry, 16).llvm)
     # Through the registry's API alone (--engine none), the same.
     res = imagemod.bake(ref, None, registry, "x86_64_v2", quiet=True)
     assert not marker.exists() and res.outputs == ["pi"]
@@ -210,7 +212,7 @@ def test_only_the_plans_install_names_are_committed_and_never_through_a_link(tmp
 def test_slim_base_named_by_the_image_must_be_its_own(images, engine, registry):
     """The IR image names a private image as its runtime base; a slim bake would pull it with the
     baker's credentials and push it under the attacker's -slim tag."""
-    private = imagemod.basemod.names(registry, 16).remote(imagemod.basemod.names(registry, 16).build)
+    private = basemod.names(registry, 16).remote(basemod.names(registry, 16).build)
     ref = hostile_image(engine, registry, images, "slimthief",
                         annotations={"dev.bakery.runtime.base": private})
     for eng in (engine, None):
@@ -285,7 +287,7 @@ def test_serve_as_k8s_serve_deploys_it(images, registry, tmp_path, monkeypatch):
     nothing; a pull with the client's login bakes the node tag once, and it runs."""
     import base64
     import crypt  # bcrypt, as distribution's htpasswd wants: Debian's libxcrypt has it
-    from bakery import registry as registrymod
+    from bakery.images import registry as registrymod
     from test_serve import Service, get_manifest
 
     res = images.ir("pi")
@@ -310,7 +312,7 @@ def test_serve_as_k8s_serve_deploys_it(images, registry, tmp_path, monkeypatch):
         plan_file.write_bytes(oci.Registry(registry).get_blob("pi", res.plan_digest))
         oci.push_plan(reg, "pi", {"mediaType": mt, "digest": digest, "size": len(data)}, plan_file)
         svc = Service(addr, tmp_path / "serve.log", "--engine", "none", "--policy",
-                      str(Path(__file__).resolve().parent.parent / "registry/lazy-policy.yaml")).start()
+                      str(Path(__file__).resolve().parent.parent / "bakery/data/registry/lazy-policy.yaml")).start()
         try:
             monkeypatch.setenv("REGISTRY_AUTH_FILE", "/nonexistent")  # the client: anonymous first
             status, headers, _ = get_manifest(svc.addr, "pi", "1.0-x86_64_v3")

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from bakery import oci
-from bakery import serve as servemod
+from bakery.images import oci
+from bakery.serve import proxy as servemod
 from bakery.errors import BakeryError
-from bakery.serve_lazy import JsonLog, Policy
+from bakery.serve.lazy import JsonLog, Policy
 
 ACCEPT = oci.ACCEPT
 FAKE = "sha256:" + "0" * 64
@@ -259,8 +259,8 @@ def test_a_hanging_bake_is_abandoned_and_the_worker_bakes_the_next(serve, images
 
 def test_bake_timeout_is_passed_to_the_real_bake(monkeypatch):
     """bake_with_engine hands --bake-timeout to bakery.image.bake (which kills the bake's processes)."""
-    from bakery import image as imagemod
-    from bakery.serve_lazy import Flight, Lazy, bake_with_engine, parse_node_tag
+    from bakery import images as imagemod
+    from bakery.serve.lazy import Flight, Lazy, bake_with_engine, parse_node_tag
 
     seen = {}
 
@@ -575,14 +575,14 @@ def test_an_answer_broken_off_never_returns_its_connection_to_the_pool(serve, re
 def test_the_open_default_policy_is_said_so(tmp_path):
     from bakery.cli import serve as cli
 
-    assert "ANY CLIENT" in cli.DESCRIPTION and "registry/lazy-policy.yaml" in cli.DESCRIPTION
+    assert "ANY CLIENT" in cli.DESCRIPTION and "bakery/data/registry/lazy-policy.yaml" in cli.DESCRIPTION
     readme = (Path(__file__).parent.parent / "registry" / "README.md").read_text()
-    assert "any client" in readme.lower() and "--policy registry/lazy-policy.yaml" in readme
-    p = Policy.load(Path(__file__).parent.parent / "registry" / "lazy-policy.yaml")
+    assert "any client" in readme.lower() and "--policy bakery/data/registry/lazy-policy.yaml" in readme
+    p = Policy.load(Path(__file__).parent.parent / "bakery" / "data" / "registry" / "lazy-policy.yaml")
     assert all("*" not in r.targets for r in p.rules) and all("*" not in r.repositories for r in p.rules)
     # The service says so at start, on stderr, when it runs without --policy.
     events = []
-    for policy in ([], ["--policy", "registry/lazy-policy.yaml"]):
+    for policy in ([], ["--policy", "bakery/data/registry/lazy-policy.yaml"]):
         proc = subprocess.Popen([sys.executable, "-m", "bakery", "serve", "--upstream", "http://127.0.0.1:9",
                                  "--listen", "127.0.0.1:0", "--engine", "buildah", *policy],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -600,4 +600,4 @@ def test_the_open_default_policy_is_said_so(tmp_path):
         events.append(recs)
     warning = [r for r in events[0] if r["event"] == "warning"]
     assert len(warning) == 1 and "no --policy" in warning[0]["message"], events[0]
-    assert [r["event"] for r in events[1]] == ["listening"] and events[1][0]["policy"] == "registry/lazy-policy.yaml"
+    assert [r["event"] for r in events[1]] == ["listening"] and events[1][0]["policy"] == "bakery/data/registry/lazy-policy.yaml"

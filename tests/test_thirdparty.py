@@ -26,7 +26,7 @@ from bakery import bake as bakemod
 from bakery import capture as capturemod
 from bakery import plan as planmod
 from bakery import recipe as recipemod
-from bakery import sources
+from bakery.capture import sources
 from bakery import target as targetmod
 from bakery.errors import BakeryError
 

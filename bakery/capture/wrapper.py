@@ -24,6 +24,12 @@ import subprocess
 import sys
 import tempfile
 
+try:  # part of bakery (tests, the plan)
+    from bakery.capture.flags import HOST_CPU_PREFIXES, LINKER_FILE_OPTIONS, LINKER_VALUE_OPTIONS, sha256_file
+except ImportError:  # run as a script, python3 -I -S wrapper.py: the tables from this file's own folder
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from flags import HOST_CPU_PREFIXES, LINKER_FILE_OPTIONS, LINKER_VALUE_OPTIONS, sha256_file  # type: ignore
+
 # Flags followed by a separate value argument.
 TAKES_VALUE = {
     "-o", "-I", "-D", "-U", "-include", "-imacros", "-isystem", "-idirafter", "-iquote",
@@ -38,7 +44,6 @@ FRONTEND_ONLY_PREFIXES = ("-I", "-D", "-U", "-M", "-W", "-std=", "-include", "-i
                           "-iprefix", "-iwithprefix", "-pedantic", "-ansi", "-x", "-C", "-P",
                           "-H", "-fdiagnostics", "-fcolor-diagnostics", "-fno-color-diagnostics")
 # The build host's CPU must not leak into the IR: the bake chooses the target.
-HOST_CPU_PREFIXES = ("-march=", "-mcpu=", "-mtune=", "-mnative")
 SOURCE_LANG = {
     ".c": "c", ".i": "c",
     ".cc": "c++", ".cp": "c++", ".cxx": "c++", ".cpp": "c++", ".c++": "c++", ".C": "c++",
@@ -50,17 +55,8 @@ SOURCE_LANG = {
 X_LANG = {"c": "c", "c++": "c++", "assembler": "asm", "assembler-with-cpp": "asm-cpp",
           "f95": "fortran", "f77": "fortran", "f95-cpp-input": "fortran", "cpp-output": "c",
           "c++-cpp-output": "c++", "c-header": "header", "c++-header": "header", "ir": "ir"}
-FILE_OPTIONS = ("--version-script", "-version-script", "-T", "--script", "--dynamic-list")
 LINE_MARKER = re.compile(rb"^# \d+ .*\n", re.M)
 OPT_LEVELS = ("-O0", "-O1", "-O2", "-O3", "-Os", "-Oz", "-Ofast", "-Og", "-O")
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 
@@ -424,7 +420,7 @@ class Capture:
                     out.append((key + "=" if eq else "") + "$ORIGIN")
                     continue
                 option = key if eq else (out[-1] if out else prev)
-                if option not in FILE_OPTIONS:
+                if option not in LINKER_FILE_OPTIONS:
                     out.append(p)
                     continue
                 sha = self.keep(path, "files")
@@ -478,10 +474,6 @@ class Capture:
                 f.write(data)
             os.replace(dest + ".tmp", dest)
         return {"object": sha, "name": name}
-
-
-LINKER_VALUE_OPTIONS = {"-soname", "-h", "--soname", "-rpath", "--rpath", "-R", "-z", "-version-script",
-                        "--version-script", "-T", "--script", "--dynamic-list", "--hash-style", "-rpath-link"}
 
 
 def merge_linker_options(args: list[str]) -> list[str]:

@@ -10,11 +10,11 @@ import argparse
 import sys
 import traceback
 
-from .. import __version__
-from ..errors import BakeryError
-from . import base, bake, bench, build, capture, inspect, registry, targets, validate
-from . import serve
-from . import k8s, matrix
+from bakery import __version__
+from bakery.errors import BakeryError
+from bakery.cli import base, bake, bench, build, capture, inspect, registry, targets, validate
+from bakery.cli import serve
+from bakery.cli import k8s, matrix
 
 COMMANDS = (validate, capture, build, bake, inspect, registry, base, bench, targets, serve, matrix, k8s)
 

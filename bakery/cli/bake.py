@@ -3,11 +3,11 @@
 import json
 from pathlib import Path
 
-from . import common
+from bakery.cli import common
 
 
 def setup_parser(sub, parent):
-    from .. import bake as bakemod
+    from bakery import bake as bakemod
 
     p = sub.add_parser(
         "bake", parents=[parent], help="finish the bitcode for one CPU (a local bundle or an IR image)",
@@ -51,11 +51,11 @@ def run(args) -> int:
 
 
 def _bake_bundle(args, bundle: Path) -> int:
-    from .. import bake as bakemod
-    from .. import plan as planmod
-    from .. import target as targetmod
-    from .. import toolchain as toolchainmod
-    from ..errors import BakeryError
+    from bakery import bake as bakemod
+    from bakery import plan as planmod
+    from bakery import target as targetmod
+    from bakery import toolchain as toolchainmod
+    from bakery.errors import BakeryError
 
     if args.output is None:
         raise BakeryError("baking a bundle needs --output DIR")
@@ -74,10 +74,10 @@ def _bake_bundle(args, bundle: Path) -> int:
 
 
 def _bake_image(args) -> int:
-    from .. import engine as enginemod
-    from .. import image as imagemod
-    from .. import oci
-    from .. import registry as registrymod
+    from bakery import engines as enginemod
+    from bakery import images as imagemod
+    from bakery.images import oci
+    from bakery.images import registry as registrymod
 
     registry = args.registry or (None if oci.names_registry(args.source) else registrymod.default_registry(quiet=args.quiet))
     res = imagemod.bake(args.source, enginemod.get_or_none(args.engine), registry, args.target, push=args.push,

@@ -2,11 +2,11 @@
 
 import json
 
-from .. import base as basemod
-from .. import engine as enginemod
-from .. import registry as registrymod
-from .. import toolchain as toolchainmod
-from . import common
+from bakery.images import base as basemod
+from bakery import engines as enginemod
+from bakery.images import registry as registrymod
+from bakery import toolchain as toolchainmod
+from bakery.cli import common
 
 
 def setup_parser(sub, parent):

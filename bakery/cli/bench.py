@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from .. import bench as benchmod
-from .. import recipe as recipemod
-from .. import toolchain as toolchainmod
+from bakery import bench as benchmod
+from bakery import recipe as recipemod
+from bakery import toolchain as toolchainmod
 
 
 def setup_parser(sub, common):

@@ -2,18 +2,18 @@
 
 import json
 
-from .. import engine as enginemod
-from .. import image as imagemod
-from .. import recipe as recipemod
-from .. import registry as registrymod
-from .. import toolchain as toolchainmod
-from . import common
+from bakery import engines as enginemod
+from bakery import images as imagemod
+from bakery import recipe as recipemod
+from bakery.images import registry as registrymod
+from bakery import toolchain as toolchainmod
+from bakery.cli import common
 
 
 def setup_parser(sub, parent):
     p = sub.add_parser(
         "build", parents=[parent], help="build the IR image and attach the bake plan to it",
-        description="Render Containerfiles/ir.Containerfile.j2 for the recipe and build it: stage 1 runs the "
+        description="Render bakery/data/Containerfiles/ir.Containerfile.j2 for the recipe and build it: stage 1 runs the "
                     "recipe's build with bakery's wrappers (capture), the final stage is the runtime base + LLVM "
                     "+ the bitcode bundle at /bakery/bundle. Then push the image and attach the plan as an OCI "
                     "artifact (subject = the image). Without --registry/BAKERY_REGISTRY the embedded registry on "
@@ -38,7 +38,7 @@ def run(args) -> int:
     llvm = toolchainmod.default_major()
     if args.dry_run:
         registry = args.registry or "REGISTRY"
-        from .. import base as basemod
+        from bakery.images import base as basemod
         bases = basemod.names(registry, llvm, recipe.runtime_base)
         for platform in _platforms(args) or [imagemod.host_platform()]:
             print(imagemod.render_containerfile(recipe, bases, args.jobs, platform,

@@ -3,9 +3,9 @@
 import json
 from pathlib import Path
 
-from .. import capture as capturemod
-from .. import recipe as recipemod
-from .. import toolchain as toolchainmod
+from bakery import capture as capturemod
+from bakery import recipe as recipemod
+from bakery import toolchain as toolchainmod
 
 
 def setup_parser(sub, common):

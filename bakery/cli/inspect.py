@@ -2,9 +2,9 @@
 
 import json
 
-from .. import oci
-from .. import registry as registrymod
-from . import common
+from bakery.images import oci
+from bakery.images import registry as registrymod
+from bakery.cli import common
 
 
 def setup_parser(sub, parent):
@@ -19,7 +19,7 @@ def setup_parser(sub, parent):
 
 
 def run(args) -> int:
-    from .. import image as imagemod
+    from bakery import images as imagemod
 
     registry = args.registry or registrymod.default_registry(quiet=True)
     ref = oci.Ref.parse(args.ref, default_registry=registry)

@@ -7,7 +7,7 @@ import shlex
 import sys
 
 DESCRIPTION = """\
-Render Kubernetes manifests (YAML on stdout, from the templates in k8s/) and map
+Render Kubernetes manifests (YAML on stdout, from the templates in bakery/data/k8s/) and map
 node-feature-discovery (NFD) CPU labels to archspec targets. No cluster is contacted.
 
   bakery k8s job REG/pi:1.0                  # init container bakes for the node it lands on
@@ -56,7 +56,7 @@ def setup_parser(sub, parent):
                                   "htpasswd auth) and `bakery serve --upstream http://127.0.0.1:PORT --engine none` "
                                   "as a sidecar, unprivileged (non-root, no capabilities, read-only root), and a "
                                   "Service for serve's port only. With --upstream URL (a registry elsewhere) only "
-                                  "`bakery serve` is deployed. Without --policy, registry/lazy-policy.yaml is "
+                                  "`bakery serve` is deployed. Without --policy, bakery/data/registry/lazy-policy.yaml is "
                                   "shipped: edit it to your repositories and targets. See docs/security.md.")
     s.add_argument("--image", required=True, help="an image with bakery and its LLVM, for `bakery serve`")
     s.add_argument("--upstream", metavar="URL", help="registry behind serve (default: the registry in the pod)")
@@ -84,13 +84,13 @@ def setup_parser(sub, parent):
 
 
 def run(args) -> int:
-    from .. import k8s
-    from ..errors import BakeryError
+    from bakery.scale import k8s
+    from bakery.errors import BakeryError
 
     cmd = getattr(args, "k8s_command", None)
     if cmd == "job":
         ref = args.ref
-        from .. import oci
+        from bakery.images import oci
 
         if not oci.names_registry(ref):
             registry = args.registry or os.environ.get("BAKERY_REGISTRY")
@@ -99,7 +99,7 @@ def run(args) -> int:
                                                                  "cluster's nodes can pull from")
             ref = f"{registry}/{ref}"
         if args.target != "auto":
-            from .. import target as targetmod
+            from bakery import target as targetmod
 
             targetmod.lookup(args.target)
         sys.stdout.write(k8s.render_job(

@@ -3,7 +3,7 @@
 import argparse
 import json
 
-from . import common
+from bakery.cli import common
 
 DESCRIPTION = """\
 Build the IR image of every recipe (reused when the registry has it for the same
@@ -44,9 +44,9 @@ def setup_parser(sub, parent):
 
 
 def run(args) -> int:
-    from .. import matrix
-    from .. import registry as registrymod
-    from ..errors import BakeryError
+    from bakery.scale import matrix
+    from bakery.images import registry as registrymod
+    from bakery.errors import BakeryError
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if len(set(targets)) != len(targets):

@@ -2,7 +2,7 @@
 
 import json
 
-from .. import registry as registrymod
+from bakery.images import registry as registrymod
 
 
 def setup_parser(sub, parent):

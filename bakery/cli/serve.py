@@ -3,7 +3,7 @@
 import signal
 import sys
 
-from . import common
+from bakery.cli import common
 
 DESCRIPTION = """\
 Serve the OCI distribution API in front of a registry (--upstream). Everything
@@ -23,7 +23,7 @@ tried again.
 Policy (--policy FILE, YAML): which repositories and targets may be baked on
 demand. WITHOUT ONE, ANY CLIENT THAT CAN PULL AN IR IMAGE MAY MAKE THIS SERVICE
 BAKE IT FOR EVERY ARCHSPEC TARGET OF ITS ISA FAMILY (dozens of bakes per tag,
-each pushed to the upstream): deploy with one, e.g. registry/lazy-policy.yaml.
+each pushed to the upstream): deploy with one, e.g. bakery/data/registry/lazy-policy.yaml.
 A target clang clamps (zen5 baked as zen4) must be allowed as it is resolved too.
 
   rules:                       # the first rule whose repositories match decides
@@ -65,7 +65,7 @@ def setup_parser(sub, parent):
     p.add_argument("--max-connections", type=int, default=128, metavar="N",
                    help="client connections at once; more are answered 503 at once (default 128)")
     p.add_argument("--policy", metavar="FILE",
-                   help="YAML policy, e.g. registry/lazy-policy.yaml (default: ANY repository, every target)")
+                   help="YAML policy, e.g. bakery/data/registry/lazy-policy.yaml (default: ANY repository, every target)")
     p.add_argument("--jobs", type=int, default=0, help="compile jobs per bake (default: all cores)")
     p.add_argument("--tls-verify", type=common._bool, default=None, metavar="BOOL",
                    help="verify the upstream's TLS (default: true, false for loopback)")
@@ -77,9 +77,9 @@ def setup_parser(sub, parent):
 
 
 def run(args) -> int:
-    from .. import engine as enginemod
-    from .. import serve as servemod
-    from ..serve_lazy import JsonLog, Policy, bake_with_engine
+    from bakery import engines as enginemod
+    from bakery.serve import proxy as servemod
+    from bakery.serve.lazy import JsonLog, Policy, bake_with_engine
 
     policy = Policy.load(args.policy) if args.policy else Policy.default()
     engine = enginemod.get_or_none(args.engine)
@@ -91,7 +91,7 @@ def run(args) -> int:
     ok, detail = server.check_upstream()
     if not args.policy:
         log("warning", message="no --policy: any client may have every repository baked for every target of its "
-                               "ISA family; deploy with a policy file, e.g. registry/lazy-policy.yaml")
+                               "ISA family; deploy with a policy file, e.g. bakery/data/registry/lazy-policy.yaml")
     log("listening", address=server.address, upstream=server.upstream.base, upstream_ok=ok, upstream_detail=detail,
         policy=policy.source, workers=args.workers, queue=args.queue, deadline=args.deadline, backoff=args.backoff,
         bake_timeout=args.bake_timeout, max_connections=args.max_connections)

@@ -4,8 +4,8 @@ import json
 
 import archspec.cpu
 
-from .. import target as targetmod
-from .. import toolchain as toolchainmod
+from bakery import target as targetmod
+from bakery import toolchain as toolchainmod
 
 
 def setup_parser(sub, common):

@@ -2,7 +2,7 @@
 
 import json
 
-from .. import recipe as recipemod
+from bakery import recipe as recipemod
 
 
 def setup_parser(sub, common):

@@ -17,8 +17,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import proc, templates
-from .errors import BakeryError
+from bakery import proc
+from bakery import templates
+from bakery.errors import BakeryError
 
 DEFAULT_PORT = 5000
 

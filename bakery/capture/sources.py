@@ -12,8 +12,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
-from . import proc
-from .errors import BakeryError
+from bakery import proc
+from bakery.errors import BakeryError
 
 IGNORE = shutil.ignore_patterns(".git", "__pycache__", "*.o", "*.a", "*.so", ".bakery-*")
 

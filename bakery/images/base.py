@@ -18,9 +18,11 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import oci, proc, templates
-from .engine import ContainerEngine
-from .errors import BakeryError
+from bakery.images import oci
+from bakery import proc
+from bakery import templates
+from bakery.engines.base import ContainerEngine
+from bakery.errors import BakeryError
 
 SUITE = "bookworm"
 LLVM_TEMPLATE = "Containerfiles/llvm.Containerfile.j2"

@@ -19,207 +19,11 @@ from pathlib import Path, PurePosixPath
 
 import jsonschema
 
-from . import PLAN_MEDIA_TYPE, __version__
-from .capture.wrapper import sha256_file
-from .errors import BakeryError, PlanRefused
-
-SCHEMA_VERSION = 1
-
-
-# -- reading the capture's events ------------------------------------------------
-
-def read_events(path: Path) -> list[dict]:
-    if not path.exists():
-        raise BakeryError("the build compiled or linked nothing through bakery's wrappers",
-                          "check that the build uses $CC/$CXX or a compiler found on PATH")
-    events = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise BakeryError(f"{path}:{n}: corrupt capture event") from None
-    return events
-
-
-def _sha(path: Path) -> str:
-    return sha256_file(str(path))
-
-
-def _wl_tokens(args) -> list[str]:
-    toks = []
-    for a in args:
-        if isinstance(a, str) and a.startswith("-Wl,"):
-            toks += a[4:].split(",")
-        elif isinstance(a, dict) and "wl" in a:
-            toks += a["wl"]
-    return toks
-
-
-def soname_of(args) -> str | None:
-    toks = _wl_tokens(args)
-    for i, t in enumerate(toks):
-        if t in ("-soname", "-h", "--soname") and i + 1 < len(toks):
-            return toks[i + 1]
-        if t.startswith(("-soname=", "--soname=")):
-            return t.split("=", 1)[1]
-    return None
-
-
-def assemble(recipe, toolchain, events: list[dict], *, root: Path, outdir: Path, store: Path, bundle: Path,
-             levels: list[str] = ()) -> dict:
-    """Turn the capture's events into a plan and copy what it names into ``bundle``."""
-    links = [e for e in events if e.get("event") == "link"]
-    by_output = {e["output"]: e for e in links}      # the last link of a path wins
-    by_sha = {e["sha"]: e for e in links}
-    chosen: dict[str, dict] = {}                     # output path -> link event, deps first
-    ids: dict[str, str] = {}
-
-    def find_output(rel: str) -> dict:
-        path = root / rel
-        if rel in by_output:
-            return by_output[rel]
-        sha = _sha(path) if path.is_file() else None
-        if sha in by_sha:                                   # copied or installed after the link
-            return by_sha[sha]
-        d, base = os.path.split(rel)
-        for cand in (os.path.join(d, ".libs", base), os.path.join(d, ".libs", "lt-" + base)):
-            if cand in by_output:                         # libtool's wrapper script
-                return by_output[cand]
-        seen = ", ".join(sorted(by_output)) or "none"
-        raise BakeryError(f"output {rel!r} was not produced by a link the capture saw",
-                          f"links seen: {seen}")
-
-    def visit(ev: dict, stack: tuple = ()) -> str:
-        out = ev["output"]
-        if out in ids:
-            return ids[out]
-        if out in stack:
-            raise BakeryError(f"link cycle through {out}")
-        for a in ev["args"]:
-            if isinstance(a, dict) and "shared" in a:
-                dep = by_sha.get(a["shared"])
-                if dep is None:
-                    raise BakeryError(f"{out} links {a['path']}, which no captured link produced")
-                visit(dep, stack + (out,))
-        ids[out] = f"L{len(ids)}"
-        chosen[out] = ev
-        return ids[out]
-
-    declared = []
-    for rel in recipe.outputs:
-        rel_root = os.path.relpath((outdir / rel).resolve(), root.resolve())
-        ev = find_output(rel_root)
-        visit(ev)
-        declared.append(ev["output"])
-
-    modules, objects, files = {}, {}, {}
-    compiles = {}
-    for e in events:
-        if e.get("event") == "compile":
-            compiles.setdefault(e["bc"], e)
-
-    def convert(a):
-        if isinstance(a, str):
-            return a
-        if "module" in a:
-            sha = a["module"]
-            c = compiles.get(sha, {})
-            modules[sha] = {"path": f"bitcode/{sha}.bc", "sha256": sha, "source": c.get("src", "?"),
-                            "lang": c.get("lang", "c"), "flags": c.get("flags", ["-O2"])}
-            if c.get("variants"):
-                modules[sha]["variants"] = [{"level": v["level"], "path": f"bitcode/{v['bc']}.bc",
-                                             "sha256": v["bc"]} for v in c["variants"]]
-                modules[sha]["macros"] = c.get("macros", [])
-            return {"module": sha}
-        if "object" in a:
-            objects[a["object"]] = {"path": f"objects/{a['object']}.o", "sha256": a["object"], "name": a.get("name", "")}
-            return {"object": a["object"]}
-        if "archive" in a:
-            return {"archive": a["archive"], "members": [convert(m) for m in a["members"]]}
-        if "shared" in a:
-            return {"link": ids[by_sha[a["shared"]]["output"]]}
-        if "file" in a:
-            files[a["file"]] = {"path": f"files/{a['file']}", "sha256": a["file"]}
-            return {"file": a["file"], "wl": a["wl"], "at": a["at"], "prefix": a["prefix"]}
-        raise BakeryError(f"unknown link item {a!r}")
-
-    plan_links, dropped = [], []
-    for out, ev in chosen.items():
-        args = []
-        for a in merge_split_options(ev["args"]):
-            why = link_flag_problem(a) if isinstance(a, str) else _file_item_problem(a) if "file" in a else None
-            if why:
-                dropped.append({"link": out, "flag": a if isinstance(a, str) else "-Wl," + ",".join(a["wl"]),
-                                "why": why})
-                continue
-            args.append(convert(a))
-        soname = soname_of(args)
-        kind = "shared" if ev.get("shared") else "executable"
-        install = os.path.basename(out) if kind == "executable" or out in declared else (soname or os.path.basename(out))
-        plan_links.append({"id": ids[out], "output": out, "kind": kind, "driver": ev["driver"],
-                           "soname": soname, "install": install, "declared": out in declared, "args": args})
-
-    for m in modules.values():
-        bad = [f for f in m["flags"] if compile_flag_problem(f)]
-        m["flags"] = [f for f in m["flags"] if f not in bad]
-        dropped += [{"module": m["source"], "flag": f, "why": compile_flag_problem(f)} for f in bad]
-
-    bundle.mkdir(parents=True, exist_ok=True)
-    for sub, table, src_dir, suffix in (("bitcode", modules, "bc", ".bc"), ("objects", objects, "native", ""),
-                                        ("files", files, "files", "")):
-        (bundle / sub).mkdir(exist_ok=True)
-        for sha, entry in table.items():
-            shutil.copyfile(store / src_dir / (sha + suffix), bundle / entry["path"])
-            for v in entry.get("variants", []):
-                shutil.copyfile(store / src_dir / (v["sha256"] + suffix), bundle / v["path"])
-
-    return {
-        "schemaVersion": SCHEMA_VERSION,
-        "mediaType": PLAN_MEDIA_TYPE,
-        "app": {"name": recipe.name, "version": recipe.version},
-        "recipe": {"digest": recipe.digest, "entrypoint": recipe.entrypoint, "test": recipe.test,
-                   "packages": list(recipe.runtime_packages)},
-        "toolchain": {"llvm_major": toolchain.major, "version": toolchain.version,
-                      "triple": toolchain.triple, "family": toolchain.family},
-        "preserve": {"flags": list(recipe.preserve_flags), "libs": list(recipe.preserve_libs)},
-        "modules": modules,
-        "objects": objects,
-        "files": files,
-        "links": plan_links,
-        "capture": {"bakery": __version__, "levels": list(levels), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "dropped": dropped, "translation_units": sum(1 for e in events if e.get("event") == "compile")},
-    }
-
-
-def merge_split_options(args: list) -> list:
-    """``-Wl,-rpath -Wl,DIR`` (libtool's style) -> ``-Wl,-rpath,DIR``: the linker sees the same
-    tokens, and the option is checked with its value."""
-    out: list = []
-    for a in args:
-        if isinstance(a, str) and a.startswith("-Wl,") and out and isinstance(out[-1], str) \
-                and out[-1].startswith("-Wl,") and out[-1].split(",")[-1] in _LINKER_VALUE:
-            out[-1] += "," + a[4:]
-        else:
-            out.append(a)
-    return out
-
-
-def _file_item_problem(a: dict) -> str | None:
-    """Why the capture's bundle file for a linker option is not kept (a linker script, say)."""
-    wl, at, prefix = a.get("wl"), a.get("at"), a.get("prefix", "")
-    if not isinstance(wl, list) or type(at) is not int or not 0 <= at < len(wl):
-        return "not a file of a linker option"
-    if prefix and prefix.removesuffix("=") not in FILE_OPTIONS:
-        return f"{prefix.removesuffix('=')} is not a version script or dynamic list option"
-    return _linker_tokens_problem(file_tokens(a)) if prefix or at > 0 else None
-
-
-def save(plan: dict, bundle: Path) -> Path:
-    path = bundle / "plan.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(plan, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+from bakery import PLAN_MEDIA_TYPE
+from bakery import __version__
+from bakery.capture.flags import (BAKE_FILE_OPTIONS, HOST_CPU_PREFIXES, LINKER_EQ_OPTIONS, LINKER_FILE_OPTIONS,
+                                  LINKER_VALUE_OPTIONS, RPATH_OPTIONS, SONAME_OPTIONS, sha256_file)
+from bakery.errors import BakeryError, PlanRefused
 
 
 # -- the untrusted side ----------------------------------------------------------
@@ -230,7 +34,6 @@ _CTRL = re.compile(r"[\x00-\x1f\x7f]")
 # Names used as file names (install names, sonames, archives): one component, ASCII, bounded.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}")
 _OPT = re.compile(r"-O([0-3sz]|fast|g)?")
-_TARGET_FLAGS = ("-march=", "-mcpu=", "-mtune=", "-mnative")
 _DEBUG = {"-g", "-g0", "-g1", "-g2", "-g3", "-ggdb", "-ggdb0", "-ggdb1", "-ggdb2", "-ggdb3", "-gline-tables-only",
           "-gdwarf-4", "-gdwarf-5", "-gno-column-info"}  # no -gsplit-dwarf: it writes .dwo files
 _COMMON = {"-pthread", "-fopenmp"} | _DEBUG
@@ -308,7 +111,7 @@ def compile_flag_problem(flag: str) -> str | None:
         return "not a string"
     if _OPT.fullmatch(flag) or flag in _COMMON or flag in _F_WORDS or flag in _M_WORDS:
         return None
-    if flag.startswith(_TARGET_FLAGS):
+    if flag.startswith(HOST_CPU_PREFIXES):
         return "the target is chosen at bake time, not by the plan"
     key, eq, val = flag.partition("=")
     allowed = _VALUES.get(key) if eq else None
@@ -333,10 +136,9 @@ _LINKER_WORDS = {"-O0", "-O1", "-O2", "--as-needed", "--no-as-needed", "--gc-sec
                  "--allow-shlib-undefined", "--no-allow-shlib-undefined", "--copy-dt-needed-entries",
                  "--no-copy-dt-needed-entries", "--warn-common", "--fatal-warnings", "--no-fatal-warnings",
                  "--build-id", "-znodelete", "-znow", "-zrelro", "-zdefs", "-znoexecstack", "--icf=all", "--icf=safe"}
-_RPATH_OPTIONS = {"-rpath", "--rpath", "-R", "-rpath-link", "--rpath-link"}
-_SONAME_OPTIONS = {"-soname", "-h", "--soname"}
-_LINKER_VALUE = {"-z", "--hash-style", "--build-id", "--icf", "-O", "--compress-debug-sections"} | \
-    _RPATH_OPTIONS | _SONAME_OPTIONS
+_RPATH_OPTIONS = RPATH_OPTIONS
+_SONAME_OPTIONS = SONAME_OPTIONS
+_LINKER_VALUE = (LINKER_VALUE_OPTIONS - frozenset(LINKER_FILE_OPTIONS)) | LINKER_EQ_OPTIONS
 _LINKER_VALUES = {"--hash-style": {"sysv", "gnu", "both"}, "--build-id": {"none", "fast", "md5", "sha1", "tree", "uuid"},
                   "--icf": {"all", "safe", "none"}, "-O": {"0", "1", "2"},
                   "--compress-debug-sections": {"none", "zlib", "zstd"}}
@@ -346,7 +148,7 @@ _LINKER_VALUES = {"--hash-style": {"sysv", "gnu", "both"}, "--build-id": {"none"
 # INPUT(/etc/hostname), first line or after a version node, in both), their parser reads no other
 # file: it stops at "{ expected" or "; expected". Newer lld may expand INCLUDE in its lexer, so
 # verify_linker_file also refuses any such file that says INCLUDE.
-FILE_OPTIONS = ("--version-script", "-version-script", "--dynamic-list")
+FILE_OPTIONS = BAKE_FILE_OPTIONS
 _Z_WORDS = {"relro", "norelro", "now", "lazy", "noexecstack", "execstack", "defs", "nodelete", "origin",
             "separate-code", "noseparate-code", "muldefs", "text", "notext"}
 _FILE = "\x00file"  # stands for a bundle file among a link's linker tokens; NUL is refused in the plan
@@ -486,7 +288,7 @@ def file_tokens(a: dict) -> list[str]:
 
 @functools.cache
 def _validator() -> jsonschema.Draft202012Validator:
-    schema = json.loads(resources.files("bakery").joinpath("schemas/plan.schema.json").read_text())
+    schema = json.loads(resources.files("bakery.plan").joinpath("schema.json").read_text())
     return jsonschema.Draft202012Validator(schema)
 
 
@@ -685,7 +487,7 @@ def verify_file(bundle: Path, rel: str, sha: str) -> Path:
     path = _confined(rel, bundle, "file")
     if path.is_symlink() or not path.is_file():
         raise PlanRefused(f"plan refused: {rel} is missing or not a regular file")
-    got = _sha(path)
+    got = sha256_file(str(path))
     if got != sha:
         raise PlanRefused(f"plan refused: {rel} was tampered with (sha256 {got[:16]}..., plan says {sha[:16]}...)")
     return path

@@ -43,8 +43,8 @@ from pathlib import Path
 import archspec.cpu
 import yaml
 
-from . import templates
-from .errors import BakeryError
+from bakery import templates
+from bakery.errors import BakeryError
 
 NFD = "feature.node.kubernetes.io/"
 CPUID = NFD + "cpu-cpuid."
@@ -338,7 +338,7 @@ def labels_for(target: str) -> dict[str, str]:
 # -- manifests -------------------------------------------------------------------------------
 
 def _render(template: str, **ctx) -> str:
-    from . import templates
+    from bakery import templates
 
     return templates.render_file(f"k8s/{template}", **ctx)
 
@@ -367,7 +367,7 @@ def render_job(ref: str, *, target: str = "auto", name: str | None = None, pull_
     `bakery bake` or `bakery serve`) and is pinned to nodes whose NFD labels
     have T's features.
     """
-    from . import oci
+    from bakery.images import oci
 
     parsed = oci.Ref.parse(ref)
     app = parsed.repository.rsplit("/", 1)[-1]

@@ -24,170 +24,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import PLAN_MEDIA_TYPE, __version__
-from . import base as basemod
-from . import oci, proc, safefs, templates
-from . import plan as planmod
-from . import sources as sourcesmod
-from . import target as targetmod
-from .engine import ContainerEngine
-from .errors import BakeryError, CommandFailed, PlanRefused
+from bakery import PLAN_MEDIA_TYPE
+from bakery import __version__
+from bakery.images import base as basemod
+from bakery.images import oci
+from bakery import proc
+from bakery import safefs
+from bakery import templates
+from bakery import plan as planmod
+from bakery.capture import sources as sourcesmod
+from bakery import target as targetmod
+from bakery.engines.base import ContainerEngine
+from bakery.errors import BakeryError, CommandFailed, PlanRefused
+from bakery.images.ir import ANN, BIN_DIR, BUNDLE_DIR, _copy_package
+from bakery.platforms import ARCH_OF_PLATFORM, FAMILY_OF_ARCH, host_platform
 
 log = logging.getLogger(__name__)
-BUNDLE_DIR = "/bakery/bundle"
-BIN_DIR = "/usr/local/bin"
-ANN = "dev.bakery"
-
-
-def _copy_package(name: str, dest: Path) -> None:
-    mod = __import__(name)
-    src = Path(mod.__file__).resolve().parent
-    shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "data"),
-                    symlinks=False)
-
-
-def render_containerfile(recipe, bases: basemod.Bases, jobs: int = 0, platform: str | None = None,
-                         runtime_image: str | None = None, inputs: str | None = None) -> str:
-    host = host_platform()
-    platform = platform or host
-    labels = {
-        "org.opencontainers.image.title": recipe.name,
-        "org.opencontainers.image.version": recipe.version,
-        f"{ANN}.recipe.digest": recipe.digest,
-        f"{ANN}.inputs.digest": inputs or sourcesmod.inputs_digest(recipe),
-        f"{ANN}.plan.mediaType": PLAN_MEDIA_TYPE,
-        f"{ANN}.bundle": BUNDLE_DIR,
-        f"{ANN}.runtime.base": bases.remote(bases.runtime) or bases.runtime,
-        f"{ANN}.version": __version__,
-    }
-    entry = [f"{BIN_DIR}/{recipe.entrypoint[0]}", *recipe.entrypoint[1:]] if recipe.entrypoint else []
-    cross = platform != host
-    if cross and recipe.runtime_packages:
-        raise BakeryError(f"runtime.packages with --platform {platform} is not supported yet",
-                          "the cross capture has only Debian's cross sysroot")
-    labels[f"{ANN}.platform"] = platform
-    if cross and runtime_image:
-        labels[f"{ANN}.runtime.base"] = bases.remote(runtime_image) or runtime_image
-    return templates.render_file(
-        "Containerfiles/ir.Containerfile.j2", name=recipe.name, version=recipe.version, build_image=bases.build,
-        llvm_image=bases.llvm, packages=recipe.runtime_packages, recipe_file=recipe.path.name,
-        bundle_dir=BUNDLE_DIR, jobs=jobs, labels=labels, entrypoint=entry, platform=platform, cross=cross,
-        runtime_image=runtime_image or bases.runtime)
-
-
-def host_platform() -> str:
-    import platform as pf
-
-    return {"x86_64": "linux/amd64", "aarch64": "linux/arm64", "arm64": "linux/arm64"}.get(pf.machine(), "linux/amd64")
-
-
-ARCH_OF_PLATFORM = {"linux/amd64": "amd64", "linux/arm64": "arm64"}
-FAMILY_OF_ARCH = {"amd64": "x86_64", "arm64": "aarch64"}
-
-
-def _context(recipe, dest: Path) -> None:
-    """Build context: bakery and archspec (not packaged by Debian) + the recipe's directory."""
-    for src in recipe.sources:
-        if src.kind == "path" and Path(recipe.dir) not in [Path(src.location), *Path(src.location).parents]:
-            raise BakeryError(f"source path {src.location} is outside the recipe's directory {recipe.dir}",
-                              "an image build sends only the recipe's directory to the build")
-    _copy_package("bakery", dest / "lib")
-    _copy_package("archspec", dest / "lib")
-    shutil.copytree(recipe.dir, dest / "recipe", symlinks=True,
-                    ignore=shutil.ignore_patterns(".git", "__pycache__", "*.o", ".venv", "_build"))
-
-
-@dataclass
-class BuildResult:
-    ref: str
-    digest: str
-    plan_digest: str
-    artifact: str
-    seconds: float
-
-    def to_json(self) -> dict:
-        return self.__dict__.copy()
-
-
-def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = None, push: bool = True,
-          llvm: int = 16, jobs: int = 0, quiet: bool = False, tls_verify: bool | None = None,
-          platforms: list[str] | None = None) -> BuildResult:
-    """Build the IR image (one per platform, under one OCI index when several) and attach the plan(s)."""
-    t0 = time.monotonic()
-    tls = (not oci.is_loopback(registry)) if tls_verify is None else tls_verify
-    ref = oci.Ref.parse(tag or f"{recipe.name}:{recipe.version}", default_registry=registry)
-    platforms = platforms or [host_platform()]
-    for p in platforms:
-        if p not in ARCH_OF_PLATFORM:
-            raise BakeryError(f"unknown platform {p!r}", f"known: {', '.join(ARCH_OF_PLATFORM)}")
-    bases = basemod.ensure(engine, registry, llvm, recipe.runtime_base, quiet=quiet, tls_verify=tls)
-    built: list[tuple[str, str, bytes]] = []  # (platform, local image, plan bytes)
-    inputs = sourcesmod.inputs_digest(recipe)
-    for platform in platforms:
-        runtime = None
-        if platform != host_platform():
-            runtime = basemod.ensure_foreign_runtime(engine, registry, ARCH_OF_PLATFORM[platform], quiet=quiet,
-                                                     tls_verify=tls)
-        image = str(ref) if len(platforms) == 1 else f"localhost/bakery-build/{ref.repository}:{ref.tag}-{ARCH_OF_PLATFORM[platform]}"
-        with tempfile.TemporaryDirectory(prefix="bakery-ctx-") as ctx_dir:
-            ctx = Path(ctx_dir)
-            _context(recipe, ctx)
-            cf = ctx / "Containerfile"
-            cf.write_text(render_containerfile(recipe, bases, jobs, platform, runtime, inputs))
-            proc.log(f"build: {ref} for {platform} (capture inside the build)", quiet=quiet)
-            engine.build(containerfile=cf, context=ctx, tag=image, tls_verify=tls,
-                         annotations=_annotations(recipe, bases, llvm, inputs) | {f"{ANN}.platform": platform},
-                         on_line=None if quiet else _build_progress())
-        plan_bytes = engine.read_file(image, f"{BUNDLE_DIR}/plan.json")
-        planmod.parse(plan_bytes, f"{image}:{BUNDLE_DIR}/plan.json")
-        built.append((platform, image, plan_bytes))
-    if not push:
-        return BuildResult(str(ref), "", oci.sha256(built[0][2]), "", time.monotonic() - t0)
-    reg = oci.Registry(ref.registry, tls_verify=tls)
-    if len(built) == 1:
-        proc.log(f"build: pushing {ref}", quiet=quiet)
-        digest = engine.push(built[0][1], str(ref), tls_verify=tls)
-        targets = {built[0][0]: digest}
-    else:
-        proc.log(f"build: pushing {ref} as an OCI index of {', '.join(platforms)}", quiet=quiet)
-        digest = engine.push_index([b[1] for b in built], str(ref), tls_verify=tls)
-        index = json.loads(reg.get_manifest(ref.repository, digest)[0])
-        targets = {}
-        for m in index.get("manifests", []):
-            plat = f"{m['platform']['os']}/{m['platform']['architecture']}"
-            targets[plat] = m["digest"]
-    artifacts = []
-    for platform, _, plan_bytes in built:
-        sub = targets[platform]
-        data, mt, _ = reg.get_manifest(ref.repository, sub)
-        plan = planmod.parse(plan_bytes)
-        with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / "plan.json"
-            p.write_bytes(plan_bytes)
-            artifacts.append(oci.push_plan(
-                reg, ref.repository, {"mediaType": mt, "digest": sub, "size": len(data)}, p,
-                {f"{ANN}.recipe.digest": recipe.digest, f"{ANN}.toolchain": f"llvm-{plan['toolchain']['llvm_major']}",
-                 f"{ANN}.platform": platform}))
-        proc.log(f"build: {platform}: plan attached to {sub[:19]}… as {artifacts[-1][:19]}…", quiet=quiet)
-    return BuildResult(f"{ref}@{digest}", digest, oci.sha256(built[0][2]), artifacts[0], time.monotonic() - t0)
-
-
-def _annotations(recipe, bases, llvm, inputs: str) -> dict:
-    return {"org.opencontainers.image.title": recipe.name, "org.opencontainers.image.version": recipe.version,
-            f"{ANN}.recipe.digest": recipe.digest, f"{ANN}.inputs.digest": inputs, f"{ANN}.toolchain": f"llvm-{llvm}",
-            f"{ANN}.plan.mediaType": PLAN_MEDIA_TYPE,
-            f"{ANN}.runtime.base": bases.remote(bases.runtime) or bases.runtime}
-
-
-def _build_progress():
-    last = [0.0]
-
-    def on_line(line: str) -> None:
-        # Buildah's STEP lines and bakery's own progress; the rest goes to the log.
-        if line.startswith(("STEP ", "capture:", "[")) or "error" in line.lower() or time.monotonic() - last[0] > 30:
-            last[0] = time.monotonic()
-            proc.log(f"  {line[:200]}")
-    return on_line
 
 
 @dataclass
@@ -239,7 +91,7 @@ DEFAULT_BAKE_TIMEOUT = 7200.0   # seconds; LAMMPS bakes in about a minute on 2 c
 def allowed_llvm_majors() -> list[int]:
     """The LLVM majors this node bakes with: ``BAKERY_LLVM_MAJORS`` (e.g. ``16,17``), else the
     default toolchain's. A plan asks for one; it cannot make the node build others."""
-    from . import toolchain as toolchainmod
+    from bakery import toolchain as toolchainmod
 
     text = os.environ.get("BAKERY_LLVM_MAJORS", "").strip()
     if not text:
@@ -368,7 +220,7 @@ def _bake_here(reg: oci.Registry, ref: oci.Ref, digest: str, plan_bytes: bytes, 
                major: int, work: Path, out: Path, jobs: int, limit: float, quiet: bool) -> str:
     """``--engine none``: the bundle read from the layer blobs, baked with this machine's LLVM, which
     must be bakery's own container (a pod); returns a name for that toolchain."""
-    from . import direct
+    from bakery.images import direct
 
     tc = direct.toolchain_here(major)
     if not direct.in_container():
@@ -467,7 +319,7 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
         entry = plan["recipe"].get("entrypoint") or []
         entrypoint = [f"{BIN_DIR}/{entry[0]}", *entry[1:]] if entry else None
         if engine is None:
-            from . import direct
+            from bakery.images import direct
 
             base_reg, base_repo, base_digest = reg, ref.repository, digest
             if slim:

@@ -25,8 +25,9 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from . import oci, safefs
-from .errors import BakeryError, PlanRefused
+from bakery.images import oci
+from bakery import safefs
+from bakery.errors import BakeryError, PlanRefused
 
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -145,7 +146,7 @@ def push_node(reg: oci.Registry, repo: str, base_repo: str, base_digest: str, fi
 
 def toolchain_here(major: int):
     """This machine's LLVM, which a registry-only bake runs (it is bakery's own container)."""
-    from . import toolchain as toolchainmod
+    from bakery import toolchain as toolchainmod
 
     try:
         return toolchainmod.find(major)

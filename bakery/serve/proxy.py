@@ -58,9 +58,9 @@ from urllib.parse import urlsplit
 
 import prometheus_client as prom
 
-from .errors import BakeryError
-from .oci import ACCEPT
-from .serve_lazy import BAKE_TIMEOUT, JsonLog, Lazy, Outcome, parse_node_tag, split_tag
+from bakery.errors import BakeryError
+from bakery.images.oci import ACCEPT
+from bakery.serve.lazy import BAKE_TIMEOUT, JsonLog, Lazy, Outcome, parse_node_tag, split_tag
 
 CHUNK = 64 << 10
 SMALL = 256 << 10          # bodies up to this size are read whole and sent with the headers
@@ -204,7 +204,7 @@ class Upstream:
     loopback, https elsewhere)."""
 
     def __init__(self, url: str, tls_verify: bool = True):
-        from . import oci
+        from bakery.images import oci
 
         if "://" not in url:
             url = ("http://" if oci.is_loopback(url) else "https://") + url
@@ -1066,14 +1066,14 @@ def make_server(*, upstream: str, listen: str, engine=None, bake_fn=None, policy
                 idle_timeout: float = IDLE_TIMEOUT, pool_size: int = POOL_SIZE, thread_idle: float = THREAD_IDLE,
                 tls_verify: bool | None = None, log: JsonLog | None = None) -> Server:
     """A ready service (not yet serving: call ``serve_forever``)."""
-    from . import oci
-    from .serve_lazy import bake_with_engine
+    from bakery.images import oci
+    from bakery.serve.lazy import bake_with_engine
 
     up = Upstream(upstream)
     up.tls_verify = (not oci.is_loopback(up.netloc)) if tls_verify is None else tls_verify
     if bake_fn is None:
         if engine is None:
-            from . import engine as enginemod
+            from bakery import engines as enginemod
 
             engine = enginemod.get()
         bake_fn = bake_with_engine(engine)

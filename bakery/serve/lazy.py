@@ -51,9 +51,9 @@ from typing import Callable
 import archspec.cpu
 import prometheus_client as prom
 
-from . import oci
-from . import target as targetmod
-from .errors import BakeryError
+from bakery.images import oci
+from bakery import target as targetmod
+from bakery.errors import BakeryError
 
 SLIM = "-slim"
 MAX_MESSAGE = 2000
@@ -99,7 +99,7 @@ def parse_node_tag(tag: str) -> NodeTag | None:
 
 DEFAULT_POLICY_TEXT = """\
 # Default policy: ANY client may bake ANY repository for every archspec target of the plan's ISA
-# family. Deploy with a policy file instead (registry/lazy-policy.yaml).
+# family. Deploy with a policy file instead (bakery/data/registry/lazy-policy.yaml).
 rules:
   - repositories: ["*"]
     targets: ["*"]
@@ -311,7 +311,7 @@ def bake_with_engine(engine, *, jobs: int = 0) -> BakeFn:
     killed after ``lazy.bake_timeout`` seconds."""
 
     def run(flight: Flight, lazy: "Lazy") -> str:
-        from . import image as imagemod
+        from bakery import images as imagemod
 
         # Lazy abandons a bake past the limit anyway; image.bake's own limit also kills its processes.
         kw = {"timeout": lazy.bake_timeout} if "timeout" in inspect.signature(imagemod.bake).parameters else {}
@@ -471,7 +471,7 @@ class Lazy:
 
     def _prepare(self, flight: Flight) -> str | None:
         """The node tag's digest when it exists already; else check it can be baked."""
-        from . import image as imagemod
+        from bakery import images as imagemod
 
         reg, repo, node = self.registry(), flight.repo, flight.node
         existing = reg.head_manifest(repo, node.tag)

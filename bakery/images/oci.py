@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import PLAN_MEDIA_TYPE
-from .errors import BakeryError, PlanRefused
+from bakery import PLAN_MEDIA_TYPE
+from bakery.errors import BakeryError, PlanRefused
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 INDEX = "application/vnd.oci.image.index.v1+json"

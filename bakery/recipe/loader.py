@@ -21,7 +21,7 @@ from typing import Any, Iterator
 import yaml
 from jsonschema import Draft202012Validator, ValidationError
 
-from .errors import RecipeError
+from bakery.errors import RecipeError
 
 KeyPath = tuple[str | int, ...]
 # (path whose line is reported, path shown to the user, text, hint)
@@ -93,7 +93,7 @@ class Recipe:
 
 @functools.cache
 def schema() -> dict:
-    text = resources.files("bakery").joinpath("schemas/recipe.schema.json").read_text("utf-8")
+    text = resources.files("bakery.recipe").joinpath("schema.json").read_text("utf-8")
     return json.loads(text)
 
 

@@ -30,7 +30,7 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import BakeryError
+from bakery.errors import BakeryError
 
 ANN_INPUTS = "dev.bakery.inputs.digest"
 
@@ -78,13 +78,13 @@ def _error_text(e: BaseException) -> str:
 
 
 def _tls(registry: str, tls_verify: bool | None) -> bool:
-    from . import oci
+    from bakery.images import oci
 
     return (not oci.is_loopback(registry)) if tls_verify is None else tls_verify
 
 
 def _manifest_annotations(reg, repo: str, digest: str) -> dict:
-    from . import oci
+    from bakery.images import oci
 
     data, mt, _ = reg.get_manifest(repo, digest)
     doc = json.loads(data)
@@ -97,9 +97,9 @@ def _manifest_annotations(reg, repo: str, digest: str) -> dict:
 
 def existing_ir(recipe, registry: str, tls_verify: bool | None = None) -> str | None:
     """``<ref>@<digest>`` of the IR image when it exists for this very recipe (digest) with its plan."""
-    from . import image as imagemod
-    from . import oci
-    from . import sources as sourcesmod
+    from bakery import images as imagemod
+    from bakery.images import oci
+    from bakery.capture import sources as sourcesmod
 
     ref = oci.Ref.parse(f"{recipe.name}:{recipe.version}", default_registry=registry)
     reg = oci.Registry(ref.registry, tls_verify=_tls(ref.registry, tls_verify))
@@ -116,8 +116,8 @@ def existing_ir(recipe, registry: str, tls_verify: bool | None = None) -> str | 
 
 
 def _toolchain(ir_ref: str, registry: str, tls_verify: bool | None) -> dict:
-    from . import image as imagemod
-    from . import oci
+    from bakery import images as imagemod
+    from bakery.images import oci
 
     ref = oci.Ref.parse(ir_ref)
     reg = oci.Registry(ref.registry, tls_verify=_tls(ref.registry, tls_verify))
@@ -130,10 +130,10 @@ def _toolchain(ir_ref: str, registry: str, tls_verify: bool | None) -> dict:
 def ir_task(recipe_path: str, registry: str, engine_name: str | None = None, tls_verify: bool | None = None,
             rebuild: bool = False) -> dict:
     """Phase 1: the recipe's IR image, reused or built. Never raises: errors are in the result."""
-    from . import engine as enginemod
-    from . import image as imagemod
-    from . import recipe as recipemod
-    from . import toolchain as toolchainmod
+    from bakery import engines as enginemod
+    from bakery import images as imagemod
+    from bakery import recipe as recipemod
+    from bakery import toolchain as toolchainmod
 
     t0 = time.monotonic()
     res = IRResult(recipe_path)
@@ -160,9 +160,9 @@ def ir_task(recipe_path: str, registry: str, engine_name: str | None = None, tls
 def bake_task(ir_ref: str, target: str, registry: str, engine_name: str | None = None,
               tls_verify: bool | None = None, jobs: int = 0, slim: bool = False) -> dict:
     """Phase 2: one node tag, reused when it exists. Never raises: errors are in the result."""
-    from . import engine as enginemod
-    from . import image as imagemod
-    from . import oci
+    from bakery import engines as enginemod
+    from bakery import images as imagemod
+    from bakery.images import oci
 
     t0 = time.monotonic()
     res = PairResult("", target, target)
@@ -281,8 +281,8 @@ def _init_ray(address: str | None, num_cpus: int):
 def run(recipes: list[str], targets: list[str], registry: str, *, engine: str | None = None,
         tls_verify: bool | None = None, ray_address: str | None = None, parallel: int = 2, jobs: int = 0,
         slim: bool = False, rebuild: bool = False, quiet: bool = False, num_cpus: int = 2) -> MatrixResult:
-    from . import recipe as recipemod
-    from . import target as targetmod
+    from bakery import recipe as recipemod
+    from bakery import target as targetmod
 
     t0 = time.monotonic()
     if not recipes or not targets:

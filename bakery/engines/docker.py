@@ -27,9 +27,10 @@ from collections import deque
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from . import oci, safefs
-from .engine import SANDBOX_USER, ContainerEngine
-from .errors import BakeryError, CommandFailed
+from bakery.images import oci
+from bakery import safefs
+from bakery.engines.base import SANDBOX_USER, ContainerEngine
+from bakery.errors import BakeryError, CommandFailed
 
 DEFAULT_SOCKETS = ("unix:///var/run/docker.sock", "unix:///run/podman/podman.sock")
 # Docker 19.03 / podman 3: every endpoint used here (multi-stage builds with

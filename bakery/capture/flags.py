@@ -1,0 +1,33 @@
+"""Flag tables shared by the capture wrapper and the plan's trust checks: one source for both.
+
+Standard library only: the wrapper (``python3 -I -S wrapper.py``) imports this file from its
+own folder, and the plan imports it as ``bakery.capture.flags``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+# The host CPU must not leak into the bitcode: the bake chooses the target.
+HOST_CPU_PREFIXES = ("-march=", "-mcpu=", "-mtune=", "-mnative")
+
+RPATH_OPTIONS = frozenset({"-rpath", "--rpath", "-R", "-rpath-link", "--rpath-link"})
+SONAME_OPTIONS = frozenset({"-soname", "-h", "--soname"})
+# Linker options that name a file: the capture copies it into the bundle. A plan may pass only
+# BAKE_FILE_OPTIONS (no linker scripts: they can read any file, INPUT() and INCLUDE).
+LINKER_FILE_OPTIONS = ("--version-script", "-version-script", "-T", "--script", "--dynamic-list")
+BAKE_FILE_OPTIONS = ("--version-script", "-version-script", "--dynamic-list")
+# Options whose value may come as the next linker token (``-Wl,-soname -Wl,libx.so.1``): the
+# capture merges the two, the plan checks them as one.
+LINKER_VALUE_OPTIONS = (RPATH_OPTIONS | SONAME_OPTIONS | {"-z", "--hash-style", "--compress-debug-sections"}
+                        | frozenset(LINKER_FILE_OPTIONS))
+# Options the plan also reads a value for (``--build-id=sha1``, ``--icf=all``, ``-O1``).
+LINKER_EQ_OPTIONS = frozenset({"--build-id", "--icf", "-O"})
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,58 @@
+"""The one platform table: OCI platforms, their architecture names, clang triples, archspec families."""
+
+from __future__ import annotations
+
+import platform as _pf
+from dataclasses import dataclass
+
+from bakery.errors import BakeryError
+
+
+@dataclass(frozen=True)
+class Platform:
+    oci: str        # linux/amd64
+    arch: str       # amd64 (OCI architecture)
+    triple: str     # x86_64-linux-gnu (clang --target, Debian's cross sysroot in /usr/<triple>)
+    family: str     # x86_64 (archspec)
+    machine: tuple[str, ...]  # what platform.machine() says on it
+
+
+PLATFORMS = (
+    Platform("linux/amd64", "amd64", "x86_64-linux-gnu", "x86_64", ("x86_64", "amd64")),
+    Platform("linux/arm64", "arm64", "aarch64-linux-gnu", "aarch64", ("aarch64", "arm64")),
+)
+_ALIASES = {"linux/arm64/v8": "linux/arm64"}
+ARCH_OF_PLATFORM = {p.oci: p.arch for p in PLATFORMS}
+FAMILY_OF_ARCH = {p.arch: p.family for p in PLATFORMS}
+
+
+def by_oci(name: str) -> Platform:
+    name = _ALIASES.get(name, name)
+    for p in PLATFORMS:
+        if p.oci == name:
+            return p
+    raise BakeryError(f"unknown platform {name!r}", f"known: {', '.join(p.oci for p in PLATFORMS)}")
+
+
+def by_family(family: str) -> Platform:
+    for p in PLATFORMS:
+        if p.family == family:
+            return p
+    raise BakeryError(f"no platform for the ISA family {family!r}")
+
+
+def host() -> Platform:
+    m = _pf.machine()
+    return next((p for p in PLATFORMS if m in p.machine), PLATFORMS[0])
+
+
+def host_platform() -> str:
+    return host().oci
+
+
+def triple_of_platform(platform: str) -> str:
+    return by_oci(platform).triple
+
+
+def platform_of_family(family: str) -> str:
+    return by_family(family).oci

@@ -1,0 +1,1 @@
+"""``bakery serve``: an OCI distribution front that bakes missing node tags once (proxy, lazy)."""
