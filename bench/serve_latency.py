@@ -30,7 +30,7 @@ REPO, TAG = "bench/app", "1.0-x86_64_v3"
 
 
 def push_image(addr: str) -> str:
-    from bakery.images import oci
+    from bakery import oci
 
     reg = oci.Registry(addr, tls_verify=False)
     with tempfile.TemporaryDirectory() as tmp:

@@ -27,7 +27,7 @@ import pytest
 
 from bakery import engines as enginemod
 from bakery import images as imagemod
-from bakery.images import oci
+from bakery import oci
 from bakery.errors import BakeryError, CommandFailed
 from conftest import EXAMPLES, run_verify
 

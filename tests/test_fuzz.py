@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bakery import PLAN_MEDIA_TYPE
-from bakery.images import oci
+from bakery import oci
 from bakery import plan as planmod
 from bakery import recipe as recipemod
 from bakery.errors import BakeryError, PlanRefused, RecipeError

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from bakery import images as imagemod
-from bakery.images import oci
+from bakery import oci
 from bakery.errors import BakeryError, PlanRefused
 from conftest import EXAMPLES, EXAMPLE_NAMES
 

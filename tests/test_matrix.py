@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from bakery.scale import matrix
-from bakery.images import oci
+from bakery import oci
 from bakery.errors import BakeryError
 from conftest import EXAMPLES
 

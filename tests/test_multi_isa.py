@@ -85,7 +85,7 @@ def multi(engine, registry, builds):
 def test_index_lists_both_platforms_each_with_a_plan(multi, registry):
     import json
 
-    from bakery.images import oci
+    from bakery import oci
 
     reg = oci.Registry(registry)
     index = json.loads(reg.get_manifest("kernel-multi", multi.digest)[0])

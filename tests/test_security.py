@@ -15,7 +15,7 @@ import pytest
 
 from bakery import images as imagemod
 from bakery.images import base as basemod
-from bakery.images import oci
+from bakery import oci
 from bakery import safefs
 from bakery.errors import BakeryError, CommandFailed, PlanRefused
 

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bakery.images import oci
+from bakery import oci
 from bakery.images import registry as registrymod
 from bakery.serve import proxy as servemod
 from bakery.errors import BakeryError

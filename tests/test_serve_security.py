@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from bakery.images import oci
+from bakery import oci
 from bakery.serve import proxy as servemod
 from bakery.errors import BakeryError
 from bakery.serve.lazy import JsonLog, Policy

@@ -1,17 +1,18 @@
 """Capture: run the app's own build with bakery's wrappers and keep every unit's bitcode.
 
-run (orchestration), sources (fetching), flags (stdlib-only tables), wrapper (stdlib only: the
-compiler wrapper itself)."""
+run (orchestration), sources (fetching), flags (stdlib-only tables, which the plan imports too),
+wrapper (stdlib only: the compiler wrapper itself). ``capture`` and ``from_source`` are loaded
+from run on first use, so that importing ``bakery.capture.flags`` loads nothing else.
+"""
 
 from __future__ import annotations
 
-from bakery.capture.run import (  # noqa: F401
-    WRAPPER,
-    CC_NAMES,
-    CXX_NAMES,
-    write_shims,
-    build_commands,
-    run_build,
-    capture,
-    from_source,
-)
+_LAZY = {"capture", "from_source", "run_build", "build_commands", "write_shims"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        from bakery.capture import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'bakery.capture' has no attribute {name!r}")

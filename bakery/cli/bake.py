@@ -76,7 +76,7 @@ def _bake_bundle(args, bundle: Path) -> int:
 def _bake_image(args) -> int:
     from bakery import engines as enginemod
     from bakery import images as imagemod
-    from bakery.images import oci
+    from bakery import oci
     from bakery.images import registry as registrymod
 
     registry = args.registry or (None if oci.names_registry(args.source) else registrymod.default_registry(quiet=args.quiet))

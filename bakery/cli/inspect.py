@@ -2,7 +2,7 @@
 
 import json
 
-from bakery.images import oci
+from bakery import oci
 from bakery.images import registry as registrymod
 from bakery.cli import common
 

@@ -90,7 +90,7 @@ def run(args) -> int:
     cmd = getattr(args, "k8s_command", None)
     if cmd == "job":
         ref = args.ref
-        from bakery.images import oci
+        from bakery import oci
 
         if not oci.names_registry(ref):
             registry = args.registry or os.environ.get("BAKERY_REGISTRY")

@@ -27,7 +27,7 @@ from collections import deque
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterator
 
-from bakery.images import oci
+from bakery import oci
 from bakery import safefs
 from bakery.engines.base import SANDBOX_USER, ContainerEngine
 from bakery.errors import BakeryError, CommandFailed

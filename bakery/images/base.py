@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bakery.images import oci
+from bakery import oci
 from bakery import proc
 from bakery import templates
 from bakery.engines.base import ContainerEngine

@@ -25,7 +25,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from bakery.images import oci
+from bakery import oci
 from bakery import safefs
 from bakery.errors import BakeryError, PlanRefused
 

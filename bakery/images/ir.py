@@ -17,7 +17,7 @@ from pathlib import Path
 from bakery import PLAN_MEDIA_TYPE
 from bakery import __version__
 from bakery.images import base as basemod
-from bakery.images import oci
+from bakery import oci
 from bakery import proc
 from bakery import safefs
 from bakery import templates

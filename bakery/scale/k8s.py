@@ -367,7 +367,7 @@ def render_job(ref: str, *, target: str = "auto", name: str | None = None, pull_
     `bakery bake` or `bakery serve`) and is pinned to nodes whose NFD labels
     have T's features.
     """
-    from bakery.images import oci
+    from bakery import oci
 
     parsed = oci.Ref.parse(ref)
     app = parsed.repository.rsplit("/", 1)[-1]

@@ -78,13 +78,13 @@ def _error_text(e: BaseException) -> str:
 
 
 def _tls(registry: str, tls_verify: bool | None) -> bool:
-    from bakery.images import oci
+    from bakery import oci
 
     return (not oci.is_loopback(registry)) if tls_verify is None else tls_verify
 
 
 def _manifest_annotations(reg, repo: str, digest: str) -> dict:
-    from bakery.images import oci
+    from bakery import oci
 
     data, mt, _ = reg.get_manifest(repo, digest)
     doc = json.loads(data)
@@ -98,7 +98,7 @@ def _manifest_annotations(reg, repo: str, digest: str) -> dict:
 def existing_ir(recipe, registry: str, tls_verify: bool | None = None) -> str | None:
     """``<ref>@<digest>`` of the IR image when it exists for this very recipe (digest) with its plan."""
     from bakery import images as imagemod
-    from bakery.images import oci
+    from bakery import oci
     from bakery.capture import sources as sourcesmod
 
     ref = oci.Ref.parse(f"{recipe.name}:{recipe.version}", default_registry=registry)
@@ -117,7 +117,7 @@ def existing_ir(recipe, registry: str, tls_verify: bool | None = None) -> str | 
 
 def _toolchain(ir_ref: str, registry: str, tls_verify: bool | None) -> dict:
     from bakery import images as imagemod
-    from bakery.images import oci
+    from bakery import oci
 
     ref = oci.Ref.parse(ir_ref)
     reg = oci.Registry(ref.registry, tls_verify=_tls(ref.registry, tls_verify))
@@ -162,7 +162,7 @@ def bake_task(ir_ref: str, target: str, registry: str, engine_name: str | None =
     """Phase 2: one node tag, reused when it exists. Never raises: errors are in the result."""
     from bakery import engines as enginemod
     from bakery import images as imagemod
-    from bakery.images import oci
+    from bakery import oci
 
     t0 = time.monotonic()
     res = PairResult("", target, target)

@@ -51,7 +51,7 @@ from typing import Callable
 import archspec.cpu
 import prometheus_client as prom
 
-from bakery.images import oci
+from bakery import oci
 from bakery import target as targetmod
 from bakery.errors import BakeryError
 

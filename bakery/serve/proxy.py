@@ -59,7 +59,7 @@ from urllib.parse import urlsplit
 import prometheus_client as prom
 
 from bakery.errors import BakeryError
-from bakery.images.oci import ACCEPT
+from bakery.oci import ACCEPT
 from bakery.serve.lazy import BAKE_TIMEOUT, JsonLog, Lazy, Outcome, parse_node_tag, split_tag
 
 CHUNK = 64 << 10
@@ -204,7 +204,7 @@ class Upstream:
     loopback, https elsewhere)."""
 
     def __init__(self, url: str, tls_verify: bool = True):
-        from bakery.images import oci
+        from bakery import oci
 
         if "://" not in url:
             url = ("http://" if oci.is_loopback(url) else "https://") + url
@@ -1066,7 +1066,7 @@ def make_server(*, upstream: str, listen: str, engine=None, bake_fn=None, policy
                 idle_timeout: float = IDLE_TIMEOUT, pool_size: int = POOL_SIZE, thread_idle: float = THREAD_IDLE,
                 tls_verify: bool | None = None, log: JsonLog | None = None) -> Server:
     """A ready service (not yet serving: call ``serve_forever``)."""
-    from bakery.images import oci
+    from bakery import oci
     from bakery.serve.lazy import bake_with_engine
 
     up = Upstream(upstream)
