@@ -8,9 +8,7 @@ registers and the generic bake must not.
 
 from __future__ import annotations
 
-import os
 import re
-import statistics
 import subprocess
 import tempfile
 import time

@@ -41,7 +41,7 @@ class Ref:
     digest: str | None = None
 
     @classmethod
-    def parse(cls, text: str, default_registry: str | None = None) -> "Ref":
+    def parse(cls, text: str, default_registry: str | None = None) -> Ref:
         name, digest = (text.split("@", 1) + [None])[:2] if "@" in text else (text, None)
         tag = None
         last = name.rsplit("/", 1)[-1]
@@ -64,10 +64,10 @@ class Ref:
             tag = "latest"
         return cls(registry, repo, tag, digest)
 
-    def with_tag(self, tag: str) -> "Ref":
+    def with_tag(self, tag: str) -> Ref:
         return Ref(self.registry, self.repository, tag, None)
 
-    def with_digest(self, digest: str) -> "Ref":
+    def with_digest(self, digest: str) -> Ref:
         """Pinned by digest alone (engines refuse tag@digest)."""
         return Ref(self.registry, self.repository, None, digest)
 
@@ -341,7 +341,7 @@ def push_plan(reg: Registry, repo: str, subject: dict, plan_path: Path, annotati
         config = reg.push_blob(repo, empty, EMPTY)
     layer = reg.push_blob(repo, plan_path, PLAN_MEDIA_TYPE)
     layer["annotations"] = {"org.opencontainers.image.title": "plan.json"}
-    created = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     manifest = {
         "schemaVersion": 2,
         "mediaType": MANIFEST,

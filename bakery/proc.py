@@ -13,8 +13,8 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
 
 from bakery.errors import BakeryError, CommandFailed
 
@@ -61,7 +61,7 @@ def run(
     try:
         cp = subprocess.run(
             argv, cwd=cwd, env=None if env is None else dict(env), input=input,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text, timeout=timeout,
+            capture_output=True, text=text, timeout=timeout,
         )
     except FileNotFoundError:
         raise BakeryError(f"{argv[0]} not found", _install_hint(argv[0])) from None

@@ -106,7 +106,7 @@ def _copy_dir(src: int, dest: int, rel: str, budget: _Budget, depth: int) -> Non
     if depth > budget.limits.max_depth:
         raise PlanRefused(f"{what}: {rel} is nested deeper than {budget.limits.max_depth} folders")
     with os.scandir(src) as it:
-        entries = sorted((e.name for e in it))
+        entries = sorted(e.name for e in it)
     for name in entries:
         sub = f"{rel}/{name}"
         st = os.stat(name, dir_fd=src, follow_symlinks=False)

@@ -12,9 +12,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from bakery import proc
 from bakery.errors import BakeryError
 from bakery.platforms import platform_of_family, triple_of_platform  # noqa: F401  (re-exported)
-from bakery import proc
 
 DEFAULT_LLVM = 16
 
@@ -97,7 +97,7 @@ class Toolchain:
             return []
         return [f"--target={self.triple}", "-fuse-ld=lld", "-Wno-unused-command-line-argument"]
 
-    def for_triple(self, triple: str | None) -> "Toolchain":
+    def for_triple(self, triple: str | None) -> Toolchain:
         if not triple or triple.split("-")[0] == self.host_triple.split("-")[0]:
             return self
         tc = Toolchain(self.major, self.bindir, triple)
@@ -123,5 +123,5 @@ def find(major: int | None = None) -> Toolchain:
     major = major or default_major()
     bindir = Path(os.environ.get("BAKERY_LLVM_BINDIR", f"/usr/lib/llvm-{major}/bin"))
     tc = Toolchain(major, bindir)
-    tc.clang  # fail early with the install hint
+    _ = tc.clang  # fail early with the install hint
     return tc

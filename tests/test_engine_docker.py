@@ -24,12 +24,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import EXAMPLES, run_verify
 
 from bakery import engines as enginemod
 from bakery import images as imagemod
 from bakery import oci
 from bakery.errors import BakeryError, CommandFailed
-from conftest import EXAMPLES, run_verify
 
 docker = pytest.importorskip("docker", reason="the docker engine needs the docker Python SDK (pip install docker)")
 from bakery.engines.docker import DockerEngine, _version_tuple, candidate_sockets, socket_answers  # noqa: E402

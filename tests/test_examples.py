@@ -1,7 +1,6 @@
 """End to end on every example: capture once, bake, run verify, compare with a from-source build."""
 
 import pytest
-
 from conftest import EXAMPLE_NAMES, disassembly, run_verify
 
 

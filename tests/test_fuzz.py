@@ -20,8 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bakery import PLAN_MEDIA_TYPE
-from bakery import oci
+from bakery import PLAN_MEDIA_TYPE, oci
 from bakery import plan as planmod
 from bakery import recipe as recipemod
 from bakery.errors import BakeryError, PlanRefused, RecipeError
@@ -292,7 +291,7 @@ def test_alias_bomb_is_refused_fast(tmp_path):
     import time
 
     bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True))
     path = _recipe_dir(tmp_path) / "recipe.yaml"
     path.write_text(RECIPE + bomb)
     t0 = time.monotonic()

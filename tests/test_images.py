@@ -9,11 +9,11 @@ import sys
 import time
 
 import pytest
+from conftest import EXAMPLE_NAMES, EXAMPLES
 
 from bakery import images as imagemod
 from bakery import oci
 from bakery.errors import BakeryError, PlanRefused
-from conftest import EXAMPLES, EXAMPLE_NAMES
 
 pytestmark = pytest.mark.slow
 

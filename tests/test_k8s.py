@@ -7,9 +7,9 @@ import archspec.cpu
 import pytest
 import yaml
 
-from bakery.scale import k8s
 from bakery.cli import main
 from bakery.errors import BakeryError
+from bakery.scale import k8s
 
 kv = pytest.importorskip("kubernetes_validate")
 K8S_VERSION = "1.30"

@@ -5,11 +5,11 @@ import shutil
 from dataclasses import replace
 
 import pytest
+from conftest import EXAMPLES
 
-from bakery.scale import matrix
 from bakery import oci
 from bakery.errors import BakeryError
-from conftest import EXAMPLES
+from bakery.scale import matrix
 
 
 def _recipes(*names):

@@ -5,8 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from conftest import EXAMPLES, run_verify
+from conftest import run_verify
 
 pytestmark = pytest.mark.slow
 ARM = "linux/arm64"

@@ -7,9 +7,9 @@ import shutil
 import pytest
 
 from bakery import plan as planmod
-from bakery.plan import assembly, trust
 from bakery.cli import main
 from bakery.errors import PlanRefused
+from bakery.plan import assembly, trust
 
 
 @pytest.fixture(scope="module")

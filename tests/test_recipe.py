@@ -159,7 +159,7 @@ CASES = [
      ["sources[0].debian: 'BZip2' is not valid", "source package name"]),
     ("debian-unknown-key", VALID.replace("path: ./src", f'debian: bzip2\n    version: "1.0.8-5"\n    sha256: {SHA}'), 6,
      ["sources[0]: unknown key 'sha256'"]),
-    ("debian-and-git", VALID.replace("path: ./src", f'debian: bzip2\n    git: https://x/y.git'), 4,
+    ("debian-and-git", VALID.replace("path: ./src", 'debian: bzip2\n    git: https://x/y.git'), 4,
      ["sources[0]:", "exactly one of path, url, git, debian", "git and debian"]),
     ("strip-components-negative",
      VALID.replace("path: ./src", f"url: https://x/y.tgz\n    sha256: {SHA}\n    strip_components: -2"), 6,
@@ -322,7 +322,7 @@ def test_inputs_digest_follows_the_local_source_tree_not_build_debris(tmp_path):
 # --- hostile recipes: refused in one line, quickly, never a traceback ----------------------------
 
 BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcde", "bcdef"))
+    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcde", "bcdef", strict=True))
 
 HOSTILE = [
     ("recursive-alias", VALID + "x: &a [*a]\n", 9, ["aliases (*name) are not allowed"]),

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from bakery import images as imagemod
-from bakery.images import base as basemod
-from bakery import oci
-from bakery import safefs
+from bakery import oci, safefs
 from bakery.errors import BakeryError, CommandFailed, PlanRefused
+from bakery.images import base as basemod
 
 pytestmark = pytest.mark.slow
 
@@ -287,8 +286,10 @@ def test_serve_as_k8s_serve_deploys_it(images, registry, tmp_path, monkeypatch):
     nothing; a pull with the client's login bakes the node tag once, and it runs."""
     import base64
     import crypt  # bcrypt, as distribution's htpasswd wants: Debian's libxcrypt has it
-    from bakery.images import registry as registrymod
+
     from test_serve import Service, get_manifest
+
+    from bakery.images import registry as registrymod
 
     res = images.ir("pi")
     (tmp_path / "htpasswd").write_text("bob:" + crypt.crypt("s3cret", crypt.mksalt(crypt.METHOD_BLOWFISH)) + "\n")

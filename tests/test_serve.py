@@ -24,9 +24,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bakery import oci
+from bakery.errors import BakeryError
 from bakery.images import registry as registrymod
 from bakery.serve import proxy as servemod
-from bakery.errors import BakeryError
 from bakery.serve.lazy import Policy, parse_node_tag, split_tag
 
 pytestmark = pytest.mark.slow
@@ -96,7 +96,7 @@ class Service:
         self.addr = f"127.0.0.1:{registrymod.free_port()}"
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Service":
+    def start(self) -> Service:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "bakery", "serve", "--upstream", f"http://{self.registry}",
                                       "--listen", self.addr, *self.extra],

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 from bakery import oci
-from bakery.serve import proxy as servemod
 from bakery.errors import BakeryError
+from bakery.serve import proxy as servemod
 from bakery.serve.lazy import JsonLog, Policy
 
 ACCEPT = oci.ACCEPT

@@ -4,13 +4,13 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import EXAMPLES
 
 from bakery import bake as bakemod
 from bakery import capture as capturemod
 from bakery import plan as planmod
 from bakery import recipe as recipemod
 from bakery.target import best_level
-from conftest import EXAMPLES
 
 pytestmark = pytest.mark.slow
 

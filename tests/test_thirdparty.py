@@ -26,8 +26,8 @@ from bakery import bake as bakemod
 from bakery import capture as capturemod
 from bakery import plan as planmod
 from bakery import recipe as recipemod
-from bakery.capture import sources
 from bakery import target as targetmod
+from bakery.capture import sources
 from bakery.errors import BakeryError
 
 REPO = Path(__file__).resolve().parent.parent

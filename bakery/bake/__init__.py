@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from bakery.bake.retarget import (  # noqa: F401
-    retarget_ir,
-    asm_problem,
-)
 from bakery.bake.pipeline import (  # noqa: F401
     LTO_MODES,
     BakeResult,
-    check_toolchain,
     bake,
+    check_toolchain,
     choose_variant,
+)
+from bakery.bake.retarget import (  # noqa: F401
+    asm_problem,
+    retarget_ir,
 )

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import os
-import re
 import shutil
 import tempfile
 import time

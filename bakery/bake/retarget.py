@@ -4,21 +4,7 @@ assembler and the linker (module and inline asm, dependent libraries)."""
 from __future__ import annotations
 
 import collections
-import os
 import re
-import shutil
-import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from pathlib import Path
-
-from bakery import plan as planmod
-from bakery import proc
-from bakery.errors import BakeryError, PlanRefused
-from bakery.target import Target
-from bakery.toolchain import Toolchain
-
 
 _ATTR_LINE = re.compile(r"^attributes #\d+ = \{.*\}$", re.M)
 _TARGET_CPU = re.compile(r' "target-cpu"="[^"]*"')

@@ -11,10 +11,8 @@ import sys
 import traceback
 
 from bakery import __version__
+from bakery.cli import bake, base, bench, build, capture, inspect, k8s, matrix, registry, serve, targets, validate
 from bakery.errors import BakeryError
-from bakery.cli import base, bake, bench, build, capture, inspect, registry, targets, validate
-from bakery.cli import serve
-from bakery.cli import k8s, matrix
 
 COMMANDS = (validate, capture, build, bake, inspect, registry, base, bench, targets, serve, matrix, k8s)
 

@@ -2,11 +2,11 @@
 
 import json
 
-from bakery.images import base as basemod
 from bakery import engines as enginemod
-from bakery.images import registry as registrymod
 from bakery import toolchain as toolchainmod
 from bakery.cli import common
+from bakery.images import base as basemod
+from bakery.images import registry as registrymod
 
 
 def setup_parser(sub, parent):

@@ -5,9 +5,9 @@ import json
 from bakery import engines as enginemod
 from bakery import images as imagemod
 from bakery import recipe as recipemod
-from bakery.images import registry as registrymod
 from bakery import toolchain as toolchainmod
 from bakery.cli import common
+from bakery.images import registry as registrymod
 
 
 def setup_parser(sub, parent):

@@ -3,8 +3,8 @@
 import json
 
 from bakery import oci
-from bakery.images import registry as registrymod
 from bakery.cli import common
+from bakery.images import registry as registrymod
 
 
 def setup_parser(sub, parent):

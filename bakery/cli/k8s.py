@@ -84,8 +84,8 @@ def setup_parser(sub, parent):
 
 
 def run(args) -> int:
-    from bakery.scale import k8s
     from bakery.errors import BakeryError
+    from bakery.scale import k8s
 
     cmd = getattr(args, "k8s_command", None)
     if cmd == "job":

@@ -44,9 +44,9 @@ def setup_parser(sub, parent):
 
 
 def run(args) -> int:
-    from bakery.scale import matrix
-    from bakery.images import registry as registrymod
     from bakery.errors import BakeryError
+    from bakery.images import registry as registrymod
+    from bakery.scale import matrix
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     if len(set(targets)) != len(targets):

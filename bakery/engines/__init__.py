@@ -8,16 +8,9 @@ other.
 
 from __future__ import annotations
 
-import abc
-import functools
-import hashlib
-import json
-import logging
 import os
 import shutil
-import tempfile
-from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from collections.abc import Callable
 
 from bakery.engines.base import ContainerEngine
 from bakery.engines.buildah import BuildahEngine

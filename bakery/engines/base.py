@@ -10,17 +10,10 @@ containers auth file and the docker config itself.
 from __future__ import annotations
 
 import abc
-import functools
-import hashlib
-import json
 import logging
-import os
-import shutil
-import tempfile
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
-from bakery import proc
 from bakery import safefs
 from bakery.errors import BakeryError
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import abc
 import functools
 import hashlib
 import json
@@ -11,10 +10,8 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
 
-from bakery import proc
-from bakery import safefs
+from bakery import proc, safefs
 from bakery.engines.base import SANDBOX_USER, ContainerEngine
 from bakery.errors import BakeryError
 

@@ -24,11 +24,10 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator
 
-from bakery import oci
-from bakery import safefs
+from bakery import oci, safefs
 from bakery.engines.base import SANDBOX_USER, ContainerEngine
 from bakery.errors import BakeryError, CommandFailed
 

@@ -4,26 +4,26 @@ client (oci), base images (base) and the embedded registry (registry)."""
 from __future__ import annotations
 
 from bakery.images.ir import (  # noqa: F401
-    BUNDLE_DIR,
-    BIN_DIR,
     ANN,
-    render_containerfile,
-    host_platform,
     ARCH_OF_PLATFORM,
+    BIN_DIR,
+    BUNDLE_DIR,
     FAMILY_OF_ARCH,
     BuildResult,
     build,
+    host_platform,
+    render_containerfile,
 )
 from bakery.images.node import (  # noqa: F401
-    BakeImageResult,
-    resolve_ir,
-    node_tag,
     DEFAULT_BAKE_TIMEOUT,
+    BakeImageResult,
     allowed_llvm_majors,
-    toolchain_major,
-    bake_timeout,
-    trusted_toolchain,
-    export_bundle,
     bake,
+    bake_timeout,
+    export_bundle,
+    node_tag,
+    resolve_ir,
     slim_missing_libraries,
+    toolchain_major,
+    trusted_toolchain,
 )

@@ -18,9 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bakery import oci
-from bakery import proc
-from bakery import templates
+from bakery import oci, proc, templates
 from bakery.engines.base import ContainerEngine
 from bakery.errors import BakeryError
 

@@ -25,8 +25,7 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from bakery import oci
-from bakery import safefs
+from bakery import oci, safefs
 from bakery.errors import BakeryError, PlanRefused
 
 LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"

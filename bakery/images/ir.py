@@ -3,30 +3,21 @@ image, attach the plan artifact (subject = the IR manifest)."""
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from bakery import PLAN_MEDIA_TYPE
-from bakery import __version__
-from bakery.images import base as basemod
-from bakery import oci
-from bakery import proc
-from bakery import safefs
-from bakery import templates
+from bakery import PLAN_MEDIA_TYPE, __version__, oci, proc, templates
 from bakery import plan as planmod
 from bakery.capture import sources as sourcesmod
-from bakery import target as targetmod
 from bakery.engines.base import ContainerEngine
+from bakery.errors import BakeryError
+from bakery.images import base as basemod
 from bakery.platforms import ARCH_OF_PLATFORM, FAMILY_OF_ARCH, host_platform  # noqa: F401
-from bakery.errors import BakeryError, CommandFailed, PlanRefused
 
 log = logging.getLogger(__name__)
 BUNDLE_DIR = "/bakery/bundle"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import logging
 import os
 import shutil
@@ -24,18 +23,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bakery import PLAN_MEDIA_TYPE
-from bakery import __version__
-from bakery.images import base as basemod
-from bakery import oci
-from bakery import proc
-from bakery import safefs
-from bakery import templates
+from bakery import oci, proc, safefs, templates
 from bakery import plan as planmod
-from bakery.capture import sources as sourcesmod
 from bakery import target as targetmod
 from bakery.engines.base import ContainerEngine
 from bakery.errors import BakeryError, CommandFailed, PlanRefused
+from bakery.images import base as basemod
 from bakery.images.ir import ANN, BIN_DIR, BUNDLE_DIR, _copy_package
 from bakery.platforms import ARCH_OF_PLATFORM, FAMILY_OF_ARCH, host_platform
 

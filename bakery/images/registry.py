@@ -17,8 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from bakery import proc
-from bakery import templates
+from bakery import proc, templates
 from bakery.errors import BakeryError
 
 DEFAULT_PORT = 5000

@@ -3,22 +3,22 @@
 from __future__ import annotations
 
 import datetime
-import functools
 import json
 import os
-import re
 import shutil
-from importlib import resources
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-import jsonschema
-
-from bakery import PLAN_MEDIA_TYPE
-from bakery import __version__
+from bakery import PLAN_MEDIA_TYPE, __version__
 from bakery.capture.flags import sha256_file
-from bakery.plan.trust import (_LINKER_VALUE, FILE_OPTIONS, _linker_tokens_problem, compile_flag_problem,
-                                file_tokens, link_flag_problem)
-from bakery.errors import BakeryError, PlanRefused
+from bakery.errors import BakeryError
+from bakery.plan.trust import (
+    _LINKER_VALUE,
+    FILE_OPTIONS,
+    _linker_tokens_problem,
+    compile_flag_problem,
+    file_tokens,
+    link_flag_problem,
+)
 
 SCHEMA_VERSION = 1
 
@@ -183,7 +183,7 @@ def assemble(recipe, toolchain, events: list[dict], *, root: Path, outdir: Path,
         "objects": objects,
         "files": files,
         "links": plan_links,
-        "capture": {"bakery": __version__, "levels": list(levels), "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "capture": {"bakery": __version__, "levels": list(levels), "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                     "dropped": dropped, "translation_units": sum(1 for e in events if e.get("event") == "compile")},
     }
 

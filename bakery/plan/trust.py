@@ -8,23 +8,27 @@ before use. Nothing is run by this module.
 
 from __future__ import annotations
 
-import datetime
 import functools
 import json
 import os
 import re
-import shutil
 from importlib import resources
 from pathlib import Path, PurePosixPath
 
 import jsonschema
 
 from bakery import PLAN_MEDIA_TYPE
-from bakery import __version__
-from bakery.capture.flags import (BAKE_FILE_OPTIONS, HOST_CPU_PREFIXES, LINKER_EQ_OPTIONS, LINKER_FILE_OPTIONS,
-                                  LINKER_VALUE_OPTIONS, RPATH_OPTIONS, SONAME_OPTIONS, sha256_file)
+from bakery.capture.flags import (
+    BAKE_FILE_OPTIONS,
+    HOST_CPU_PREFIXES,
+    LINKER_EQ_OPTIONS,
+    LINKER_FILE_OPTIONS,
+    LINKER_VALUE_OPTIONS,
+    RPATH_OPTIONS,
+    SONAME_OPTIONS,
+    sha256_file,
+)
 from bakery.errors import BakeryError, PlanRefused
-
 
 # -- the untrusted side ----------------------------------------------------------
 

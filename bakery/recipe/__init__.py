@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from bakery.recipe.loader import (  # noqa: F401
-    KeyPath,
-    Problem,
-    MAX_REPORTED,
     MAX_BYTES,
     MAX_DEPTH,
-    Source,
-    Build,
+    MAX_REPORTED,
     Bench,
+    Build,
+    KeyPath,
+    Problem,
     Recipe,
-    schema,
+    Source,
     load,
+    schema,
 )

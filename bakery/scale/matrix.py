@@ -162,7 +162,6 @@ def bake_task(ir_ref: str, target: str, registry: str, engine_name: str | None =
     """Phase 2: one node tag, reused when it exists. Never raises: errors are in the result."""
     from bakery import engines as enginemod
     from bakery import images as imagemod
-    from bakery import oci
 
     t0 = time.monotonic()
     res = PairResult("", target, target)
@@ -321,7 +320,7 @@ def run(recipes: list[str], targets: list[str], registry: str, *, engine: str | 
             progress.set_description("IR images")
             out = runner.run(ir_task, [((recipes[i], registry, engine, tls_verify, rebuild), Path(recipes[i]).parent.name)
                                        for i in wave])
-            for i, r in zip(wave, out):
+            for i, r in zip(wave, out, strict=True):
                 r.setdefault("recipe", recipes[i])
                 ir[i] = r
 
@@ -358,7 +357,7 @@ def run(recipes: list[str], targets: list[str], registry: str, *, engine: str | 
                 calls.append(((r["ref"], resolved, registry, engine, tls_verify, jobs, slim), f"{label} {resolved}"))
         progress.update(skipped)
         progress.set_description("node tags")
-        for (idxs, result) in zip(owners, runner.run(bake_task, calls)):
+        for (idxs, result) in zip(owners, runner.run(bake_task, calls), strict=True):
             for n, i in enumerate(idxs):
                 row = pairs[i]
                 for k in ("ref", "digest", "status", "seconds", "error"):
@@ -398,7 +397,7 @@ def format_table(result: MatrixResult) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = []
     for n, r in enumerate(rows):
-        lines.append(("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5]).rstrip())
+        lines.append(("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5]).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths) + "  -----")
     c = result.counts

@@ -44,9 +44,9 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import archspec.cpu
 import prometheus_client as prom
@@ -138,11 +138,11 @@ class Policy:
     source: str = "default"
 
     @classmethod
-    def default(cls) -> "Policy":
+    def default(cls) -> Policy:
         return cls([Rule(("*",), ("*",))], "default (all repositories, all targets of the plan's family)")
 
     @classmethod
-    def load(cls, path: Path) -> "Policy":
+    def load(cls, path: Path) -> Policy:
         import yaml
 
         try:
@@ -154,7 +154,7 @@ class Policy:
         return cls.from_dict(doc, str(path))
 
     @classmethod
-    def from_dict(cls, doc, source: str = "policy") -> "Policy":
+    def from_dict(cls, doc, source: str = "policy") -> Policy:
         if not isinstance(doc, dict) or set(doc) - {"rules"} or not isinstance(doc.get("rules"), list):
             raise BakeryError(f"{source}: expected a mapping with one key, 'rules', a list",
                               "see registry/README.md for the format")
@@ -310,7 +310,7 @@ def bake_with_engine(engine, *, jobs: int = 0) -> BakeFn:
     """The real bake: :func:`bakery.image.bake` on the upstream, pushed there, its processes
     killed after ``lazy.bake_timeout`` seconds."""
 
-    def run(flight: Flight, lazy: "Lazy") -> str:
+    def run(flight: Flight, lazy: Lazy) -> str:
         from bakery import images as imagemod
 
         # Lazy abandons a bake past the limit anyway; image.bake's own limit also kills its processes.

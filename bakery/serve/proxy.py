@@ -291,7 +291,7 @@ class UpstreamConn:
                     break
                 sock.sendall(piece)
 
-    def response(self, method: str) -> "Response":
+    def response(self, method: str) -> Response:
         while True:
             line = self.rfile.readline(65537)
             if not line:
@@ -498,7 +498,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "bakery-serve"
     sys_version = ""
-    server: "Server"
+    server: Server
 
     # -- connection life --
 
