@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bakery import PLAN_MEDIA_TYPE
+from bakery.config import Settings
 from bakery.errors import BakeryError, PlanRefused
 
 MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -42,7 +43,8 @@ class Ref:
 
     @classmethod
     def parse(cls, text: str, default_registry: str | None = None) -> Ref:
-        name, digest = (text.split("@", 1) + [None])[:2] if "@" in text else (text, None)
+        name, _, digest_text = text.partition("@")
+        digest = digest_text if "@" in text else None
         tag = None
         last = name.rsplit("/", 1)[-1]
         if ":" in last:
@@ -112,14 +114,7 @@ RETRIES = 2  # after the first attempt, for timeouts, refused connections and 50
 
 def request_timeout() -> float:
     """Seconds a registry may take to answer one request (BAKERY_REGISTRY_TIMEOUT, default 60)."""
-    text = os.environ.get("BAKERY_REGISTRY_TIMEOUT", "60")
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise BakeryError(f"BAKERY_REGISTRY_TIMEOUT={text!r}: expected a positive number of seconds")
-    return value
+    return Settings.from_env().registry_timeout
 
 
 def _with_timeout(request, timeout: float):
@@ -162,8 +157,8 @@ class Registry:
         """Fail fast: oras-py retries a refused connection with backoff for minutes."""
         import socket
 
-        host, _, port = self.host.rpartition(":") if self.host.count(":") == 1 else (self.host, "", "")
-        port = int(port) if port.isdigit() else (80 if self.insecure else 443)
+        host, _, port_text = self.host.rpartition(":") if self.host.count(":") == 1 else (self.host, "", "")
+        port = int(port_text) if port_text.isdigit() else (80 if self.insecure else 443)
         try:
             socket.create_connection((host or self.host, port), timeout=5).close()
         except OSError as e:
@@ -274,13 +269,13 @@ class Registry:
         r = self._request("GET", self._url(repo, "blobs", digest), stream=True)
         if r.status_code != 200:
             self._fail(r, f"GET blob {digest[:19]}")
-        data = bytearray()
+        buf = bytearray()
         for chunk in r.iter_content(1 << 16):  # never more than max_size in memory
-            data += chunk
-            if len(data) > max_size:
+            buf += chunk
+            if len(buf) > max_size:
                 r.close()
                 raise PlanRefused(f"blob {digest} is larger than {max_size} bytes")
-        data = bytes(data)
+        data = bytes(buf)
         if sha256(data) != digest:
             raise PlanRefused(f"blob {digest} does not match its digest: refused")
         return data

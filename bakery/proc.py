@@ -64,7 +64,7 @@ def run(
             capture_output=True, text=text, timeout=timeout,
         )
     except FileNotFoundError:
-        raise BakeryError(f"{argv[0]} not found", _install_hint(argv[0])) from None
+        raise BakeryError(f"{argv[0]} not found", _install_hint(str(argv[0]))) from None
     except subprocess.TimeoutExpired as e:
         raise CommandFailed(argv, -1, f"timed out after {timeout}s") from e
     if check and cp.returncode != 0:
@@ -103,7 +103,7 @@ def stream(
                 text=True, errors="replace", bufsize=1, start_new_session=timeout is not None,
             )
         except FileNotFoundError:
-            raise BakeryError(f"{argv[0]} not found", _install_hint(argv[0])) from None
+            raise BakeryError(f"{argv[0]} not found", _install_hint(str(argv[0]))) from None
         if timeout is not None:
             timer = threading.Thread(target=_stop_after, args=(proc, timeout, expired), daemon=True)
             timer.start()

@@ -18,7 +18,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import Any  # a tar stream: a file, a GzipFile, the Docker SDK's chunks
 
 from bakery.errors import PlanRefused
 
@@ -141,7 +141,7 @@ def _copy_dir(src: int, dest: int, rel: str, budget: _Budget, depth: int) -> Non
             raise PlanRefused(f"{what}: {sub} is a device, FIFO or socket: refused")
 
 
-def extract_tar(fileobj: IO[bytes], dest: Path, *, strip: str = "", others: str = "refuse",
+def extract_tar(fileobj: Any, dest: Path, *, strip: str = "", others: str = "refuse",
                 limits: Limits = Limits(), what: str = "the IR image") -> int:
     """Extract a tar stream to ``dest``, which must not exist: regular files and folders only,
     the members below the folder ``strip`` (a relative path such as ``bundle`` or

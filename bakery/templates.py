@@ -28,4 +28,5 @@ def render_file(template: str, /, **context) -> str:
 
 def source(template: str) -> str:
     env = environment()
+    assert env.loader is not None
     return env.loader.get_source(env, template)[0]

@@ -7,23 +7,18 @@ version travels in the plan and the bake checks it.
 from __future__ import annotations
 
 import functools
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from bakery import proc
+from bakery.config import DEFAULT_LLVM, Settings  # noqa: F401  (DEFAULT_LLVM: re-exported)
 from bakery.errors import BakeryError
 from bakery.platforms import platform_of_family, triple_of_platform  # noqa: F401  (re-exported)
 
-DEFAULT_LLVM = 16
-
 
 def default_major() -> int:
-    value = os.environ.get("BAKERY_LLVM_VERSION", str(DEFAULT_LLVM))
-    if not value.isdigit():
-        raise BakeryError(f"BAKERY_LLVM_VERSION={value!r} is not an LLVM major version", "e.g. BAKERY_LLVM_VERSION=16")
-    return int(value)
+    return Settings.from_env().llvm_version
 
 
 # Debian's cross sysroots that clang --target=TRIPLE finds by itself.
@@ -121,7 +116,7 @@ class Toolchain:
 
 def find(major: int | None = None) -> Toolchain:
     major = major or default_major()
-    bindir = Path(os.environ.get("BAKERY_LLVM_BINDIR", f"/usr/lib/llvm-{major}/bin"))
+    bindir = Settings.from_env().llvm_bindir or Path(f"/usr/lib/llvm-{major}/bin")
     tc = Toolchain(major, bindir)
     _ = tc.clang  # fail early with the install hint
     return tc

@@ -187,7 +187,8 @@ class Capture:
             return rc
         bc_sha = self.store_bitcode(out, move=True)
         bc_path = os.path.join(self.store, "bc", bc_sha + ".bc")
-        variants, macros = [], []
+        variants: list[dict] = []
+        macros: list[str] = []
         if lang != "fortran" and len(self.cfg.get("levels", [])) > 1:
             variants, macros = self.target_variants(parsed, src, bc_flags)
         # 2. the native object the build asked for, from that same bitcode
@@ -199,7 +200,7 @@ class Capture:
         if rc:
             return rc
         obj_sha = sha256_file(out)
-        record = {"bc": bc_sha, "src": self.rel(src) or os.path.abspath(src), "lang": lang,
+        record: dict = {"bc": bc_sha, "src": self.rel(src) or os.path.abspath(src), "lang": lang,
                   "flags": bake_flags(flags, self.cfg.get("opt", "-O2")), "cwd": self.rel(os.getcwd())}
         if variants:
             record |= {"variants": variants, "macros": macros}
@@ -283,7 +284,7 @@ class Capture:
         cp = subprocess.run([*self.real, *pp_flags, *xl, "-M", "-w", src], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
         files = {src} | {f for f in cp.stdout.replace("\\\n", " ").split()[1:] if self.rel(f) is not None}
-        found = set()
+        found: set[str] = set()
         for f in files:
             try:
                 text = open(f, errors="replace").read()

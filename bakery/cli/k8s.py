@@ -2,7 +2,6 @@
 
 import argparse
 import json
-import os
 import shlex
 import sys
 
@@ -91,9 +90,10 @@ def run(args) -> int:
     if cmd == "job":
         ref = args.ref
         from bakery import oci
+        from bakery.config import Settings
 
         if not oci.names_registry(ref):
-            registry = args.registry or os.environ.get("BAKERY_REGISTRY")
+            registry = args.registry or Settings.from_env().registry
             if not registry:
                 raise BakeryError(f"{ref!r} names no registry", "write REF as REGISTRY/REPO:TAG, a registry the "
                                                                  "cluster's nodes can pull from")

@@ -26,9 +26,9 @@ def run(args) -> int:
         if not args.quiet:
             print("stopped" if stopped else "not running")
         return 0
-    addr = emb.address()
+    running_at = emb.address()
     if args.json:
-        print(json.dumps({"running": bool(addr), "address": addr, "storage": str(emb.root / "storage")}))
+        print(json.dumps({"running": bool(running_at), "address": running_at, "storage": str(emb.root / "storage")}))
     else:
-        print(f"running on {addr}" if addr else "not running")
-    return 0 if addr else 1
+        print(f"running on {running_at}" if running_at else "not running")
+    return 0 if running_at else 1

@@ -8,10 +8,10 @@ other.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 
+from bakery.config import Settings
 from bakery.engines.base import ContainerEngine
 from bakery.engines.buildah import BuildahEngine
 from bakery.errors import BakeryError
@@ -36,7 +36,7 @@ def _automatic() -> str:
 
 
 def get(name: str | None = None) -> ContainerEngine:
-    name = name or os.environ.get("BAKERY_ENGINE") or _automatic()
+    name = name or Settings.from_env().engine or _automatic()
     if name == "none":
         raise BakeryError("this command needs a container engine ('none' is for bake IMAGE and serve)",
                           "use --engine buildah or docker")
@@ -48,5 +48,5 @@ def get(name: str | None = None) -> ContainerEngine:
 
 def get_or_none(name: str | None = None) -> ContainerEngine | None:
     """``none``: no container engine; bakes go through the registry's API alone (bakery/images/direct.py)."""
-    name = name or os.environ.get("BAKERY_ENGINE")
+    name = name or Settings.from_env().engine
     return None if name == "none" else get(name)

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from bakery import proc, safefs
+from bakery.config import Settings
 from bakery.engines.base import SANDBOX_USER, ContainerEngine
 from bakery.errors import BakeryError
 
@@ -25,7 +26,7 @@ class BuildahEngine(ContainerEngine):
 
     def __init__(self, isolation: str | None = None):
         self.exe = proc.which("buildah")
-        self.isolation = isolation or os.environ.get("BUILDAH_ISOLATION", "chroot")
+        self.isolation = isolation or Settings.from_env().build_isolation
 
     def _b(self, *args: str) -> list[str]:
         return [self.exe, *args]
@@ -144,10 +145,8 @@ class BuildahEngine(ContainerEngine):
     def sandbox_isolation(self) -> str:
         """oci (runc: namespaces, seccomp, no network) when an OCI runtime is installed; chroot
         isolation cannot drop the network and, as root, a process can leave a chroot."""
-        chosen = os.environ.get("BAKERY_BAKE_ISOLATION") or ("oci" if shutil.which("runc") or shutil.which("crun")
-                                                              else "chroot")
-        if chosen not in ("oci", "chroot"):
-            raise BakeryError(f"BAKERY_BAKE_ISOLATION={chosen!r}: expected oci or chroot")
+        chosen = Settings.from_env().bake_isolation or ("oci" if shutil.which("runc") or shutil.which("crun")
+                                                         else "chroot")
         if chosen == "chroot":
             log.warning("bake: no OCI runtime (runc, crun): the bake container gets chroot isolation, with the "
                         "host's network (install runc for namespaces, seccomp and no network)")

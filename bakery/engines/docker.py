@@ -296,7 +296,9 @@ class DockerEngine(ContainerEngine):
                 member = next((m for m in tf.getmembers() if m.isfile()), None)
                 if member is None:
                     raise BakeryError(f"docker engine: {path} in {image} is not a regular file")
-                return tf.extractfile(member).read()
+                f = tf.extractfile(member)
+                assert f is not None  # a regular file's member
+                return f.read()
         finally:
             self.remove(ctr)
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bakery import oci, proc, templates
+from bakery.config import Settings
 from bakery.engines.base import ContainerEngine
 from bakery.errors import BakeryError
 
@@ -68,8 +69,9 @@ def names(registry: str | None, llvm: int, runtime_base: str | None = None) -> B
 
 def debian_mirror() -> str:
     """The mirror this machine's apt already uses (or BAKERY_DEBIAN_MIRROR)."""
-    if os.environ.get("BAKERY_DEBIAN_MIRROR"):
-        return os.environ["BAKERY_DEBIAN_MIRROR"]
+    mirror = Settings.from_env().debian_mirror
+    if mirror:
+        return mirror
     texts = []
     for p in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
         try:
@@ -127,9 +129,9 @@ def ensure(engine: ContainerEngine, registry: str, llvm: int, runtime_base: str 
     for local, kind in ((b.runtime, "runtime"), (b.llvm, "llvm"), (b.build, "build")):
         remote = b.remote(local)
         rref = oci.Ref.parse(remote) if remote else None
-        in_registry = bool(rref and reg.head_manifest(rref.repository, rref.tag))
+        in_registry = bool(rref and reg.head_manifest(rref.repository, rref.reference))
         if not engine.exists(local):
-            if in_registry:
+            if in_registry and remote:
                 proc.log(f"base: pulling {remote}", quiet=quiet)
                 engine.pull(remote, tls_verify=tls)
                 engine.tag(remote, local)

@@ -128,7 +128,7 @@ def push_node(reg: oci.Registry, repo: str, base_repo: str, base_digest: str, fi
         if entrypoint is not None:
             cfg["Entrypoint"], cfg["Cmd"] = entrypoint, None
         cfg["Labels"] = {**(cfg.get("Labels") or {}), **labels}
-        hist = new.get("history") if isinstance(new.get("history"), list) else []
+        hist: list = new["history"] if isinstance(new.get("history"), list) else []
         new["history"] = [*hist, {"created_by": "bakery bake (registry API)", "comment": "baked outputs"}]
         config_file = Path(tmp) / "config"
         config_file.write_bytes(json.dumps(new, separators=(",", ":")).encode())

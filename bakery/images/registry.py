@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bakery import proc, templates
+from bakery.config import Settings
 from bakery.errors import BakeryError
 
 DEFAULT_PORT = 5000
@@ -25,7 +26,7 @@ DEFAULT_PORT = 5000
 
 def data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(os.environ.get("BAKERY_DATA_DIR", os.path.join(base, "bakery")))
+    return Settings.from_env().data_dir or Path(base) / "bakery"
 
 
 @dataclass
@@ -109,7 +110,7 @@ def embedded() -> Embedded:
 
 def default_registry(quiet: bool = False) -> str:
     """BAKERY_REGISTRY if set, else the embedded registry (started if needed)."""
-    named = os.environ.get("BAKERY_REGISTRY")
+    named = Settings.from_env().registry
     if named:
         return named
     return embedded().start(quiet=quiet)

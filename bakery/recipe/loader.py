@@ -373,14 +373,14 @@ def _semantic_problems(data: dict, recipe_dir: Path) -> Iterator[Problem]:
     if bench:
         names = sorted({PurePosixPath(o).name for o in data["outputs"]})
         if bench["command"][0] not in names:
-            at = ("bench", "command", 0)
-            yield at, at, f"{bench['command'][0]!r} is not an output (outputs: {', '.join(names)})", None
+            cmd_at: tuple = ("bench", "command", 0)
+            yield cmd_at, cmd_at, f"{bench['command'][0]!r} is not an output (outputs: {', '.join(names)})", None
         if "compare" in bench:
             try:
                 re.compile(bench["compare"])
             except (re.error, RecursionError, OverflowError) as e:  # deep groups exhaust sre's stack
-                at = ("bench", "compare")
-                yield at, at, f"not a regular expression: {e}", None
+                re_at: tuple = ("bench", "compare")
+                yield re_at, re_at, f"not a regular expression: {e}", None
 
 
 def _relative(at: KeyPath, value: str) -> Iterator[Problem]:

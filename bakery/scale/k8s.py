@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import archspec.cpu
 import yaml
@@ -239,12 +240,6 @@ def node_cpu(labels: dict[str, str]) -> NodeCPU:
                    sorted(f for f in flags if mapping.get(f) not in known))
 
 
-def _partial(cpu: NodeCPU):
-    from archspec.cpu import detect
-
-    return detect.partial_uarch(vendor=cpu.vendor, features=set(cpu.features), cpu_part=cpu.cpu_part)
-
-
 def _compatible(cpu: NodeCPU) -> list:
     """archspec's compatibility check, with the unknown features given the benefit of the doubt."""
     from archspec.cpu import detect
@@ -371,7 +366,7 @@ def render_job(ref: str, *, target: str = "auto", name: str | None = None, pull_
 
     parsed = oci.Ref.parse(ref)
     app = parsed.repository.rsplit("/", 1)[-1]
-    ctx = dict(name=dns_name(name or f"{app}-{parsed.tag or 'pinned'}-{target}"), namespace=namespace,
+    ctx: dict[str, Any] = dict(name=dns_name(name or f"{app}-{parsed.tag or 'pinned'}-{target}"), namespace=namespace,
                app=dns_name(app), pull_policy=pull_policy, command=command, args=args,
                backoff_limit=backoff_limit, target=target, ref=str(parsed))
     if target == "auto":
@@ -402,7 +397,7 @@ def render_serve(image: str, *, upstream: str | None = None, registry_image: str
     if policy is None:  # the documented deployment default: named repositories and targets only
         policy = templates.source("registry/lazy-policy.yaml")
     name = dns_name(name)
-    ctx = dict(name=name, namespace=namespace, image=image, registry_image=registry_image,
+    ctx: dict[str, Any] = dict(name=name, namespace=namespace, image=image, registry_image=registry_image,
                embedded=embedded, upstream=upstream or f"http://127.0.0.1:{registry_port}", port=port,
                registry_port=registry_port, service_type=service_type, workers=workers, policy=policy,
                storage_claim=storage_claim, pull_policy=pull_policy, htpasswd_secret=f"{name}-htpasswd",

@@ -29,7 +29,9 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+from bakery.config import Settings
 from bakery.errors import BakeryError
 
 ANN_INPUTS = "dev.bakery.inputs.digest"
@@ -103,7 +105,7 @@ def existing_ir(recipe, registry: str, tls_verify: bool | None = None) -> str | 
 
     ref = oci.Ref.parse(f"{recipe.name}:{recipe.version}", default_registry=registry)
     reg = oci.Registry(ref.registry, tls_verify=_tls(ref.registry, tls_verify))
-    digest = reg.head_manifest(ref.repository, ref.tag)
+    digest = reg.head_manifest(ref.repository, ref.reference)
     if not digest:
         return None
     if _manifest_annotations(reg, ref.repository, digest).get(ANN_INPUTS) != sourcesmod.inputs_digest(recipe):
@@ -151,7 +153,7 @@ def ir_task(recipe_path: str, registry: str, engine_name: str | None = None, tls
         res.toolchain = _toolchain(res.ref, registry, tls_verify)
     except Exception as e:  # noqa: BLE001 - reported per recipe
         res.status, res.error = "failed", _error_text(e)
-        if os.environ.get("BAKERY_DEBUG"):
+        if Settings.from_env().debug:
             res.error += "\n" + traceback.format_exc()
     res.seconds = round(time.monotonic() - t0, 2)
     return asdict(res)
@@ -173,7 +175,7 @@ def bake_task(ir_ref: str, target: str, registry: str, engine_name: str | None =
         res.status = "reused" if out.reused else "baked"
     except Exception as e:  # noqa: BLE001 - reported per pair
         res.status, res.error = "failed", _error_text(e)
-        if os.environ.get("BAKERY_DEBUG"):
+        if Settings.from_env().debug:
             res.error += "\n" + traceback.format_exc()
     res.seconds = round(time.monotonic() - t0, 2)
     return asdict(res)
@@ -261,7 +263,7 @@ def _init_ray(address: str | None, num_cpus: int):
         raise BakeryError("bakery matrix needs Ray", "pip install 'bakery[ray]' (or: pip install ray)") from None
     env = worker_env()
     env["RAY_USAGE_STATS_ENABLED"] = "0"
-    kw = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+    kw: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
               runtime_env={"env_vars": env}, ignore_reinit_error=True)
     if address:
         _probe(address)  # Ray itself retries an unreachable cluster for minutes
@@ -347,12 +349,12 @@ def run(recipes: list[str], targets: list[str], registry: str, *, engine: str | 
                     skipped += 1
                     continue
                 row["resolved"] = resolved
-                key = (r["ref"], resolved)
-                if key in unique:
-                    owners[unique[key]].append(len(pairs) - 1)
+                pair = (r["ref"], resolved)
+                if pair in unique:
+                    owners[unique[pair]].append(len(pairs) - 1)
                     skipped += 1
                     continue
-                unique[key] = len(calls)
+                unique[pair] = len(calls)
                 owners.append([len(pairs) - 1])
                 calls.append(((r["ref"], resolved, registry, engine, tls_verify, jobs, slim), f"{label} {resolved}"))
         progress.update(skipped)
@@ -396,8 +398,8 @@ def format_table(result: MatrixResult) -> str:
         rows.append((p["recipe"], target, short(p.get("ref", "")), p["status"], f"{p.get('seconds', 0):.1f}", err))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = []
-    for n, r in enumerate(rows):
-        lines.append(("  ".join(c.ljust(w) for c, w in zip(r[:5], widths, strict=True)) + "  " + r[5]).rstrip())
+    for n, cells in enumerate(rows):
+        lines.append(("  ".join(c.ljust(w) for c, w in zip(cells[:5], widths, strict=True)) + "  " + cells[5]).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths) + "  -----")
     c = result.counts

@@ -1,0 +1,120 @@
+"""Configuration in one place: every environment variable bakery reads, checked, with one-line errors.
+
+``Settings.from_env()`` is cheap and is called where a setting is needed (not cached), so a
+variable set by a test or a wrapper script takes effect at once. ``VARIABLES`` documents them;
+the README's table lists exactly these (tests/test_layout.py checks it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from bakery.errors import BakeryError
+
+DEFAULT_LLVM = 16
+
+# name -> (default as text, what it does): the README's table.
+VARIABLES: dict[str, tuple[str, str]] = {
+    "BAKERY_REGISTRY": ("the embedded registry", "registry HOST[:PORT] when a command names none"),
+    "BAKERY_ENGINE": ("buildah if installed, else a Docker socket", "container engine: buildah, docker, or none (bake IMAGE, serve)"),
+    "BAKERY_REGISTRY_TIMEOUT": ("60", "seconds each registry request may take (two retries follow)"),
+    "BAKERY_LLVM_VERSION": (str(DEFAULT_LLVM), "the LLVM major that captures and bakes"),
+    "BAKERY_LLVM_BINDIR": ("/usr/lib/llvm-<major>/bin", "where that LLVM's tools are"),
+    "BAKERY_LLVM_MAJORS": ("BAKERY_LLVM_VERSION", "LLVM majors a host-side bake may use; a plan needing another is refused"),
+    "BAKERY_TOOLCHAIN_IMAGE": ("the node's own localhost/bakery/llvm:...", "the bake's toolchain image, pinned by @sha256:"),
+    "BAKERY_BAKE_TIMEOUT": ("7200", "seconds a host-side bake may run"),
+    "BAKERY_BAKE_ISOLATION": ("oci when runc or crun is installed, else chroot", "buildah's isolation for the bake container"),
+    "BUILDAH_ISOLATION": ("chroot", "buildah's isolation for image builds (the capture stage)"),
+    "BAKERY_DEBIAN_MIRROR": ("the mirror apt uses", "Debian mirror for debootstrap"),
+    "BAKERY_DATA_DIR": ("$XDG_DATA_HOME/bakery", "where the embedded registry keeps its storage"),
+    "BAKERY_DEBUG": ("unset", "matrix: keep Ray's own logs and tracebacks"),
+}
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise BakeryError(f"{name}={text!r}: expected seconds > 0")
+    return value
+
+
+def _major(env: Mapping[str, str]) -> int:
+    text = env.get("BAKERY_LLVM_VERSION", str(DEFAULT_LLVM)).strip()
+    if not text.isdigit():
+        raise BakeryError(f"BAKERY_LLVM_VERSION={text!r} is not an LLVM major version", "e.g. BAKERY_LLVM_VERSION=16")
+    return int(text)
+
+
+def _majors(env: Mapping[str, str], default: int) -> tuple[int, ...]:
+    text = env.get("BAKERY_LLVM_MAJORS", "").strip()
+    if not text:
+        return (default,)
+    try:
+        majors = sorted({int(t) for t in text.split(",") if t.strip()})
+    except ValueError:
+        majors = []
+    if not majors or any(m < 1 for m in majors):
+        raise BakeryError(f"BAKERY_LLVM_MAJORS={text!r}: expected LLVM major versions, e.g. 16,17")
+    return tuple(majors)
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
+    value = env.get(name, "").strip() or None
+    if value is not None and value not in choices:
+        raise BakeryError(f"{name}={value!r}: expected {' or '.join(choices)}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    registry: str | None = None
+    engine: str | None = None
+    registry_timeout: float = 60.0
+    llvm_version: int = DEFAULT_LLVM
+    llvm_bindir: Path | None = None
+    llvm_majors: tuple[int, ...] = (DEFAULT_LLVM,)
+    toolchain_image: str | None = None
+    bake_timeout: float = 7200.0
+    bake_isolation: str | None = None
+    build_isolation: str = "chroot"
+    debian_mirror: str | None = None
+    data_dir: Path | None = None
+    debug: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        major = _major(env)
+        bindir = env.get("BAKERY_LLVM_BINDIR", "").strip()
+        data = env.get("BAKERY_DATA_DIR", "").strip()
+        return cls(
+            registry=env.get("BAKERY_REGISTRY", "").strip() or None,
+            engine=_choice(env, "BAKERY_ENGINE", ("buildah", "docker", "none")),
+            registry_timeout=_float(env, "BAKERY_REGISTRY_TIMEOUT", 60.0),
+            llvm_version=major,
+            llvm_bindir=Path(bindir) if bindir else None,
+            llvm_majors=_majors(env, major),
+            toolchain_image=env.get("BAKERY_TOOLCHAIN_IMAGE", "").strip() or None,
+            bake_timeout=_float(env, "BAKERY_BAKE_TIMEOUT", 7200.0),
+            bake_isolation=_choice(env, "BAKERY_BAKE_ISOLATION", ("oci", "chroot")),
+            build_isolation=env.get("BUILDAH_ISOLATION", "").strip() or "chroot",
+            debian_mirror=env.get("BAKERY_DEBIAN_MIRROR", "").strip() or None,
+            data_dir=Path(data) if data else None,
+            debug=bool(env.get("BAKERY_DEBUG")),
+        )
+
+
+def tls_default(registry: str, tls_verify: bool | None = None) -> bool:
+    """TLS is verified unless asked otherwise, except for a loopback registry (plain http)."""
+    from bakery import oci
+
+    return (not oci.is_loopback(registry)) if tls_verify is None else tls_verify
