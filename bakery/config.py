@@ -112,9 +112,3 @@ class Settings:
             debug=bool(env.get("BAKERY_DEBUG")),
         )
 
-
-def tls_default(registry: str, tls_verify: bool | None = None) -> bool:
-    """TLS is verified unless asked otherwise, except for a loopback registry (plain http)."""
-    from bakery import oci
-
-    return (not oci.is_loopback(registry)) if tls_verify is None else tls_verify

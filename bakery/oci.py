@@ -96,6 +96,11 @@ def is_loopback(registry: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+def tls_default(registry: str, tls_verify: bool | None = None) -> bool:
+    """TLS is verified unless asked otherwise, except for a loopback registry (plain http)."""
+    return (not is_loopback(registry)) if tls_verify is None else tls_verify
+
+
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 

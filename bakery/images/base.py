@@ -124,7 +124,7 @@ def ensure(engine: ContainerEngine, registry: str, llvm: int, runtime_base: str 
            quiet: bool = False, tls_verify: bool | None = None, push: bool = True) -> Bases:
     """Make sure the three bases exist locally (pull, else create) and in the registry."""
     b = names(registry, llvm, runtime_base)
-    tls = (not oci.is_loopback(registry)) if tls_verify is None else tls_verify
+    tls = oci.tls_default(registry, tls_verify)
     reg = oci.Registry(registry, tls_verify=tls)
     for local, kind in ((b.runtime, "runtime"), (b.llvm, "llvm"), (b.build, "build")):
         remote = b.remote(local)
@@ -136,7 +136,7 @@ def ensure(engine: ContainerEngine, registry: str, llvm: int, runtime_base: str 
                 engine.pull(remote, tls_verify=tls)
                 engine.tag(remote, local)
             elif kind == "runtime" and remote is None:
-                engine.pull(local, tls_verify=not oci.is_loopback(oci.Ref.parse(local).registry))
+                engine.pull(local, tls_verify=oci.tls_default(oci.Ref.parse(local).registry))
             elif kind == "runtime":
                 make_runtime(engine, local, quiet)
             elif kind == "llvm":
@@ -164,7 +164,7 @@ def ensure_foreign_runtime(engine: ContainerEngine, registry: str, arch: str, *,
     """The Debian runtime base for another architecture (debootstrap + qemu-user), local and in the registry."""
     local = f"localhost/bakery/debian:{SUITE}-{arch}"
     remote = f"{registry}/bakery/debian:{SUITE}-{arch}"
-    tls = (not oci.is_loopback(registry)) if tls_verify is None else tls_verify
+    tls = oci.tls_default(registry, tls_verify)
     reg = oci.Registry(registry, tls_verify=tls)
     in_registry = bool(reg.head_manifest("bakery/debian", f"{SUITE}-{arch}"))
     if not engine.exists(local):

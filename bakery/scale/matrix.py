@@ -82,7 +82,7 @@ def _error_text(e: BaseException) -> str:
 def _tls(registry: str, tls_verify: bool | None) -> bool:
     from bakery import oci
 
-    return (not oci.is_loopback(registry)) if tls_verify is None else tls_verify
+    return oci.tls_default(registry, tls_verify)
 
 
 def _manifest_annotations(reg, repo: str, digest: str) -> dict:
