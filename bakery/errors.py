@@ -31,6 +31,10 @@ class PlanRefused(BakeryError):
     exit_code = 3
 
 
+class NoImageForFamily(BakeryError):
+    """A multi-ISA IR image (an index) has no image for the ISA family asked for."""
+
+
 class CommandFailed(BakeryError):
     """An external tool exited non-zero; carries the command line and its output tail."""
 

@@ -34,6 +34,11 @@ _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 
 
+def valid_tag(tag: str) -> bool:
+    """A tag as the distribution spec writes it: ``[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}``."""
+    return _TAG.match(tag) is not None
+
+
 @dataclass(frozen=True)
 class Ref:
     registry: str
@@ -58,7 +63,7 @@ class Ref:
             raise BakeryError(f"{text!r} names no registry", "write it as HOST[:PORT]/REPO:TAG")
         if digest and not _DIGEST.match(digest):
             raise BakeryError(f"{text!r}: {digest!r} is not a sha256 digest")
-        if tag and not _TAG.match(tag):
+        if tag and not valid_tag(tag):
             raise BakeryError(f"{text!r}: {tag!r} is not a valid tag")
         if not re.match(r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$", repo):
             raise BakeryError(f"{text!r}: {repo!r} is not a valid repository name")

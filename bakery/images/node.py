@@ -27,7 +27,7 @@ from bakery import oci, proc, safefs, templates
 from bakery import plan as planmod
 from bakery import target as targetmod
 from bakery.engines.base import ContainerEngine
-from bakery.errors import BakeryError, CommandFailed, PlanRefused
+from bakery.errors import BakeryError, CommandFailed, NoImageForFamily, PlanRefused
 from bakery.images import base as basemod
 from bakery.images.ir import ANN, BIN_DIR, BUNDLE_DIR, _copy_package
 from bakery.platforms import ARCH_OF_PLATFORM, FAMILY_OF_ARCH, host_platform
@@ -64,8 +64,8 @@ def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tu
             if isinstance(plat, dict) and isinstance(m.get("digest"), str) and oci._DIGEST.match(m["digest"]):
                 entries[FAMILY_OF_ARCH.get(plat.get("architecture"))] = m["digest"]
         if family not in entries:
-            raise BakeryError(f"{ref} has no {family} image",
-                              f"it has: {', '.join(sorted(k for k in entries if k))}; build with --platform")
+            raise NoImageForFamily(f"{ref} has no {family} image",
+                                   f"it has: {', '.join(sorted(k for k in entries if k))}; build with --platform")
         digest = entries[family]
     plan_bytes, _ = oci.fetch_plan(reg, ref.repository, digest)
     plan = planmod.parse(plan_bytes, "the plan artifact")

@@ -53,7 +53,7 @@ import prometheus_client as prom
 
 from bakery import oci
 from bakery import target as targetmod
-from bakery.errors import BakeryError
+from bakery.errors import BakeryError, NoImageForFamily
 
 SLIM = "-slim"
 MAX_MESSAGE = 2000
@@ -82,7 +82,7 @@ def split_tag(tag: str) -> tuple[str, str, bool] | None:
     slim = tag.endswith(SLIM)
     rest = tag[: -len(SLIM)] if slim else tag
     base, sep, target = rest.rpartition("-")
-    if not sep or not base or not target or not oci._TAG.match(base):
+    if not sep or not base or not target or not oci.valid_tag(base):
         return None
     return base, target, slim
 
@@ -486,11 +486,9 @@ class Lazy:
         kw = {"family": family} if "family" in inspect.signature(imagemod.resolve_ir).parameters else {}
         try:
             flight.ir_digest, plan, _ = imagemod.resolve_ir(reg, ref, **kw)
-        except BakeryError as e:
-            if f"has no {family} image" in e.message:
-                raise Rejected(Outcome(404, "MANIFEST_UNKNOWN", f"{repo}:{node.tag} cannot be baked: {e.message}"),
-                               remember=True) from None
-            raise
+        except NoImageForFamily as e:
+            raise Rejected(Outcome(404, "MANIFEST_UNKNOWN", f"{repo}:{node.tag} cannot be baked: {e.message}"),
+                           remember=True) from None
         tc = plan["toolchain"]
         try:
             flight.target = targetmod.resolve(node.target, compiler_version=tc.get("version", f"{tc['llvm_major']}.0.0"),
