@@ -36,6 +36,22 @@ def write_project(tmp_path: Path, name: str, files: dict[str, str], rest: str, v
     return recipe_file
 
 
+# What a test needs, by the fixtures it uses: `-m "not clang and not images"` runs the tests that
+# need no tool at all (wrapper, trust, policy, HTTP, recipe, k8s, references) in seconds.
+_NEEDS = {"images": {"registry", "images", "engine", "docker_engine", "service", "pi"},
+          "clang": {"toolchain", "builds", "bundle"}}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in _NEEDS.items():
+            if used & fixtures:
+                item.add_marker(marker)
+        if used & _NEEDS["images"]:
+            item.add_marker("clang")  # an IR image is a capture, its node tag a bake
+
+
 @pytest.fixture(scope="session")
 def toolchain():
     return toolchainmod.find()
