@@ -37,7 +37,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
-import inspect
 import json
 import math
 import queue
@@ -314,10 +313,9 @@ def bake_with_engine(engine, *, jobs: int = 0) -> BakeFn:
         from bakery import images as imagemod
 
         # Lazy abandons a bake past the limit anyway; image.bake's own limit also kills its processes.
-        kw = {"timeout": lazy.bake_timeout} if "timeout" in inspect.signature(imagemod.bake).parameters else {}
         res = imagemod.bake(f"{lazy.upstream}/{flight.repo}:{flight.node.base}", engine, lazy.upstream,
                             flight.node.target, push=True, slim=flight.node.slim, jobs=jobs, quiet=True,
-                            tls_verify=lazy.tls_verify, **kw)
+                            tls_verify=lazy.tls_verify, timeout=lazy.bake_timeout)
         return res.digest
     return run
 
@@ -483,9 +481,8 @@ class Lazy:
         ref = oci.Ref.parse(f"{self.upstream}/{repo}:{node.base}")
         family = archspec.cpu.TARGETS[node.target].family.name
         # A multi-ISA IR image (an index) has one image per family: the target's is baked.
-        kw = {"family": family} if "family" in inspect.signature(imagemod.resolve_ir).parameters else {}
         try:
-            flight.ir_digest, plan, _ = imagemod.resolve_ir(reg, ref, **kw)
+            flight.ir_digest, plan, _ = imagemod.resolve_ir(reg, ref, family=family)
         except NoImageForFamily as e:
             raise Rejected(Outcome(404, "MANIFEST_UNKNOWN", f"{repo}:{node.tag} cannot be baked: {e.message}"),
                            remember=True) from None
