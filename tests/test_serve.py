@@ -27,7 +27,7 @@ from bakery import oci
 from bakery.errors import BakeryError
 from bakery.images import registry as registrymod
 from bakery.serve import proxy as servemod
-from bakery.serve.lazy import Policy, parse_node_tag, split_tag
+from bakery.serve.policy import Policy, parse_node_tag, split_tag
 
 pytestmark = pytest.mark.slow
 
@@ -150,7 +150,7 @@ def threaded(registry, tmp_path):
     made = []
 
     def make(bake_fn=None, **kw):
-        from bakery.serve.lazy import JsonLog
+        from bakery.serve.metrics import JsonLog
 
         log_file = open(tmp_path / f"serve-{len(made)}.log", "w")
         srv = servemod.make_server(upstream=f"http://{registry}", listen="127.0.0.1:0",

@@ -25,7 +25,8 @@ import pytest
 from bakery import oci
 from bakery.errors import BakeryError
 from bakery.serve import proxy as servemod
-from bakery.serve.lazy import JsonLog, Policy
+from bakery.serve.metrics import JsonLog
+from bakery.serve.policy import Policy
 
 ACCEPT = oci.ACCEPT
 FAKE = "sha256:" + "0" * 64
@@ -260,7 +261,8 @@ def test_a_hanging_bake_is_abandoned_and_the_worker_bakes_the_next(serve, images
 def test_bake_timeout_is_passed_to_the_real_bake(monkeypatch):
     """bake_with_engine hands --bake-timeout to bakery.image.bake (which kills the bake's processes)."""
     from bakery import images as imagemod
-    from bakery.serve.lazy import Flight, Lazy, bake_with_engine, parse_node_tag
+    from bakery.serve.lazy import Flight, Lazy, bake_with_engine
+    from bakery.serve.policy import parse_node_tag
 
     seen = {}
 

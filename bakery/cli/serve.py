@@ -79,7 +79,9 @@ def setup_parser(sub, parent):
 def run(args) -> int:
     from bakery import engines as enginemod
     from bakery.serve import proxy as servemod
-    from bakery.serve.lazy import JsonLog, Policy, bake_with_engine
+    from bakery.serve.lazy import bake_with_engine
+    from bakery.serve.metrics import JsonLog
+    from bakery.serve.policy import Policy
 
     policy = Policy.load(args.policy) if args.policy else Policy.default()
     engine = enginemod.get_or_none(args.engine)

@@ -1,4 +1,5 @@
-"""Lazy node tags for ``bakery serve``: the policy, the single-flight bake queue, the metrics.
+"""Lazy node tags for ``bakery serve``: the single-flight bake queue (the policy is
+:mod:`bakery.serve.policy`, the metrics :mod:`bakery.serve.metrics`).
 
 A manifest request for ``<repo>:<tag>-<target>`` that the upstream answers 404
 comes here. :meth:`Lazy.ensure` decides, in this order:
@@ -23,7 +24,7 @@ gets 503 ``UNAVAILABLE`` with ``Retry-After`` while the bake goes on, and a
 retry joins the same flight (or finds the tag). A bake itself may take at most
 ``bake_timeout`` seconds: past that its flight is answered 504 (remembered like
 any failure) and the worker takes the next one; the bake's processes are killed
-by :func:`bakery.image.bake` at the same limit. The bake pushes blobs first and
+by :func:`bakery.images.bake` at the same limit. The bake pushes blobs first and
 the manifest last, so a service killed mid-bake leaves no tag and the next
 request bakes again.
 
@@ -36,163 +37,24 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import fnmatch
 import json
 import math
 import queue
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import archspec.cpu
-import prometheus_client as prom
 
 from bakery import oci
 from bakery import target as targetmod
 from bakery.errors import BakeryError, NoImageForFamily
+from bakery.serve.metrics import JsonLog, Metrics
+from bakery.serve.policy import NodeTag, Policy, parse_node_tag, split_tag
 
-SLIM = "-slim"
 MAX_MESSAGE = 2000
 BAKE_TIMEOUT = 1800.0   # seconds a lazy bake may take (--bake-timeout)
-
-
-# -- node tags ---------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class NodeTag:
-    base: str        # the IR image's tag
-    target: str      # archspec name as asked
-    slim: bool
-
-    @property
-    def tag(self) -> str:
-        return f"{self.base}-{self.target}" + (SLIM if self.slim else "")
-
-
-def split_tag(tag: str) -> tuple[str, str, bool] | None:
-    """``1.0-x86_64_v3`` -> ("1.0", "x86_64_v3", False); ``1.0-zen4-slim`` -> (.., True).
-
-    Archspec names contain ``_``, never ``-``, so the target is what follows the
-    last ``-`` (after setting a ``-slim`` suffix aside). The target is not checked.
-    """
-    slim = tag.endswith(SLIM)
-    rest = tag[: -len(SLIM)] if slim else tag
-    base, sep, target = rest.rpartition("-")
-    if not sep or not base or not target or not oci.valid_tag(base):
-        return None
-    return base, target, slim
-
-
-def parse_node_tag(tag: str) -> NodeTag | None:
-    """A node tag whose target is a known archspec name, else None."""
-    parts = split_tag(tag)
-    if parts is None or parts[1] not in archspec.cpu.TARGETS:
-        return None
-    return NodeTag(*parts)
-
-
-# -- policy ------------------------------------------------------------------------
-
-DEFAULT_POLICY_TEXT = """\
-# Default policy: ANY client may bake ANY repository for every archspec target of the plan's ISA
-# family. Deploy with a policy file instead (bakery/data/registry/lazy-policy.yaml).
-rules:
-  - repositories: ["*"]
-    targets: ["*"]
-"""
-
-
-@dataclass(frozen=True)
-class Rule:
-    repositories: tuple[str, ...]
-    targets: tuple[str, ...]
-    slim: bool = True
-
-    def target_allowed(self, name: str) -> bool:
-        for t in self.targets:
-            if t == "*" or t == name:
-                return True
-            if t.endswith("+"):
-                base = t[:-1]
-                uarch = archspec.cpu.TARGETS.get(name)
-                if name == base or (uarch is not None and base in {a.name for a in uarch.ancestors}):
-                    return True
-        return False
-
-
-@dataclass
-class Policy:
-    """Which node tags may be baked lazily. The first rule whose ``repositories``
-    glob matches the repository decides; no matching rule: refused.
-
-    ``targets`` entries: an archspec name, ``"*"`` (any target of the plan's
-    family), or ``"NAME+"`` (NAME and every target that has it as an ancestor,
-    e.g. ``x86_64_v3+`` takes haswell, zen3, icelake, x86_64_v4 ...).
-    """
-
-    rules: list[Rule]
-    source: str = "default"
-
-    @classmethod
-    def default(cls) -> Policy:
-        return cls([Rule(("*",), ("*",))], "default (all repositories, all targets of the plan's family)")
-
-    @classmethod
-    def load(cls, path: Path) -> Policy:
-        import yaml
-
-        try:
-            doc = yaml.safe_load(Path(path).read_text())
-        except OSError as e:
-            raise BakeryError(f"policy {path}: {e.strerror}") from None
-        except yaml.YAMLError as e:
-            raise BakeryError(f"policy {path}: not YAML: {e}") from None
-        return cls.from_dict(doc, str(path))
-
-    @classmethod
-    def from_dict(cls, doc, source: str = "policy") -> Policy:
-        if not isinstance(doc, dict) or set(doc) - {"rules"} or not isinstance(doc.get("rules"), list):
-            raise BakeryError(f"{source}: expected a mapping with one key, 'rules', a list",
-                              "see registry/README.md for the format")
-        rules = []
-        for i, r in enumerate(doc["rules"]):
-            where = f"{source}: rules[{i}]"
-            if not isinstance(r, dict) or set(r) - {"repositories", "targets", "slim"}:
-                raise BakeryError(f"{where}: keys are repositories, targets and slim")
-            repos, targets = r.get("repositories", ["*"]), r.get("targets", ["*"])
-            for key, val in (("repositories", repos), ("targets", targets)):
-                if isinstance(val, str):
-                    val = [val]
-                if not isinstance(val, list) or not all(isinstance(v, str) and v for v in val):
-                    raise BakeryError(f"{where}.{key}: expected a list of strings")
-            repos = [repos] if isinstance(repos, str) else repos
-            targets = [targets] if isinstance(targets, str) else targets
-            for t in targets:
-                name = t[:-1] if t.endswith("+") else t
-                if name != "*" and name not in archspec.cpu.TARGETS:
-                    close = difflib.get_close_matches(name, archspec.cpu.TARGETS, n=3)
-                    raise BakeryError(f"{where}.targets: {t!r} is not an archspec target"
-                                      + (f" (did you mean {', '.join(close)}?)" if close else ""))
-            slim = r.get("slim", True)
-            if not isinstance(slim, bool):
-                raise BakeryError(f"{where}.slim: expected true or false")
-            rules.append(Rule(tuple(repos), tuple(targets), slim))
-        return cls(rules, source)
-
-    def allows(self, repo: str, node: NodeTag) -> str | None:
-        """None when allowed, else the reason it is not."""
-        for rule in self.rules:
-            if any(fnmatch.fnmatchcase(repo, g) for g in rule.repositories):
-                if node.slim and not rule.slim:
-                    return f"the policy ({self.source}) does not allow lazy -slim bakes of {repo}"
-                if not rule.target_allowed(node.target):
-                    return (f"the policy ({self.source}) does not allow lazy bakes of {repo} for {node.target} "
-                            f"(allowed: {', '.join(rule.targets)})")
-                return None
-        return f"the policy ({self.source}) does not allow lazy bakes of {repo}"
 
 
 # -- outcomes, flights ---------------------------------------------------------------
@@ -233,63 +95,6 @@ class Flight:
         return (self.repo, self.node.tag)
 
 
-class Metrics:
-    """Prometheus metrics of one service (own registry: several services may share a process)."""
-
-    def __init__(self):
-        self.registry = prom.CollectorRegistry()
-        r = self.registry
-        self.started = prom.Counter("bakery_serve_bakes_started", "Bakes handed to a worker", registry=r)
-        self.succeeded = prom.Counter("bakery_serve_bakes_succeeded", "Bakes that pushed their node tag", registry=r)
-        self.failed = prom.Counter("bakery_serve_bakes_failed",
-                                   "Lazy bakes that failed (preparing: no plan, registry errors; or baking)",
-                                   registry=r)
-        self.cache_hits = prom.Counter("bakery_serve_cache_hits",
-                                       "Node-tag manifest requests answered by the upstream", registry=r)
-        self.rejected = prom.Counter("bakery_serve_rejected",
-                                     "Lazy node-tag requests answered with an error without a new bake",
-                                     ["reason"], registry=r)
-        for reason in ("invalid", "policy", "busy", "deadline", "backoff"):
-            self.rejected.labels(reason)
-        self.timed_out = prom.Counter("bakery_serve_bakes_timed_out",
-                                      "Bakes abandoned for taking longer than --bake-timeout", registry=r)
-        self.connections = prom.Gauge("bakery_serve_connections", "Client connections open", registry=r)
-        self.connections_refused = prom.Counter("bakery_serve_connections_refused",
-                                                "Client connections answered 503 at once: --max-connections reached",
-                                                registry=r)
-        self.connections_timed_out = prom.Counter("bakery_serve_connections_timed_out",
-                                                  "Client connections cut: request head not sent in time",
-                                                  registry=r)
-        self.duration = prom.Histogram("bakery_serve_bake_duration_seconds", "Duration of bakes run by workers",
-                                       buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, math.inf),
-                                       registry=r)
-        self.queue_depth = prom.Gauge("bakery_serve_queue_depth", "Bakes waiting for a worker", registry=r)
-        self.in_flight = prom.Gauge("bakery_serve_bakes_in_flight", "Bakes being run by workers", registry=r)
-        self.waiting = prom.Gauge("bakery_serve_requests_waiting", "Requests waiting for a bake", registry=r)
-
-    def text(self) -> bytes:
-        return prom.generate_latest(self.registry)
-
-
-class JsonLog:
-    """One JSON object per line on stderr (or ``stream``)."""
-
-    def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.lock = threading.Lock()
-
-    def __call__(self, event: str, **fields) -> None:
-        rec = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
-               "event": event, **fields}
-        line = json.dumps(rec, default=str) + "\n"
-        with self.lock:
-            try:
-                self.stream.write(line)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
-
-
 class Rejected(Exception):
     """A request this service answers with an error that is the client's (404)."""
 
@@ -306,13 +111,13 @@ BakeFn = Callable[["Flight", "Lazy"], str]   # returns the digest of the node ta
 
 
 def bake_with_engine(engine, *, jobs: int = 0) -> BakeFn:
-    """The real bake: :func:`bakery.image.bake` on the upstream, pushed there, its processes
+    """The real bake: :func:`bakery.images.bake` on the upstream, pushed there, its processes
     killed after ``lazy.bake_timeout`` seconds."""
 
     def run(flight: Flight, lazy: Lazy) -> str:
         from bakery import images as imagemod
 
-        # Lazy abandons a bake past the limit anyway; image.bake's own limit also kills its processes.
+        # Lazy abandons a bake past the limit anyway; images.bake's own limit also kills its processes.
         res = imagemod.bake(f"{lazy.upstream}/{flight.repo}:{flight.node.base}", engine, lazy.upstream,
                             flight.node.target, push=True, slim=flight.node.slim, jobs=jobs, quiet=True,
                             tls_verify=lazy.tls_verify, timeout=lazy.bake_timeout)

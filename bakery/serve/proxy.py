@@ -60,7 +60,9 @@ import prometheus_client as prom
 
 from bakery.errors import BakeryError
 from bakery.oci import ACCEPT
-from bakery.serve.lazy import BAKE_TIMEOUT, JsonLog, Lazy, Outcome, parse_node_tag, split_tag
+from bakery.serve.lazy import BAKE_TIMEOUT, Lazy, Outcome
+from bakery.serve.metrics import JsonLog
+from bakery.serve.policy import parse_node_tag, split_tag
 
 CHUNK = 64 << 10
 SMALL = 256 << 10          # bodies up to this size are read whole and sent with the headers
