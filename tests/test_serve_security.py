@@ -26,7 +26,7 @@ from bakery import oci
 from bakery.errors import BakeryError
 from bakery.serve import proxy as servemod
 from bakery.serve.metrics import JsonLog
-from bakery.serve.policy import Policy
+from bakery.serve.policy import Policy, parse_node_tag, split_tag
 
 ACCEPT = oci.ACCEPT
 FAKE = "sha256:" + "0" * 64
@@ -262,7 +262,6 @@ def test_bake_timeout_is_passed_to_the_real_bake(monkeypatch):
     """bake_with_engine hands --bake-timeout to bakery.image.bake (which kills the bake's processes)."""
     from bakery import images as imagemod
     from bakery.serve.lazy import Flight, Lazy, bake_with_engine
-    from bakery.serve.policy import parse_node_tag
 
     seen = {}
 
@@ -603,3 +602,20 @@ def test_the_open_default_policy_is_said_so(tmp_path):
     warning = [r for r in events[0] if r["event"] == "warning"]
     assert len(warning) == 1 and "no --policy" in warning[0]["message"], events[0]
     assert [r["event"] for r in events[1]] == ["listening"] and events[1][0]["policy"] == "bakery/data/registry/lazy-policy.yaml"
+
+
+def test_the_policy_on_its_own(tmp_path):
+    """serve/policy.py decides without a service, a registry or an image (the service's answers
+    to what it refuses: test_serve.py::test_policy_refuses_repositories_and_targets)."""
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("rules:\n  - repositories: [pi]\n    targets: [\"x86_64_v3+\", nehalem]\n    slim: false\n")
+    p = Policy.load(policy_file)
+    allowed = lambda repo, tag: p.allows(repo, parse_node_tag(tag)) is None  # noqa: E731
+    assert allowed("pi", "1.0-icelake") and allowed("pi", "1.0-zen4") and allowed("pi", "1.0-x86_64_v3")
+    assert allowed("pi", "1.0-nehalem") and not allowed("pi", "1.0-westmere") and not allowed("app", "1.0-zen4")
+    assert not allowed("pi", "1.0-icelake-slim") and not allowed("pi", "1.0-core2")
+    assert Policy.default().allows("any/repo", parse_node_tag("2-a64fx")) is None
+    with pytest.raises(BakeryError, match="not an archspec target"):
+        Policy.from_dict({"rules": [{"repositories": ["*"], "targets": ["zen9"]}]})
+    assert split_tag("1.0-rc1-x86_64_v3-slim") == ("1.0-rc1", "x86_64_v3", True)
+    assert parse_node_tag("1.0-beta") is None and parse_node_tag("latest") is None
