@@ -234,11 +234,7 @@ class Lazy:
     # -- the leader prepares and queues --
 
     def _lead(self, flight: Flight) -> None:
-        try:
-            self._prepare_and_queue(flight)
-        except BaseException as e:  # noqa: BLE001 - never leave waiters hanging
-            if not flight.event.is_set():
-                self._finish(flight, Outcome(500, "UNKNOWN", f"internal error: {e!r}"), remember=True)
+        self._answering(self._prepare_and_queue, flight)
 
     def _prepare_and_queue(self, flight: Flight) -> None:
         repo, node = flight.repo, flight.node
@@ -251,7 +247,7 @@ class Lazy:
             self._finish(flight, r.outcome, remember=r.remember)
             return
         except Exception as e:  # noqa: BLE001 - the client gets the reason, the service goes on
-            msg = e.message if isinstance(e, BakeryError) else f"{type(e).__name__}: {e}"
+            msg = _reason(e)
             self.metrics.failed.inc()
             out = Outcome(502, "UNKNOWN", _clip(f"cannot bake {repo}:{node.tag}: {msg}"))
             self.log("bake", repo=repo, tag=node.base, target=node.target, node_tag=node.tag,
@@ -311,12 +307,7 @@ class Lazy:
 
     def _worker(self) -> None:
         while True:
-            flight = self.queue.get()
-            try:
-                self._bake(flight)
-            except BaseException as e:  # noqa: BLE001 - never leave waiters hanging
-                if not flight.event.is_set():
-                    self._finish(flight, Outcome(500, "UNKNOWN", f"internal error: {e!r}"), remember=True)
+            self._answering(self._bake, self.queue.get())
 
     def _bake(self, flight: Flight) -> None:
         repo, node = flight.repo, flight.node
@@ -334,7 +325,7 @@ class Lazy:
                 out = Outcome(504, "UNAVAILABLE", f"the bake of {repo}:{node.tag} exceeded {self.bake_timeout:g} s "
                                                   f"(--bake-timeout) and was abandoned")
             else:
-                msg = e.message if isinstance(e, BakeryError) else f"{type(e).__name__}: {e}"
+                msg = _reason(e)
                 out = Outcome(502, "UNKNOWN", _clip(f"the bake of {repo}:{node.tag} failed: {msg}"))
             remember = True
         finally:
@@ -383,6 +374,15 @@ class Lazy:
         reg.put_manifest(flight.repo, flight.node.tag, data, mt)
         return got
 
+    def _answering(self, step: Callable[[Flight], None], flight: Flight) -> None:
+        """``step(flight)``, and its waiters answered whatever happens: an error ``step`` did not
+        answer them for is a 500 (remembered), never waiters left hanging until their deadline."""
+        try:
+            step(flight)
+        except BaseException as e:  # noqa: BLE001 - never leave waiters hanging
+            if not flight.event.is_set():
+                self._finish(flight, Outcome(500, "UNKNOWN", f"internal error: {e!r}"), remember=True)
+
     def _finish(self, flight: Flight, outcome: Outcome, remember: bool = False) -> None:
         now = time.monotonic()
         if remember and self.backoff > 0 and outcome.retry_after is None:
@@ -398,6 +398,11 @@ class Lazy:
             else:
                 self.failures.pop(flight.key, None)
         flight.event.set()
+
+
+def _reason(e: Exception) -> str:
+    """What a client is told of a failure: a BakeryError's message, else the exception named."""
+    return e.message if isinstance(e, BakeryError) else f"{type(e).__name__}: {e}"
 
 
 def _clip(text: str) -> str:
