@@ -68,7 +68,7 @@ def asm_problem(text: str) -> str | None:
             return f"its assembly uses {bad.group(0).strip()!r}, which reads files or builds directives"
         if _ASM_OPERAND_NAME.search(asm):
             return "its inline assembly builds a directive name from an operand"
-    m = _LINKER_METADATA.search(text)
-    if m:
-        return f"it asks the linker for libraries itself (!llvm.{m.group(1)})"
+    meta = _LINKER_METADATA.search(text)
+    if meta:
+        return f"it asks the linker for libraries itself (!llvm.{meta.group(1)})"
     return None

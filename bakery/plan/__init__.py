@@ -1,14 +1,35 @@
-"""The bake plan: assembled at capture (assemble), refused or accepted at bake (trust)."""
+"""The bake plan: assembled at capture (assemble), refused or accepted at bake (trust), read as
+types once accepted (model: what load() and parse() return)."""
 
 from __future__ import annotations
 
 from bakery.plan.assembly import (  # noqa: F401
-    SCHEMA_VERSION,
     assemble,
     merge_split_options,
     read_events,
     save,
     soname_of,
+)
+from bakery.plan.model import (  # noqa: F401
+    SCHEMA_VERSION,
+    App,
+    Archive,
+    BundleFile,
+    FileRef,
+    Flag,
+    Link,
+    LinkItem,
+    LinkRef,
+    Member,
+    Module,
+    ModuleRef,
+    ObjectFile,
+    ObjectRef,
+    Plan,
+    Preserve,
+    RecipeInfo,
+    Toolchain,
+    Variant,
 )
 from bakery.plan.trust import (  # noqa: F401
     FILE_OPTIONS,

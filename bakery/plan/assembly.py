@@ -6,11 +6,13 @@ import datetime
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from bakery import PLAN_MEDIA_TYPE, __version__
 from bakery.capture.flags import sha256_file
 from bakery.errors import BakeryError
+from bakery.plan.model import SCHEMA_VERSION, FileRef
 from bakery.plan.trust import (
     _LINKER_VALUE,
     FILE_OPTIONS,
@@ -19,9 +21,6 @@ from bakery.plan.trust import (
     file_tokens,
     link_flag_problem,
 )
-
-SCHEMA_VERSION = 1
-
 
 # -- reading the capture's events ------------------------------------------------
 
@@ -63,7 +62,7 @@ def soname_of(args) -> str | None:
 
 
 def assemble(recipe, toolchain, events: list[dict], *, root: Path, outdir: Path, store: Path, bundle: Path,
-             levels: list[str] = ()) -> dict:
+             levels: Sequence[str] = ()) -> dict:
     """Turn the capture's events into a plan and copy what it names into ``bundle``."""
     links = [e for e in events if e.get("event") == "link"]
     by_output = {e["output"]: e for e in links}      # the last link of a path wins
@@ -110,7 +109,7 @@ def assemble(recipe, toolchain, events: list[dict], *, root: Path, outdir: Path,
         declared.append(ev["output"])
 
     modules, objects, files = {}, {}, {}
-    compiles = {}
+    compiles: dict[str, dict] = {}
     for e in events:
         if e.get("event") == "compile":
             compiles.setdefault(e["bc"], e)
@@ -140,7 +139,8 @@ def assemble(recipe, toolchain, events: list[dict], *, root: Path, outdir: Path,
             return {"file": a["file"], "wl": a["wl"], "at": a["at"], "prefix": a["prefix"]}
         raise BakeryError(f"unknown link item {a!r}")
 
-    plan_links, dropped = [], []
+    plan_links: list[dict] = []
+    dropped: list[dict] = []
     for out, ev in chosen.items():
         args = []
         for a in merge_split_options(ev["args"]):
@@ -208,7 +208,8 @@ def _file_item_problem(a: dict) -> str | None:
         return "not a file of a linker option"
     if prefix and prefix.removesuffix("=") not in FILE_OPTIONS:
         return f"{prefix.removesuffix('=')} is not a version script or dynamic list option"
-    return _linker_tokens_problem(file_tokens(a)) if prefix or at > 0 else None
+    return _linker_tokens_problem(file_tokens(FileRef(a.get("file", ""), tuple(wl), at, prefix))) \
+        if prefix or at > 0 else None
 
 
 def save(plan: dict, bundle: Path) -> Path:

@@ -29,6 +29,7 @@ from bakery.capture.flags import (
     sha256_file,
 )
 from bakery.errors import BakeryError, PlanRefused
+from bakery.plan.model import Archive, FileRef, Flag, LinkItem, LinkRef, ModuleRef, ObjectRef, link_item
 
 # -- the untrusted side ----------------------------------------------------------
 
@@ -66,7 +67,7 @@ _F_TOGGLES = {
 _F_WORDS = {f"-f{n}" for n in _F_TOGGLES} | {f"-fno-{n}" for n in _F_TOGGLES} | {
     "-fstack-protector-strong", "-fstack-protector-all", "-fopenmp-simd", "-ffreestanding",
 }
-_VALUES = {  # -fNAME=VALUE / -mNAME=VALUE: every value listed, or a pattern for numbers
+_VALUES: dict[str, set[str] | re.Pattern[str]] = {  # -fNAME=VALUE / -mNAME=VALUE: every value listed, or a pattern for numbers
     "-fvisibility": {"default", "hidden", "protected", "internal"},
     "-ffp-contract": {"fast", "on", "off", "fast-honor-pragmas"},
     "-ffp-model": {"fast", "precise", "strict"},
@@ -283,11 +284,9 @@ def verify_linker_file(bundle: Path, rel: str, sha: str) -> Path:
     return path
 
 
-def file_tokens(a: dict) -> list[str]:
+def file_tokens(a: FileRef) -> list[str]:
     """A file item's linker tokens, its file as _FILE (the caller checked ``at``)."""
-    toks = list(a["wl"])
-    toks[a["at"]] = a["prefix"] + _FILE
-    return toks
+    return a.tokens(_FILE)
 
 
 @functools.cache
@@ -313,7 +312,7 @@ def _where(path) -> str:
 def _shape_problem(plan) -> str | None:
     """Depth, NUL and control characters, floats: what the schema cannot say (or says loosely:
     jsonschema counts 1.0 as an integer). Iterative, so no input can exhaust the stack."""
-    stack = [(plan, (), 0)]
+    stack: list[tuple[object, tuple[str | int, ...], int]] = [(plan, (), 0)]
     while stack:
         node, path, depth = stack.pop()
         if depth > MAX_DEPTH:
@@ -407,19 +406,20 @@ def _check_output(rel: str, seen: set[PurePosixPath]) -> None:
 
 def _check_link_args(args: list, plan: dict, earlier_ids: set, output: str) -> None:
     """Adjacent -Wl, arguments and bundle files reach lld as one run of tokens (libtool splits
-    -Wl,-rpath -Wl,DIR): each run is checked whole, so an option is checked with its value."""
+    -Wl,-rpath -Wl,DIR): each run is checked whole, so an option is checked with its value.
+    The schema accepted ``args``: each is one of the link items."""
     run: list[str] = []
-    for a in [*args, None]:
-        if isinstance(a, str) and a.startswith("-Wl,"):
-            run += a[4:].split(",")
+    for a in [*map(link_item, args), None]:
+        if isinstance(a, Flag) and a.text.startswith("-Wl,"):
+            run += a.text[4:].split(",")
             continue
-        if isinstance(a, dict) and "file" in a:
-            if a["file"] not in plan["files"]:
-                raise PlanRefused(f"plan refused: {output} uses unknown file {a['file'][:12]}")
-            at, opt = a["at"], a["prefix"].removesuffix("=")
-            if type(at) is not int or not 0 <= at < len(a["wl"]):
+        if isinstance(a, FileRef):
+            if a.sha256 not in plan["files"]:
+                raise PlanRefused(f"plan refused: {output} uses unknown file {a.sha256[:12]}")
+            at, opt = a.at, a.prefix.removesuffix("=")
+            if type(at) is not int or not 0 <= at < len(a.wl):
                 raise PlanRefused(f"plan refused: {output}: file position {at!r} is not one of its linker tokens")
-            if a["prefix"] and (opt not in FILE_OPTIONS or not a["prefix"].endswith("=")):
+            if a.prefix and (opt not in FILE_OPTIONS or not a.prefix.endswith("=")):
                 raise PlanRefused(f"plan refused: {output} passes a file to linker option {opt!r}")
             run += file_tokens(a)
             continue
@@ -433,25 +433,26 @@ def _check_link_args(args: list, plan: dict, earlier_ids: set, output: str) -> N
             _check_link_item(a, plan, earlier_ids, output)
 
 
-def _check_link_item(a, plan: dict, earlier_ids: set, output: str) -> None:
-    if isinstance(a, str):
-        why = link_flag_problem(a)
-        if why:
-            raise PlanRefused(f"plan refused: link flag {a!r} of {output}: {why}")
-    elif "module" in a:
-        if a["module"] not in plan["modules"]:
-            raise PlanRefused(f"plan refused: {output} links unknown module {a['module'][:12]}")
-    elif "object" in a:
-        if a["object"] not in plan["objects"]:
-            raise PlanRefused(f"plan refused: {output} links unknown object {a['object'][:12]}")
-    elif "archive" in a:
-        if not safe_name(a["archive"]):
-            raise PlanRefused(f"plan refused: archive name {a['archive']!r}")
-        for m in a["members"]:
-            _check_link_item(m, plan, earlier_ids, output)
-    elif "link" in a:
-        if a["link"] not in earlier_ids:
-            raise PlanRefused(f"plan refused: {output} needs link {a['link']} before it is made")
+def _check_link_item(a: LinkItem, plan: dict, earlier_ids: set, output: str) -> None:
+    match a:
+        case Flag(text):
+            why = link_flag_problem(text)
+            if why:
+                raise PlanRefused(f"plan refused: link flag {text!r} of {output}: {why}")
+        case ModuleRef(sha):
+            if sha not in plan["modules"]:
+                raise PlanRefused(f"plan refused: {output} links unknown module {sha[:12]}")
+        case ObjectRef(sha):
+            if sha not in plan["objects"]:
+                raise PlanRefused(f"plan refused: {output} links unknown object {sha[:12]}")
+        case Archive(name, members):
+            if not safe_name(name):
+                raise PlanRefused(f"plan refused: archive name {name!r}")
+            for m in members:
+                _check_link_item(m, plan, earlier_ids, output)
+        case LinkRef(id_):
+            if id_ not in earlier_ids:
+                raise PlanRefused(f"plan refused: {output} needs link {id_} before it is made")
 
 
 def parse(data: bytes, where: str = "plan.json") -> dict:
