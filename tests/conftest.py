@@ -85,7 +85,7 @@ class Builds:
             bundle = self.bundle(name, platform)
             plan = planmod.load(bundle)
             out = self.root / "baked" / f"{name}-{target}-{lto}-{(platform or 'host').replace('/', '-')}"
-            bakemod.bake(bundle, plan, self.tc, self.target(target, plan["toolchain"]["family"]), out, lto=lto,
+            bakemod.bake(bundle, plan, self.tc, self.target(target, plan.toolchain.family), out, lto=lto,
                          quiet=True)
             self._bakes[key] = out
         return self._bakes[key]

@@ -421,7 +421,7 @@ def test_build_bake_and_verify_pi_through_the_docker_api(docker_images, docker_e
     assert res.ref.startswith(f"{registry}/pi-docker:1.0@sha256:")
     reg = oci.Registry(registry)
     digest, plan, _ = imagemod.resolve_ir(reg, oci.Ref.parse(f"{registry}/pi-docker:1.0"))
-    assert digest == res.digest and plan["app"] == {"name": "pi", "version": "1.0"}
+    assert digest == res.digest and plan.app.to_json() == {"name": "pi", "version": "1.0"}
     # The Docker build API has no annotations: they are labels of the IR image.
     labels = skopeo_config(f"{registry}/pi-docker:1.0")["config"]["Labels"]
     assert labels["dev.bakery.toolchain"] == "llvm-16" and labels["org.opencontainers.image.title"] == "pi"

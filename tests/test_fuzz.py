@@ -62,9 +62,12 @@ def real_bundle(tmp_path_factory, toolchain) -> Path:
 
 @pytest.fixture(scope="module")
 def real_plan(real_bundle) -> dict:
-    plan = planmod.load(real_bundle)
-    kinds = {next(iter(a)) for link in plan["links"] for a in link["args"] if isinstance(a, dict)}
-    assert kinds >= {"module", "archive", "link", "file"}, kinds  # the mutations start from every shape
+    typed = planmod.load(real_bundle)
+    kinds = {type(a) for link in typed.links for a in link.args}
+    # the mutations start from every shape
+    assert kinds >= {planmod.Flag, planmod.ModuleRef, planmod.Archive, planmod.LinkRef, planmod.FileRef}, kinds
+    plan = json.loads((real_bundle / "plan.json").read_text())
+    assert typed.to_json() == plan
     return plan
 
 
@@ -172,6 +175,9 @@ def test_mutated_plans_are_accepted_or_refused(real_plan, real_bundle):
             assert "\n" not in str(e), str(e)
         else:
             _bake_can_run(plan)
+            typed = planmod.Plan.from_json(plan)  # an accepted plan is a model, and its JSON the same plan
+            assert planmod.Plan.from_json(typed.to_json()) == typed
+            planmod.validate(typed.to_json(), real_bundle)
     check()
 
 

@@ -47,7 +47,7 @@ def test_plan_artifact_is_attached_and_discoverable(images, registry):
     index = json.loads(reg.get_manifest(ref.repository, res.digest.replace(":", "-"))[0])
     assert [m["artifactType"] for m in index["manifests"]] == ["application/vnd.bakery.plan.v1+json"]
     digest, plan, _ = imagemod.resolve_ir(reg, oci.Ref.parse(f"{registry}/pi:1.0"))
-    assert digest == res.digest and plan["app"] == {"name": "pi", "version": "1.0"}
+    assert digest == res.digest and plan.app.to_json() == {"name": "pi", "version": "1.0"}
     manifest = json.loads(reg.get_manifest(ref.repository, res.digest)[0])
     assert manifest["annotations"]["dev.bakery.toolchain"] == "llvm-16"
 

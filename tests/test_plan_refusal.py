@@ -46,7 +46,14 @@ def refused(bundle, tmp_path, capsys, match):
 
 
 def test_untouched_plan_loads(bundle):
-    planmod.load(bundle)
+    plan = planmod.load(bundle)
+    assert plan.to_json() == json.loads((bundle / "plan.json").read_text())  # the model keeps all of it
+
+
+def test_toolchain_version_defaults_to_the_major(bundle):
+    edit(bundle, lambda p: p["toolchain"].pop("version"))
+    tc = planmod.load(bundle).toolchain
+    assert tc.version == f"{tc.llvm_major}.0.0" and "version" not in tc.to_json()
 
 
 def test_tampered_bitcode_is_refused(bundle, tmp_path, capsys):
@@ -388,7 +395,7 @@ def _file_item(plan):
 
 def test_version_script_is_kept_and_bakes(vbundle, tmp_path):
     plan = planmod.load(vbundle)
-    assert _file_item(plan)["prefix"] == "--version-script="
+    assert [a.prefix for link in plan.links for a in link.args if isinstance(a, planmod.FileRef)] == ["--version-script="]
     assert main(["bake", str(vbundle), "-t", "x86_64", "-o", str(tmp_path / "out"), "-q"]) == 0
     import subprocess
     syms = subprocess.run(["nm", "-D", "--defined-only", str(tmp_path / "out" / "libv.so")],

@@ -21,15 +21,15 @@ def path_taken(bindir) -> str:
 
 
 def modules_by_source(bundle):
-    return {m["source"]: m for m in planmod.load(bundle)["modules"].values()}
+    return {m.source: m for m in planmod.load(bundle).modules.values()}
 
 
 def test_sensitive_unit_is_captured_per_level(builds):
     mods = modules_by_source(builds.bundle("simd"))
     dot, main = mods["dot.c"], mods["main.c"]
-    assert [v["level"] for v in dot["variants"]] == ["x86_64_v3", "x86_64_v4"]  # v2 preprocesses like x86_64
-    assert dot["macros"] == ["__AVX2__", "__AVX512F__", "__FMA__"]
-    assert "variants" not in main  # neutral units are captured once
+    assert [v.level for v in dot.variants] == ["x86_64_v3", "x86_64_v4"]  # v2 preprocesses like x86_64
+    assert dot.macros == ("__AVX2__", "__AVX512F__", "__FMA__")
+    assert not main.variants  # neutral units are captured once
 
 
 @pytest.mark.parametrize("target,path", [("x86_64", "sse2"), ("x86_64_v2", "sse2"), ("haswell", "avx2"),
@@ -45,7 +45,7 @@ def test_detection_off_keeps_the_generic_path(builds, tmp_path):
         f.write("capture:\n  detect: false\n")
     bundle = tmp_path / "bundle"
     capturemod.capture(recipemod.load(src / "recipe.yaml"), bundle, builds.tc, quiet=True)
-    assert all("variants" not in m for m in modules_by_source(bundle).values())
+    assert not any(m.variants for m in modules_by_source(bundle).values())
     out = tmp_path / "v4"
     bakemod.bake(bundle, planmod.load(bundle), builds.tc, builds.target("x86_64_v4"), out, quiet=True)
     assert path_taken(out) == "sse2"  # the silent failure this feature exists to prevent
@@ -58,7 +58,7 @@ def test_pinned_levels(builds, tmp_path):
         f.write("capture:\n  levels: [x86_64, haswell]\n")
     bundle = tmp_path / "bundle"
     capturemod.capture(recipemod.load(src / "recipe.yaml"), bundle, builds.tc, quiet=True)
-    assert [v["level"] for v in modules_by_source(bundle)["dot.c"]["variants"]] == ["haswell"]
+    assert [v.level for v in modules_by_source(bundle)["dot.c"].variants] == ["haswell"]
     out = tmp_path / "skx"
     res = bakemod.bake(bundle, planmod.load(bundle), builds.tc, builds.target("skylake_avx512"), out, quiet=True)
     assert res.variants == {"dot.c": "haswell"} and path_taken(out) == "avx2"
@@ -70,8 +70,8 @@ def test_pinned_levels(builds, tmp_path):
 def test_variant_digests_are_checked(builds, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(builds.bundle("simd"), bundle)
-    v = modules_by_source(bundle)["dot.c"]["variants"][-1]
-    with open(bundle / v["path"], "ab") as f:
+    v = modules_by_source(bundle)["dot.c"].variants[-1]
+    with open(bundle / v.path, "ab") as f:
         f.write(b"x")
     from bakery.errors import PlanRefused
 

@@ -240,12 +240,12 @@ def test_thirdparty_baked_program_works(baked_dirs, tmp_path, path):
     # Every module of a shared library was compiled -fPIC by these builds (libtool,
     # bzip2's .sho rule, zlib's SFLAGS, CMake); the plan must keep that flag even
     # where a non-PIC compile of the same file gave an identical object.
-    for link in plan["links"]:
-        if link["kind"] == "shared":
-            for a in link["args"]:
-                if isinstance(a, dict) and "module" in a:
-                    m = plan["modules"][a["module"]]
-                    assert "-fPIC" in m["flags"], f"{link['output']}: {m['source']} planned without -fPIC"
+    for link in plan.links:
+        if link.kind == "shared":
+            for a in link.args:
+                if isinstance(a, planmod.ModuleRef):
+                    m = plan.modules[a.sha256]
+                    assert "-fPIC" in m.flags, f"{link.output}: {m.source} planned without -fPIC"
     for out in recipe.outputs:
         assert (bindir / Path(out).name).is_file(), f"{out} not baked"
     if recipe.test:

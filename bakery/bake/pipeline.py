@@ -4,7 +4,7 @@ For every module: check its digest, rewrite the per-function target attributes
 (they override ``-march`` otherwise, and the result would silently stay
 generic), run the full optimization pipeline and codegen with the target known.
 Then replay the links with the preserved link lines. No shell is ever used, and
-the plan was validated (``plan.load``) before anything here runs.
+the plan was validated (``plan.load``, which returns it typed) before anything here runs.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from bakery import plan as planmod
 from bakery import proc
 from bakery.bake.retarget import asm_problem, retarget_ir
 from bakery.errors import BakeryError, PlanRefused
+from bakery.plan.model import Archive, FileRef, Flag, LinkRef, Module, ModuleRef, ObjectRef, Plan
 from bakery.target import Target
 from bakery.toolchain import Toolchain
 
@@ -41,41 +42,41 @@ class BakeResult:
                 "modules": self.modules, "lto": self.lto, "variants": self.variants}
 
 
-def check_toolchain(plan: dict, toolchain: Toolchain, target: Target) -> None:
-    tc = plan["toolchain"]
-    if tc["llvm_major"] > toolchain.major:
+def check_toolchain(plan: Plan, toolchain: Toolchain, target: Target) -> None:
+    tc = plan.toolchain
+    if tc.llvm_major > toolchain.major:
         raise BakeryError(
-            f"the bitcode was made by LLVM {tc['llvm_major']} and LLVM {toolchain.major} cannot read it",
-            f"bake with LLVM {tc['llvm_major']} or newer (BAKERY_LLVM_VERSION), e.g. inside the IR image")
-    if tc["family"] != target.family:
-        raise BakeryError(f"this plan's IR is {tc['family']}, target {target.name} is {target.family}")
+            f"the bitcode was made by LLVM {tc.llvm_major} and LLVM {toolchain.major} cannot read it",
+            f"bake with LLVM {tc.llvm_major} or newer (BAKERY_LLVM_VERSION), e.g. inside the IR image")
+    if tc.family != target.family:
+        raise BakeryError(f"this plan's IR is {tc.family}, target {target.name} is {target.family}")
 
 
-def bake(bundle: Path, plan: dict, toolchain: Toolchain, target: Target, output: Path, *,
+def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output: Path, *,
          jobs: int = 0, lto: str = "none", quiet: bool = False, keep: bool = False) -> BakeResult:
     if lto not in LTO_MODES:
         raise BakeryError(f"--lto {lto!r}: choose one of {', '.join(LTO_MODES)}")
-    toolchain = toolchain.for_triple(plan["toolchain"]["triple"])  # off-node: bake another ISA's IR
+    toolchain = toolchain.for_triple(plan.toolchain.triple)  # off-node: bake another ISA's IR
     check_toolchain(plan, toolchain, target)
     jobs = jobs or os.cpu_count() or 1
     t0 = time.monotonic()
     for note in target.notes:
         proc.log(f"bake: {note}", quiet=quiet)
-    proc.log(f"bake: {plan['app']['name']} {plan['app']['version']} for {target.name} "
-             f"({' '.join(target.flags)}), {len(plan['modules'])} modules, lto={lto}, jobs={jobs}", quiet=quiet)
+    proc.log(f"bake: {plan.app.name} {plan.app.version} for {target.name} "
+             f"({' '.join(target.flags)}), {len(plan.modules)} modules, lto={lto}, jobs={jobs}", quiet=quiet)
     work = Path(tempfile.mkdtemp(prefix="bakery-bake-"))
     try:
         variants: dict[str, str] = {}
         objs = _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, quiet, variants)
         outs = _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, quiet)
         output.mkdir(parents=True, exist_ok=True)
-        result = BakeResult(target, seconds=0.0, modules=len(plan["modules"]), lto=lto, variants=variants)
-        for link in plan["links"]:
-            dest = output / link["install"]
+        result = BakeResult(target, seconds=0.0, modules=len(plan.modules), lto=lto, variants=variants)
+        for link in plan.links:
+            dest = output / link.install
             tmp = dest.with_name(f".{dest.name}.tmp")
-            shutil.copy2(outs[link["id"]], tmp)
+            shutil.copy2(outs[link.id], tmp)
             os.replace(tmp, dest)  # a reader never sees half a binary
-            result.outputs[link["install"]] = str(dest)
+            result.outputs[link.install] = str(dest)
         result.seconds = time.monotonic() - t0
         proc.log(f"bake: wrote {', '.join(result.outputs)} to {output} in {result.seconds:.1f}s", quiet=quiet)
         return result
@@ -86,46 +87,47 @@ def bake(bundle: Path, plan: dict, toolchain: Toolchain, target: Target, output:
             proc.log(f"bake: work tree kept in {work}", quiet=quiet)
 
 
-def choose_variant(module: dict, target: Target) -> str | None:
+def choose_variant(module: Module, target: Target) -> str | None:
     """The highest level this unit was captured at that the target satisfies
     (None: the generic capture)."""
     from bakery.target import best_level
 
-    levels = [v["level"] for v in module.get("variants", [])]
+    levels = [v.level for v in module.variants]
     return best_level(target.name, levels) if levels else None
 
 
-def _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, quiet, variants) -> dict[str, Path]:
+def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, work: Path, jobs: int, lto: str,
+                  quiet: bool, variants: dict[str, str]) -> dict[str, Path]:
     (work / "obj").mkdir()
     dis = toolchain.tool("llvm-dis")
-    preserve = plan["preserve"]["flags"]
+    preserve = plan.preserve.flags
     lto_flag = {"none": [], "thin": ["-flto=thin"], "full": ["-flto=full"]}[lto]
 
-    def one(sha: str, m: dict) -> Path:
-        path, digest = m["path"], sha
+    def one(sha: str, m: Module) -> Path:
+        path, digest = m.path, sha
         level = choose_variant(m, target)
         if level:
-            v = next(v for v in m["variants"] if v["level"] == level)
-            path, digest = v["path"], v["sha256"]
-            chosen[m.get("source", sha)] = level
+            v = m.variant(level)
+            path, digest = v.path, v.sha256
+            chosen[m.label] = level
         bc = planmod.verify_file(bundle, path, digest)
         # cwd: the work tree, so that nothing relative resolves against the caller's folder.
         text = proc.run([dis, str(bc), "-o", "-"], cwd=work).stdout
         why = asm_problem(text)  # the very text clang compiles below
         if why:
-            raise PlanRefused(f"plan refused: module {m.get('source', sha)}: {why}")
+            raise PlanRefused(f"plan refused: module {m.label}: {why}")
         text, _ = retarget_ir(text, target.tune)
         out = work / "obj" / f"{sha}.o"
         proc.run([toolchain.clang, *toolchain.cross_flags, "-c", "-x", "ir", "-", "-o", str(out), "-w",
-                  *m["flags"], *preserve, *target.flags, *lto_flag], input=text, cwd=work)
+                  *m.flags, *preserve, *target.flags, *lto_flag], input=text, cwd=work)
         return out
 
     results: dict[str, Path] = {}
     chosen: dict[str, str] = {}
-    total = len(plan["modules"])
+    total = len(plan.modules)
     last = time.monotonic()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(one, sha, m): sha for sha, m in plan["modules"].items()}
+        futures = {pool.submit(one, sha, m): sha for sha, m in plan.modules.items()}
         for n, fut in enumerate(as_completed(futures), 1):
             try:
                 results[futures[fut]] = fut.result()
@@ -136,52 +138,51 @@ def _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, quiet, varia
             if not quiet and (time.monotonic() - last > 2 or n == total):
                 last = time.monotonic()
                 proc.log(f"bake: [{n}/{total}] modules optimized and compiled")
-    for sha, o in plan["objects"].items():
-        results[sha] = planmod.verify_file(bundle, o["path"], sha)
+    for sha, o in plan.objects.items():
+        results[sha] = planmod.verify_file(bundle, o.path, sha)
     for source, level in sorted(chosen.items()):
         proc.log(f"bake: {source}: target-sensitive, using its {level} capture", quiet=quiet)
     variants.update(chosen)
     return results
 
 
-def _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, quiet) -> dict[str, Path]:
+def _link_all(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, work: Path, objs: dict[str, Path],
+              jobs: int, lto: str, quiet: bool) -> dict[str, Path]:
     ar = toolchain.tool("llvm-ar")
     outs: dict[str, Path] = {}
-    preserve_libs = plan["preserve"]["libs"]
+    preserve_libs = plan.preserve.libs
     opt = _dominant_opt(plan)
-    for link in plan["links"]:
-        out = work / "out" / link["output"]
+    for link in plan.links:
+        out = work / "out" / link.output
         out.parent.mkdir(parents=True, exist_ok=True)
-        argv = [toolchain.driver(link["driver"]), *toolchain.cross_flags, "-fuse-ld=lld", "-o", str(out)]
-        if link["driver"] == "fortran":
+        argv = [toolchain.driver(link.driver), *toolchain.cross_flags, "-fuse-ld=lld", "-o", str(out)]
+        if link.driver == "fortran":
             argv += toolchain.fortran_link_flags
         if lto != "none":
             argv += [opt, *target.flags, f"-flto={lto}", f"-Wl,--thinlto-jobs={jobs}" if lto == "thin" else "-flto-jobs=1"]
         has_internal = False
         # .deplibs sections would add inputs the plan does not name (asm_problem refuses them too).
         argv.append("-Wl,--no-dependent-libraries")
-        for n, a in enumerate(link["args"]):
-            if isinstance(a, str):
-                if a.startswith("/"):
-                    planmod.system_input(a)
-                argv.append(a)
-            elif "module" in a or "object" in a:
-                argv.append(str(objs[a.get("module") or a.get("object")]))
-            elif "archive" in a:
-                adir = work / "ar" / f"{link['id']}-{n}"
-                adir.mkdir(parents=True)
-                lib = adir / a["archive"]
-                members = [str(objs[m.get("module") or m.get("object")]) for m in a["members"]]
-                proc.run([ar, "rcsD", str(lib), *members], cwd=work)
-                argv.append(str(lib))
-            elif "link" in a:
-                argv.append(str(outs[a["link"]]))
-                has_internal = True
-            elif "file" in a:
-                f = planmod.verify_linker_file(bundle, plan["files"][a["file"]]["path"], a["file"])
-                wl = list(a["wl"])
-                wl[a["at"]] = a["prefix"] + str(f)
-                argv.append("-Wl," + ",".join(wl))
+        for n, a in enumerate(link.args):
+            match a:
+                case Flag(text):
+                    if text.startswith("/"):
+                        planmod.system_input(text)
+                    argv.append(text)
+                case ModuleRef(sha) | ObjectRef(sha):
+                    argv.append(str(objs[sha]))
+                case Archive(name, members):
+                    adir = work / "ar" / f"{link.id}-{n}"
+                    adir.mkdir(parents=True)
+                    archive = adir / name
+                    proc.run([ar, "rcsD", str(archive), *(str(objs[m.sha256]) for m in members)], cwd=work)
+                    argv.append(str(archive))
+                case LinkRef(id_):
+                    argv.append(str(outs[id_]))
+                    has_internal = True
+                case FileRef(sha):
+                    f = planmod.verify_linker_file(bundle, plan.files[sha].path, sha)
+                    argv.append("-Wl," + ",".join(a.tokens(str(f))))
         for lib in preserve_libs:
             if lib not in argv:
                 if lib.startswith("/"):
@@ -189,21 +190,21 @@ def _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, quiet) -> 
                 argv.append(lib)
         if has_internal and not any("$ORIGIN" in a for a in argv):
             argv.append("-Wl,-rpath,$ORIGIN")
-        if link["kind"] == "shared" and not link.get("soname"):
-            argv.append(f"-Wl,-soname,{link['install']}")
-        proc.log(f"bake: linking {link['install']}", quiet=quiet)
+        if link.kind == "shared" and not link.soname:
+            argv.append(f"-Wl,-soname,{link.install}")
+        proc.log(f"bake: linking {link.install}", quiet=quiet)
         proc.run(argv, cwd=work)
-        outs[link["id"]] = out
+        outs[link.id] = out
     return outs
 
 
-def _dominant_opt(plan: dict) -> str:
-    levels = collections.Counter()
-    for m in plan["modules"].values():
-        for f in m["flags"]:
+def _dominant_opt(plan: Plan) -> str:
+    levels: collections.Counter[str] = collections.Counter()
+    for m in plan.modules.values():
+        for f in m.flags:
             if f.startswith("-O"):
                 levels[f] += 1
-    for f in plan["preserve"]["flags"]:
+    for f in plan.preserve.flags:
         if f.startswith("-O"):
             return f
     return levels.most_common(1)[0][0] if levels else "-O2"

@@ -62,7 +62,7 @@ def _bake_bundle(args, bundle: Path) -> int:
     bundle = bundle.resolve()
     plan = planmod.load(bundle)
     tc = toolchainmod.find()
-    target = targetmod.resolve(args.target, compiler_version=tc.version, family=plan["toolchain"]["family"])
+    target = targetmod.resolve(args.target, compiler_version=tc.version, family=plan.toolchain.family)
     result = bakemod.bake(bundle, plan, tc, target, args.output.resolve(), jobs=args.jobs, lto=args.lto,
                           quiet=args.quiet, keep=args.keep or args.debug)
     if args.json:

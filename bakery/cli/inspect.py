@@ -30,18 +30,18 @@ def run(args) -> int:
         return 0
     referrers = reg.referrers(ref.repository, digest)
     info = {
-        "ref": str(ref), "digest": digest, "app": plan["app"], "toolchain": plan["toolchain"],
-        "plan_digest": oci.sha256(plan_bytes), "modules": len(plan["modules"]), "objects": len(plan["objects"]),
-        "outputs": [l["install"] for l in plan["links"]], "referrers": referrers,
-        "target_sensitive": {m["source"]: {"levels": [v["level"] for v in m["variants"]], "macros": m.get("macros", [])}
-                             for m in plan["modules"].values() if m.get("variants")},
+        "ref": str(ref), "digest": digest, "app": plan.app.to_json(), "toolchain": plan.toolchain.to_json(),
+        "plan_digest": oci.sha256(plan_bytes), "modules": len(plan.modules), "objects": len(plan.objects),
+        "outputs": [l.install for l in plan.links], "referrers": referrers,
+        "target_sensitive": {m.label: {"levels": [v.level for v in m.variants], "macros": list(m.macros)}
+                             for m in plan.modules.values() if m.variants},
     }
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
     print(f"{info['ref']}@{digest}")
-    print(f"  app:       {plan['app']['name']} {plan['app']['version']}")
-    print(f"  toolchain: LLVM {plan['toolchain']['llvm_major']} ({plan['toolchain']['triple']})")
+    print(f"  app:       {plan.app.name} {plan.app.version}")
+    print(f"  toolchain: LLVM {plan.toolchain.llvm_major} ({plan.toolchain.triple})")
     print(f"  plan:      {info['plan_digest']} ({info['modules']} bitcode modules, {info['objects']} native objects)")
     print(f"  outputs:   {', '.join(info['outputs'])}")
     for source, info_ in info["target_sensitive"].items():

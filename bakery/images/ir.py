@@ -144,7 +144,7 @@ def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = N
             p.write_bytes(plan_bytes)
             artifacts.append(oci.push_plan(
                 reg, ref.repository, {"mediaType": mt, "digest": sub, "size": len(data)}, p,
-                {f"{ANN}.recipe.digest": recipe.digest, f"{ANN}.toolchain": f"llvm-{plan['toolchain']['llvm_major']}",
+                {f"{ANN}.recipe.digest": recipe.digest, f"{ANN}.toolchain": f"llvm-{plan.toolchain.llvm_major}",
                  f"{ANN}.platform": platform}))
         proc.log(f"build: {platform}: plan attached to {sub[:19]}… as {artifacts[-1][:19]}…", quiet=quiet)
     return BuildResult(f"{ref}@{digest}", digest, oci.sha256(built[0][2]), artifacts[0], time.monotonic() - t0)

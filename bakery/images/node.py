@@ -49,7 +49,7 @@ class BakeImageResult:
         return self.__dict__.copy()
 
 
-def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tuple[str, dict, bytes]:
+def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tuple[str, planmod.Plan, bytes]:
     """(IR manifest digest, verified plan, plan bytes); from an index, the ``family``'s image."""
     digest = ref.digest or reg.head_manifest(ref.repository, ref.tag)
     if not digest:
@@ -72,8 +72,8 @@ def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tu
     return digest, plan, plan_bytes
 
 
-def node_tag(ref: oci.Ref, plan: dict, target: targetmod.Target) -> str:
-    return f"{ref.tag or plan['app']['version']}-{target.name}"
+def node_tag(ref: oci.Ref, plan: planmod.Plan, target: targetmod.Target) -> str:
+    return f"{ref.tag or plan.app.version}-{target.name}"
 
 
 # -- what a host-side bake trusts ------------------------------------------------
@@ -176,14 +176,15 @@ def export_bundle(engine: ContainerEngine, image: str, plan_bytes: bytes, dest: 
     planmod.load(dest)  # schema, allow-lists, confinement, on the host, before the bake container starts
 
 
-def _bake_in_engine(engine: ContainerEngine, ref: oci.Ref, digest: str, image: str, plan_bytes: bytes, tc: dict,
+def _bake_in_engine(engine: ContainerEngine, ref: oci.Ref, digest: str, image: str, plan_bytes: bytes,
+                    tc: planmod.Toolchain,
                     target: targetmod.Target, major: int, work: Path, out: Path, jobs: int, limit: float,
                     quiet: bool, tls: bool) -> str:
     """The bundle exported from ``image`` as data, baked in bakery's toolchain image, sandboxed;
     returns the toolchain image's id."""
     export_bundle(engine, image, plan_bytes, work / "bundle")
     tool_name, tool_id = trusted_toolchain(engine, ref.registry, major, quiet=quiet, tls=tls)
-    packages = planmod.parse(plan_bytes).get("recipe", {}).get("packages") or []
+    packages = list(planmod.parse(plan_bytes).recipe.packages)
     if packages:
         tool_name, tool_id = _with_packages(engine, tool_id, major, packages, quiet=quiet, tls=tls)
     _copy_package("bakery", work / "lib")
@@ -196,7 +197,7 @@ def _bake_in_engine(engine: ContainerEngine, ref: oci.Ref, digest: str, image: s
                (str(out), "/bakery/out")]
     ctr = engine.from_image(tool_id, name=_container_name("bake"))
     try:
-        where = "cross, " if tc["family"] != FAMILY_OF_ARCH[ARCH_OF_PLATFORM[host_platform()]] else ""
+        where = "cross, " if tc.family != FAMILY_OF_ARCH[ARCH_OF_PLATFORM[host_platform()]] else ""
         proc.log(f"bake: baking {ref.repository}@{digest[:19]}… for {target.name} ({where}in {tool_name})",
                  quiet=quiet)
         engine.run(ctr, argv, volumes=volumes, env={"PYTHONPATH": "/opt/bakery/lib", "HOME": "/tmp"},
@@ -260,10 +261,9 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
     tls = (not oci.is_loopback(ref.registry)) if tls_verify is None else tls_verify
     reg = oci.Registry(ref.registry, tls_verify=tls)
     digest, plan, plan_bytes = resolve_ir(reg, ref, targetmod.lookup(target_name).family.name)
-    tc = plan["toolchain"]
-    target = targetmod.resolve(target_name, compiler_version=tc.get("version", f"{tc['llvm_major']}.0.0"),
-                               family=tc["family"])
-    major = toolchain_major(tc["llvm_major"])
+    tc = plan.toolchain
+    target = targetmod.resolve(target_name, compiler_version=tc.version, family=tc.family)
+    major = toolchain_major(tc.llvm_major)
     for note in target.notes:
         proc.log(f"bake: {note}", quiet=quiet)
     tag = node_tag(ref, plan, target) + ("-slim" if slim else "")
@@ -294,7 +294,7 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
             _remove_stale_containers(engine)
             tool_id = _bake_in_engine(engine, ref, digest, image, plan_bytes, tc, target, major, work, out, jobs,
                                       limit, quiet, tls)
-        installs = [link["install"] for link in plan["links"]]
+        installs = [link.install for link in plan.links]
         staged = safefs.stage_outputs(out, installs, work / "stage")
         outputs = sorted(installs)
         if output is not None:
@@ -309,7 +309,7 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
         annotations = {f"{ANN}.target": target.name, f"{ANN}.target.flags": " ".join(target.flags),
                        f"{ANN}.ir.digest": digest, f"{ANN}.toolchain.image": tool_id,
                        "org.opencontainers.image.base.name": str(ref), "org.opencontainers.image.base.digest": digest}
-        entry = plan["recipe"].get("entrypoint") or []
+        entry = plan.recipe.entrypoint
         entrypoint = [f"{BIN_DIR}/{entry[0]}", *entry[1:]] if entry else None
         if engine is None:
             from bakery.images import direct

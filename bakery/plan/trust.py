@@ -29,7 +29,7 @@ from bakery.capture.flags import (
     sha256_file,
 )
 from bakery.errors import BakeryError, PlanRefused
-from bakery.plan.model import Archive, FileRef, Flag, LinkItem, LinkRef, ModuleRef, ObjectRef, link_item
+from bakery.plan.model import Archive, FileRef, Flag, LinkItem, LinkRef, ModuleRef, ObjectRef, Plan, link_item
 
 # -- the untrusted side ----------------------------------------------------------
 
@@ -455,11 +455,11 @@ def _check_link_item(a: LinkItem, plan: dict, earlier_ids: set, output: str) -> 
                 raise PlanRefused(f"plan refused: {output} needs link {id_} before it is made")
 
 
-def parse(data: bytes, where: str = "plan.json") -> dict:
+def parse(data: bytes, where: str = "plan.json") -> Plan:
     """Untrusted plan bytes to a validated plan (no bundle: paths are confined by load())."""
-    plan = _decode(data, where)
-    validate(plan)
-    return plan
+    doc = _decode(data, where)
+    validate(doc)
+    return Plan.from_json(doc)
 
 
 def _decode(data: bytes, where: str):
@@ -473,7 +473,9 @@ def _decode(data: bytes, where: str):
         raise PlanRefused(f"plan refused: {where} nests too deep") from None
 
 
-def load(bundle: Path) -> dict:
+def load(bundle: Path) -> Plan:
+    """A bundle's plan, validated with its paths confined to the bundle (files are checked
+    against their digests when the bake reads them: verify_file)."""
     path = bundle / "plan.json"
     try:
         with open(path, "rb") as f:
@@ -482,9 +484,9 @@ def load(bundle: Path) -> dict:
         raise BakeryError(f"{path} not found", "make a bundle with 'bakery capture RECIPE -o BUNDLE'") from None
     except OSError as e:
         raise PlanRefused(f"plan refused: {path}: {e.strerror or e}") from None
-    plan = _decode(data, str(path))
-    validate(plan, bundle)
-    return plan
+    doc = _decode(data, str(path))
+    validate(doc, bundle)
+    return Plan.from_json(doc)
 
 
 def verify_file(bundle: Path, rel: str, sha: str) -> Path:

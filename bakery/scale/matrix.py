@@ -124,9 +124,8 @@ def _toolchain(ir_ref: str, registry: str, tls_verify: bool | None) -> dict:
     ref = oci.Ref.parse(ir_ref)
     reg = oci.Registry(ref.registry, tls_verify=_tls(ref.registry, tls_verify))
     _, plan, _ = imagemod.resolve_ir(reg, ref)
-    tc = plan["toolchain"]
-    return {"family": tc["family"], "version": tc.get("version", f"{tc['llvm_major']}.0.0"),
-            "llvm_major": tc["llvm_major"]}
+    tc = plan.toolchain
+    return {"family": tc.family, "version": tc.version, "llvm_major": tc.llvm_major}
 
 
 def ir_task(recipe_path: str, registry: str, engine_name: str | None = None, tls_verify: bool | None = None,

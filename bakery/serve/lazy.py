@@ -287,10 +287,9 @@ class Lazy:
         except NoImageForFamily as e:
             raise Rejected(Outcome(404, "MANIFEST_UNKNOWN", f"{repo}:{node.tag} cannot be baked: {e.message}"),
                            remember=True) from None
-        tc = plan["toolchain"]
+        tc = plan.toolchain
         try:
-            flight.target = targetmod.resolve(node.target, compiler_version=tc.get("version", f"{tc['llvm_major']}.0.0"),
-                                              family=tc["family"])
+            flight.target = targetmod.resolve(node.target, compiler_version=tc.version, family=tc.family)
         except BakeryError as e:
             raise Rejected(Outcome(404, "MANIFEST_UNKNOWN", f"{repo}:{node.tag} cannot be baked: {e.message}"),
                            remember=True) from None
