@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from bakery import proc, safefs
@@ -17,6 +18,11 @@ from bakery.engines.base import SANDBOX_USER, ContainerEngine
 from bakery.errors import BakeryError
 
 log = logging.getLogger(__name__)
+
+
+def _pairs(flag: str, values: Mapping[str, str] | None) -> list[str]:
+    """``--flag k=v`` for each item, as buildah takes build args, labels, annotations and env."""
+    return [a for k, v in (values or {}).items() for a in (flag, f"{k}={v}")]
 
 
 class BuildahEngine(ContainerEngine):
@@ -37,12 +43,7 @@ class BuildahEngine(ContainerEngine):
             iidfile = f.name
         argv = self._b("build", f"--isolation={self.isolation}", "--layers", "-f", str(containerfile),
                        "-t", tag, "--iidfile", iidfile, f"--tls-verify={str(tls_verify).lower()}")
-        for k, v in (build_args or {}).items():
-            argv += ["--build-arg", f"{k}={v}"]
-        for k, v in (annotations or {}).items():
-            argv += ["--annotation", f"{k}={v}"]
-        for k, v in (labels or {}).items():
-            argv += ["--label", f"{k}={v}"]
+        argv += [*_pairs("--build-arg", build_args), *_pairs("--annotation", annotations), *_pairs("--label", labels)]
         argv.append(str(context))
         try:
             proc.stream(argv, log=log, on_line=on_line)
@@ -174,12 +175,7 @@ class BuildahEngine(ContainerEngine):
         if entrypoint is not None:
             # The base's CMD would become the entrypoint's arguments: clear it.
             argv += ["--entrypoint", json.dumps(entrypoint), "--cmd", ""]
-        for k, v in (env or {}).items():
-            argv += ["--env", f"{k}={v}"]
-        for k, v in (labels or {}).items():
-            argv += ["--label", f"{k}={v}"]
-        for k, v in (annotations or {}).items():
-            argv += ["--annotation", f"{k}={v}"]
+        argv += [*_pairs("--env", env), *_pairs("--label", labels), *_pairs("--annotation", annotations)]
         if len(argv) > 2:
             proc.run([*argv, container])
 

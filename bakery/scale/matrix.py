@@ -151,9 +151,7 @@ def ir_task(recipe_path: str, registry: str, engine_name: str | None = None, tls
         res.digest = res.ref.rsplit("@", 1)[-1]
         res.toolchain = _toolchain(res.ref, registry, tls_verify)
     except Exception as e:  # noqa: BLE001 - reported per recipe
-        res.status, res.error = "failed", _error_text(e)
-        if Settings.from_env().debug:
-            res.error += "\n" + traceback.format_exc()
+        _failed(res, e)
     res.seconds = round(time.monotonic() - t0, 2)
     return asdict(res)
 
@@ -173,11 +171,16 @@ def bake_task(ir_ref: str, target: str, registry: str, engine_name: str | None =
         res.resolved = out.target.get("name", target)
         res.status = "reused" if out.reused else "baked"
     except Exception as e:  # noqa: BLE001 - reported per pair
-        res.status, res.error = "failed", _error_text(e)
-        if Settings.from_env().debug:
-            res.error += "\n" + traceback.format_exc()
+        _failed(res, e)
     res.seconds = round(time.monotonic() - t0, 2)
     return asdict(res)
+
+
+def _failed(res, e: Exception) -> None:
+    """A task never raises: its error is in its result (with the traceback under BAKERY_DEBUG)."""
+    res.status, res.error = "failed", _error_text(e)
+    if Settings.from_env().debug:
+        res.error += "\n" + traceback.format_exc()
 
 
 # -- the driver ----------------------------------------------------------------------------
