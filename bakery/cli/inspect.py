@@ -1,6 +1,7 @@
 """bakery inspect REF: the IR image, its plan artifact, and its node tags."""
 
 import json
+from typing import Any
 
 from bakery import oci
 from bakery.cli import common
@@ -29,7 +30,7 @@ def run(args) -> int:
         print(plan_bytes.decode())
         return 0
     referrers = reg.referrers(ref.repository, digest)
-    info = {
+    info: dict[str, Any] = {
         "ref": str(ref), "digest": digest, "app": plan.app.to_json(), "toolchain": plan.toolchain.to_json(),
         "plan_digest": oci.sha256(plan_bytes), "modules": len(plan.modules), "objects": len(plan.objects),
         "outputs": [l.install for l in plan.links], "referrers": referrers,
