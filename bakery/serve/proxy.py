@@ -8,25 +8,19 @@ headers that name the upstream are rewritten to this service's own address.
 
 The one thing added: a ``GET``/``HEAD`` of ``/v2/<repo>/manifests/<tag>-<target>``
 that the upstream answers 404 bakes that node tag from the IR image
-``<repo>:<tag>`` (see :mod:`bakery.serve_lazy`), then answers with the upstream's
+``<repo>:<tag>`` (see :mod:`bakery.serve.lazy`), then answers with the upstream's
 manifest. ``/metrics`` (Prometheus) and ``/healthz`` are the service's own.
 
-Why stdlib ``ThreadingHTTPServer`` and a small HTTP/1.1 client of our own:
-one thread per client connection is what a registry front needs here. What it
-does per request is blocking I/O (relaying a socket to a socket) or waiting on
-a bake; threads keep both simple and a slow blob transfer or a long wait never
-stalls other clients, with no event loop to bridge to the blocking bakes and no
-third-party server. Keep-alive connections to the upstream are pooled and
-shared by all handler threads (a connection goes back only when its answer was
-read whole), so a cache hit costs one loopback round trip more than a direct
-pull and no connection set-up, even for a client that connects anew for each
-request. The stdlib's header parsing (the
-``email`` package, ~60 us per header block) was most of the service's own
-cost per request, so requests and upstream responses are parsed here by a
-plain line reader: HTTP/1.1 framing (Content-Length, chunked, close-delimited,
-HEAD/204/304, 1xx) is all a registry speaks. Small answers go out in one
-``sendall`` and ``TCP_NODELAY`` is on both sides, so no Nagle/delayed-ACK stall
-adds latency. ``bench/serve_latency.py`` measures the result.
+Why stdlib ``ThreadingHTTPServer`` and a small HTTP/1.1 client of our own
+(:mod:`bakery.serve.http11`): one thread per client connection is what a
+registry front needs here. What it does per request is blocking I/O (relaying a
+socket to a socket) or waiting on a bake; threads keep both simple and a slow
+blob transfer or a long wait never stalls other clients, with no event loop to
+bridge to the blocking bakes and no third-party server. Upstream connections are
+pooled across client connections, so a cache hit costs one loopback round trip
+more than a direct pull and no connection set-up, even for a client that
+connects anew for each request. Small answers go out in one ``sendall`` and
+``TCP_NODELAY`` is on both sides. ``bench/serve_latency.py`` measures the result.
 
 Clients are untrusted. Hence: at most ``max_connections`` client connections
 (more are answered 503 at once); a request's line and headers must be in within
@@ -45,9 +39,9 @@ from __future__ import annotations
 
 import collections
 import http.client
+import io
 import json
 import re
-import select
 import socket
 import sys
 import threading
@@ -60,20 +54,36 @@ import prometheus_client as prom
 
 from bakery.errors import BakeryError
 from bakery.oci import ACCEPT
+from bakery.serve.http11 import (
+    DIGITS,
+    POOL_SIZE,
+    TOKEN,
+    BadRequest,
+    Body,
+    Chunked,
+    ClientGone,
+    FromClient,
+    Headers,
+    Length,
+    Response,
+    Upstream,
+    UpstreamConn,
+    UpstreamPool,
+    copy_body,
+    read_headers,
+    request_framing,
+)
 from bakery.serve.lazy import BAKE_TIMEOUT, Lazy, Outcome
 from bakery.serve.metrics import JsonLog
 from bakery.serve.policy import parse_node_tag, split_tag
 
-CHUNK = 64 << 10
 SMALL = 256 << 10          # bodies up to this size are read whole and sent with the headers
-UPSTREAM_TIMEOUT = 300.0   # seconds per socket operation to the upstream
 MAX_CONNECTIONS = 128      # client connections at once; more are answered 503 at once
 HEADER_TIMEOUT = 10.0      # a request line + headers must be in within this (slow or half-sent requests)
 BODY_TIMEOUT = 30.0        # a request body, or a client reading an answer, with no progress this long is cut
 IDLE_TIMEOUT = 30.0        # an idle keep-alive client connection is closed after this
-POOL_SIZE = 32             # idle keep-alive upstream connections kept for reuse
 THREAD_IDLE = 30.0         # a handler thread without a connection for this long ends
-MAX_HEADERS = 200
+
 
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                         "trailers", "transfer-encoding", "upgrade", "proxy-connection", "host", "content-length",
@@ -81,24 +91,12 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 MANIFEST_PATH = re.compile(r"^/v2/(?P<repo>[a-z0-9]+(?:[._/-][a-z0-9]+)*)/manifests/(?P<ref>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
 REASONS = {s.value: s.phrase for s in HTTPStatus}
 
-_DIGITS = re.compile(r"[0-9]{1,18}")                       # Content-Length: ASCII only (not str.isdigit's "²")
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")          # a header name, a method (RFC 9110 token)
-_CTL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")                # in a header value: a bare CR could split it upstream
 _PATH_CHARS = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@/%-]*")  # RFC 3986 pchar and "/": no backslash, no quote ...
 _PCT = re.compile(r"%([0-9A-Fa-f]{2})?")
 
 
 class UpstreamDown(Exception):
-    pass
-
-
-class BadRequest(Exception):
-    """The client's request is malformed: 400, and the connection is closed (its framing is unknown)."""
-
-
-class ClientGone(Exception):
-    """The client stalled (``body_timeout``) or closed the connection in the middle of its request body."""
+    """The upstream is unreachable or broke off: a 502 to the client."""
 
 
 def bad_target(target: str) -> str | None:
@@ -126,361 +124,6 @@ def bad_target(target: str) -> str | None:
     return None
 
 
-def content_length(values: list[str]) -> int:
-    """The one Content-Length of a message; repeated differing values are a smuggling attempt."""
-    found = {v.strip(" \t") for v in values}
-    if len(found) != 1 or not _DIGITS.fullmatch(text := found.pop()):
-        raise BadRequest(f"bad Content-Length {', '.join(values)[:40]!r}")
-    return int(text)
-
-
-def chunk_size(line: bytes) -> int | None:
-    """The size on a chunk's size line (extensions ignored), None when it is not one."""
-    if not line.endswith(b"\n"):
-        return None
-    size = line.split(b";", 1)[0].strip(b" \t\r\n")
-    return int(size, 16) if _CHUNK_SIZE.fullmatch(size) else None
-
-
-# -- headers ---------------------------------------------------------------------
-
-class Headers:
-    """Header lines in order (repeats kept: Go sends one ``Accept`` line per media type),
-    looked up case-insensitively; what the handler and ``http.server`` use of
-    ``email.message.Message``."""
-
-    __slots__ = ("_items", "_first")
-
-    def __init__(self, items: list[tuple[str, str]]):
-        self._items = items
-        self._first: dict[str, str] = {}
-        for k, v in items:
-            self._first.setdefault(k.lower(), v)
-
-    def get(self, name: str, default=None):
-        return self._first.get(name.lower(), default)
-
-    def __getitem__(self, name: str):
-        return self._first.get(name.lower())
-
-    def __contains__(self, name: str) -> bool:
-        return name.lower() in self._first
-
-    def items(self) -> list[tuple[str, str]]:
-        return self._items
-
-    def get_all(self, name: str, default=None):
-        name = name.lower()
-        found = [v for k, v in self._items if k.lower() == name]
-        return found or default
-
-
-def read_headers(fp) -> Headers:
-    items: list[tuple[str, str]] = []
-    while True:
-        line = fp.readline(65537)
-        if len(line) > 65536:
-            raise http.client.LineTooLong("header line")
-        if line in (b"\r\n", b"\n", b""):
-            return Headers(items)
-        text = line.decode("latin-1")
-        if text[:1] in (" ", "\t") and items:  # obsolete line folding
-            k, v = items.pop()
-            sep, v = ":", f"{v} {text}"
-        else:
-            k, sep, v = text.partition(":")
-        v = v.strip(" \t\r\n")
-        if not sep or not _TOKEN.fullmatch(k):
-            raise http.client.HTTPException(f"malformed header line {line[:80]!r}")
-        if _CTL.search(v):
-            raise http.client.HTTPException(f"a control character in header {k[:40]}")
-        items.append((k, v))
-        if len(items) > MAX_HEADERS:
-            raise http.client.HTTPException(f"more than {MAX_HEADERS} headers")
-
-
-# -- the upstream ----------------------------------------------------------------
-
-class Upstream:
-    """Where the registry is: ``http://127.0.0.1:5000`` (a bare HOST:PORT is http on
-    loopback, https elsewhere)."""
-
-    def __init__(self, url: str, tls_verify: bool = True):
-        from bakery import oci
-
-        if "://" not in url:
-            url = ("http://" if oci.is_loopback(url) else "https://") + url
-        u = urlsplit(url)
-        if "@" in u.netloc:
-            # It would show in /healthz, logs and error bodies; and the service's credentials are its own.
-            raise BakeryError("--upstream: credentials in the URL are refused",
-                              "give bakery serve its registry credentials in the containers auth file "
-                              "($REGISTRY_AUTH_FILE, ~/.config/containers/auth.json) or the docker config")
-        try:
-            port = u.port
-        except ValueError:
-            port = -1
-        if (u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/") or u.query
-                or u.fragment or port == -1):
-            raise BakeryError(f"--upstream {u.scheme}://{u.netloc}: expected http[s]://HOST[:PORT]")
-        self.scheme, self.netloc = u.scheme, u.netloc
-        self.host, self.port = u.hostname, port or (443 if u.scheme == "https" else 80)
-        self.tls_verify = tls_verify
-        self.base = f"{self.scheme}://{self.netloc}"
-
-    def socket(self) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), timeout=UPSTREAM_TIMEOUT)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.scheme == "https":
-            import ssl
-
-            ctx = ssl.create_default_context()
-            if not self.tls_verify:
-                ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-            sock = ctx.wrap_socket(sock, server_hostname=self.host)
-        return sock
-
-
-class UpstreamConn:
-    """One keep-alive HTTP/1.1 connection to the upstream, used by one thread at a time
-    (taken from the :class:`UpstreamPool`, given back once its answer was read whole)."""
-
-    def __init__(self, upstream: Upstream):
-        self.upstream = upstream
-        self.sock: socket.socket | None = None
-        self.rfile = None
-
-    def open(self) -> None:
-        if self.sock is None:
-            self.sock = self.upstream.socket()
-            self.rfile = self.sock.makefile("rb", buffering=CHUNK)
-
-    def idle_but_closed(self) -> bool:
-        """An idle keep-alive connection that is readable was closed by the upstream."""
-        if self.sock is None:
-            return False
-        try:
-            return bool(select.select([self.sock], [], [], 0)[0])
-        except (OSError, ValueError):
-            return True
-
-    def close(self) -> None:
-        if self.sock is not None:
-            try:
-                self.rfile.close()
-                self.sock.close()
-            except OSError:
-                pass
-        self.sock = self.rfile = None
-
-    def send(self, method: str, path: str, headers: list[tuple[str, str]], body=None, chunked: bool = False) -> None:
-        head = [f"{method} {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers]
-        data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
-        sock = self.sock
-        if body is None or isinstance(body, bytes):
-            sock.sendall(data + (body or b""))
-        elif chunked:
-            sock.sendall(data)
-            for piece in body:
-                if piece:
-                    sock.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
-            sock.sendall(b"0\r\n\r\n")
-        else:
-            sock.sendall(data)
-            while True:
-                piece = body.read(CHUNK)
-                if not piece:
-                    break
-                sock.sendall(piece)
-
-    def response(self, method: str) -> Response:
-        while True:
-            line = self.rfile.readline(65537)
-            if not line:
-                raise http.client.RemoteDisconnected("the upstream closed the connection without a response")
-            parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/") or not re.fullmatch(r"[1-5][0-9][0-9]", parts[1]):
-                raise http.client.BadStatusLine(line[:80])
-            version, status, reason = parts[0], int(parts[1]), parts[2] if len(parts) > 2 else ""
-            headers = read_headers(self.rfile)
-            if 100 <= status < 200 and status != 101:
-                continue  # 100 Continue and friends: the real answer follows
-            break
-        conn_hdr = (headers.get("Connection") or "").lower()
-        will_close = "close" in conn_hdr or (version == "HTTP/1.0" and "keep-alive" not in conn_hdr)
-        te = (headers.get("Transfer-Encoding") or "").lower()
-        length = headers.get("Content-Length")
-        if method == "HEAD" or status in (204, 304):
-            mode, n = "none", 0
-        elif te:
-            if te.strip().lower() != "chunked":
-                raise http.client.HTTPException(f"the upstream sent Transfer-Encoding {te[:40]!r}")
-            mode, n = "chunked", None
-        elif length is not None:
-            try:
-                mode, n = "length", content_length(headers.get_all("Content-Length"))
-            except BadRequest:
-                raise http.client.HTTPException(f"the upstream sent Content-Length {length[:40]!r}") from None
-        else:
-            mode, n, will_close = "close", None, True
-        return Response(self, status, reason, headers, mode, n, will_close)
-
-
-class UpstreamPool:
-    """Idle keep-alive upstream connections, shared by the handler threads: a client that
-    connects anew for each pull still finds a connection to the upstream open."""
-
-    def __init__(self, upstream: Upstream, size: int = POOL_SIZE):
-        self.upstream, self.size = upstream, size
-        self.idle: list[UpstreamConn] = []
-        self.lock = threading.Lock()
-
-    def get(self) -> UpstreamConn:
-        """An idle connection (the most recently used: the least likely to be stale), or a new,
-        not yet opened one."""
-        while True:
-            with self.lock:
-                conn = self.idle.pop() if self.idle else None
-            if conn is None:
-                return UpstreamConn(self.upstream)
-            if not conn.idle_but_closed():
-                return conn
-            conn.close()
-
-    def put(self, conn: UpstreamConn) -> None:
-        """Only a connection whose last answer was read whole comes here."""
-        if conn.sock is None:
-            return
-        with self.lock:
-            if len(self.idle) < self.size:
-                self.idle.append(conn)
-                return
-        conn.close()
-
-    def close(self) -> None:
-        with self.lock:
-            idle, self.idle = self.idle, []
-        for conn in idle:
-            conn.close()
-
-
-class Response:
-    """An upstream answer whose body is read in pieces (``readinto``) or whole (``read``)."""
-
-    def __init__(self, conn: UpstreamConn, status: int, reason: str, headers: Headers, mode: str,
-                 length: int | None, will_close: bool):
-        self.conn, self.status, self.reason, self.headers = conn, status, reason, headers
-        self.mode, self.left, self.will_close = mode, length, will_close
-        self.done = mode == "none" or (mode == "length" and length == 0)
-        self._chunk_left = 0
-
-    def readinto(self, view: memoryview) -> int:
-        if self.done:
-            return 0
-        f = self.conn.rfile
-        if self.mode == "length":
-            n = f.readinto1(view[: min(len(view), self.left)])
-            if not n:
-                raise ConnectionError("the upstream closed the connection in the middle of a body")
-            self.left -= n
-            self.done = self.left == 0
-            return n
-        if self.mode == "close":
-            n = f.readinto1(view)
-            self.done = not n
-            return n
-        if self._chunk_left == 0:  # chunked: the next chunk's size line
-            line = f.readline(1024)
-            if not line:
-                raise ConnectionError("the upstream closed the connection in the middle of a chunked body")
-            size = chunk_size(line)
-            if size is None:
-                raise http.client.HTTPException(f"the upstream sent a bad chunk size line {line[:40]!r}")
-            if size == 0:
-                _trailers(f.readline, http.client.HTTPException)
-                self.done = True
-                return 0
-            self._chunk_left = size
-        n = f.readinto1(view[: min(len(view), self._chunk_left)])
-        if not n:
-            raise ConnectionError("the upstream closed the connection in the middle of a chunk")
-        self._chunk_left -= n
-        if self._chunk_left == 0 and f.readline(3) not in (b"\r\n", b"\n"):
-            raise http.client.HTTPException("the upstream sent a chunk without its CRLF")
-        return n
-
-    def read(self) -> bytes:
-        if self.done:
-            return b""
-        if self.mode == "length":
-            data = self.conn.rfile.read(self.left)
-            if len(data) != self.left:
-                raise ConnectionError("the upstream closed the connection in the middle of a body")
-            self.left, self.done = 0, True
-            return data
-        out = bytearray()
-        buf = memoryview(bytearray(CHUNK))
-        while n := self.readinto(buf):
-            out += buf[:n]
-        return bytes(out)
-
-
-def _trailers(readline, error: type[Exception]) -> None:
-    """Skip a chunked body's trailer lines (at most MAX_HEADERS)."""
-    for _ in range(MAX_HEADERS + 1):
-        if readline(1024) in (b"\r\n", b"\n", b""):
-            return
-    raise error("too many trailer lines")
-
-
-# -- the request body, from the client -----------------------------------------------
-
-def _client_read(read, n: int, what: str) -> bytes:
-    """A piece of the client's body; its stalls and hang-ups are ClientGone, never an upstream error."""
-    try:
-        data = read(n)
-    except OSError as e:
-        raise ClientGone(f"the client stalled or broke off in the middle of {what}: "
-                         f"{getattr(e, 'strerror', None) or e}") from None
-    if not data:
-        raise ClientGone(f"the client closed the connection in the middle of {what}")
-    return data
-
-
-class _Limited:
-    """The request body: exactly ``n`` bytes of the client's stream, read in pieces."""
-
-    def __init__(self, f, n: int):
-        self.f, self.left = f, n
-
-    def read(self, size: int = -1) -> bytes:
-        if self.left <= 0:
-            return b""
-        size = self.left if size is None or size < 0 else min(size, self.left)
-        data = _client_read(self.f.read1, size, "the body")
-        self.left -= len(data)
-        return data
-
-
-def _dechunk(f):
-    """A chunked request body, decoded, piece by piece (re-chunked to the upstream)."""
-    while True:
-        line = _client_read(f.readline, 1024, "a chunked body")
-        size = chunk_size(line)
-        if size is None:
-            raise BadRequest(f"bad chunk size line {line[:40]!r}")
-        if size == 0:
-            _trailers(lambda n: _client_read(f.readline, n, "a chunked body's trailers"), BadRequest)
-            return
-        left = size
-        while left:
-            data = _client_read(f.read1, min(left, CHUNK), "a chunk")
-            left -= len(data)
-            yield data
-        if _client_read(f.readline, 3, "a chunk") not in (b"\r\n", b"\n"):
-            raise BadRequest("a chunk without its CRLF")
-
-
 # -- the handler -------------------------------------------------------------------
 
 def _canned(status: str, message: str, extra: str = "") -> bytes:
@@ -501,17 +144,20 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "bakery-serve"
     sys_version = ""
     server: Server
+    rfile: io.BufferedReader   # StreamRequestHandler's makefile("rb", -1): it peeks between requests
+    _chunked: bool
+    _length: int | None
 
     # -- connection life --
 
-    def setup(self):
-        self.timeout = self.server.body_timeout  # every client read or write: progress within this, or cut
+    def setup(self) -> None:
         self.accepted = time.monotonic()
         super().setup()
+        self.connection.settimeout(self.server.body_timeout)  # every client read or write: progress within this, or cut
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.first, self.reaped = True, False
-        self.headers, self.command = Headers([]), None   # for answers to requests that do not parse
-        self._chunked, self._length = False, None
+        self.request_headers, self.command = Headers([]), ""   # for answers to requests that do not parse
+        self._chunked, self._length = False, None    # the request body's framing (http11.request_framing)
         self._taken: list[UpstreamConn] = []             # upstream connections out of the pool, this request
 
     def log_message(self, format, *args):  # no access log: bakes are logged as JSON lines
@@ -565,14 +211,14 @@ class Handler(BaseHTTPRequestHandler):
         if not self.raw_requestline or self.reaped:
             return False
         if len(self.raw_requestline) > 65536:
-            self.requestline, self.request_version, self.command = "", "HTTP/1.1", None
+            self.requestline, self.request_version, self.command = "", "HTTP/1.1", ""
             self._error(414, "the request line is too long")
             return False
         return self.parse_request()
 
     def parse_request(self) -> bool:
         """``BaseHTTPRequestHandler.parse_request`` with the fast header reader and strict framing."""
-        self.command = None
+        self.command = ""
         self.request_version = self.default_request_version
         self.close_connection = True
         if not self.raw_requestline.endswith(b"\n"):
@@ -585,34 +231,25 @@ class Handler(BaseHTTPRequestHandler):
         if version not in ("HTTP/1.1", "HTTP/1.0"):
             return self._error(505, f"unsupported HTTP version {version[:20]!r}")
         self.request_version = version
-        if not _TOKEN.fullmatch(command):
+        if not TOKEN.fullmatch(command):
             return self._error(400, f"bad method {command[:20]!r}")
         self.command, self.path = command, target
         try:
-            self.headers = read_headers(self.rfile)
+            self.request_headers = read_headers(self.rfile)
         except (http.client.HTTPException, ValueError) as e:
             if self.reaped:
                 return False
             return self._error(431 if isinstance(e, http.client.LineTooLong) else 400, str(e)[:200])
         if self.reaped:
             return False
-        te, cl = self.headers.get_all("Transfer-Encoding"), self.headers.get_all("Content-Length")
         self._chunked, self._length = False, None
-        if te:
-            # One coding, chunked, and no Content-Length beside it: anything else is read one way
-            # here and another way by some server behind (request smuggling).
-            if cl or len(te) != 1 or te[0].strip().lower() != "chunked" or version != "HTTP/1.1":
-                return self._error(400, f"unsupported request framing: Transfer-Encoding {', '.join(te)[:40]!r}"
-                                   + (" with Content-Length" if cl else ""))
-            self._chunked = True
-        elif cl:
-            try:
-                self._length = content_length(cl)
-            except BadRequest as e:
-                return self._error(400, str(e))
-        conntype = (self.headers.get("Connection") or "").lower()
+        try:
+            self._chunked, self._length = request_framing(self.request_headers, version)
+        except BadRequest as e:
+            return self._error(400, str(e))
+        conntype = (self.request_headers.get("Connection") or "").lower()
         self.close_connection = (version == "HTTP/1.0" and conntype != "keep-alive") or conntype == "close"
-        if (self.headers.get("Expect") or "").lower() == "100-continue" and version == "HTTP/1.1":
+        if (self.request_headers.get("Expect") or "").lower() == "100-continue" and version == "HTTP/1.1":
             if not self.handle_expect_100():
                 return False
         return True
@@ -656,13 +293,17 @@ class Handler(BaseHTTPRequestHandler):
             m = MANIFEST_PATH.match(p)
             if m:
                 return self._manifest(path, m["repo"], m["ref"])
+        self._pass(path)
+
+    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
+
+    def _pass(self, path: str) -> None:
+        """The request to the upstream as it is, and its answer back (or why not: 502, 400, 408)."""
         try:
             resp = self._forward(path)
         except (UpstreamDown, BadRequest, ClientGone) as e:
             return self._fail(e)
         self._relay(resp)
-
-    do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_GET
 
     # -- the one path that is not plain passthrough --
 
@@ -704,11 +345,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(404, resp.headers.items(), body, reason=resp.reason)
         if not outcome.ok:
             return self._oci_error(outcome)
-        try:
-            resp = self._forward(path)
-        except (UpstreamDown, BadRequest, ClientGone) as e:
-            return self._fail(e)
-        self._relay(resp)
+        self._pass(path)
 
     def _relay_head(self, resp: Response):
         """The answer to a HEAD sent for the client (its status and headers, ``WWW-Authenticate``
@@ -723,7 +360,7 @@ class Handler(BaseHTTPRequestHandler):
     def _client_headers(self, accept: str | None = None) -> list[tuple[str, str]]:
         """The client's end-to-end headers (its ``Authorization`` among them), for the upstream."""
         drop = HOP_BY_HOP | ({"accept"} if accept else set())
-        headers = [(k, v) for k, v in self.headers.items() if k.lower() not in drop]
+        headers = [(k, v) for k, v in self.request_headers.items() if k.lower() not in drop]
         if accept:
             headers.append(("Accept", accept))
         headers.append(("Host", self.server.upstream.netloc))
@@ -732,17 +369,18 @@ class Handler(BaseHTTPRequestHandler):
     def _forward(self, path: str) -> Response:
         """The client's request, as it is, to the upstream."""
         headers = self._client_headers()
-        body, chunked = None, False
+        body: bytes | Body | None = None
+        chunked = False
         if self._chunked:
-            body, chunked = _dechunk(self.rfile), True
+            body, chunked = Chunked(FromClient(self.rfile)), True
             headers.append(("Transfer-Encoding", "chunked"))
         elif self._length is not None:
             headers.append(("Content-Length", str(self._length)))
-            body = _Limited(self.rfile, self._length) if self._length else b""
-        self._chunked = self._length = None  # a body is read once: a second round trip sends none
+            body = Length(FromClient(self.rfile), self._length) if self._length else b""
+        self._chunked, self._length = False, None  # a body is read once: a second round trip sends none
         return self._exchange(self.command, path, headers, body, chunked)
 
-    def _exchange(self, method: str, path: str, headers: list[tuple[str, str]], body=None,
+    def _exchange(self, method: str, path: str, headers: list[tuple[str, str]], body: bytes | Body | None = None,
                   chunked: bool = False) -> Response:
         up = self.server.upstream
         replayable = body is None or isinstance(body, bytes)
@@ -793,7 +431,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _rewrite(self, value: str) -> str:
         up = self.server.upstream
-        mine = f"http://{self.headers.get('Host') or self.server.address}"
+        mine = f"http://{self.request_headers.get('Host') or self.server.address}"
         for prefix in (f"http://{up.netloc}", f"https://{up.netloc}"):
             if value.startswith(prefix):
                 return mine + value[len(prefix):]
@@ -815,12 +453,12 @@ class Handler(BaseHTTPRequestHandler):
                 if length is not None and resp.status not in (204, 304):
                     headers.append(("Content-Length", length))
                 self._write_head(resp.status, resp.reason, headers)
-            elif resp.mode == "length" and resp.left <= SMALL:
+            elif resp.length is not None and resp.length <= SMALL:
                 self._send(resp.status, headers, resp.read(), reason=resp.reason)
-            elif resp.mode == "length":
-                headers.append(("Content-Length", str(resp.left)))
+            elif resp.length is not None:
+                headers.append(("Content-Length", str(resp.length)))
                 self._write_head(resp.status, resp.reason, headers)
-                self._copy(resp)
+                copy_body(resp.body, self.wfile.write)
             else:
                 chunked = self.request_version == "HTTP/1.1"
                 if chunked:
@@ -828,23 +466,12 @@ class Handler(BaseHTTPRequestHandler):
                 else:
                     self.close_connection = True
                 self._write_head(resp.status, resp.reason, headers)
-                self._copy(resp, chunked=chunked)
+                copy_body(resp.body, self.wfile.write, chunked)
         except (OSError, http.client.HTTPException):
             # The client or the upstream went away mid-body: neither connection can be reused.
             self.close_connection = True
         finally:
             self._done(resp)
-
-    def _copy(self, resp: Response, chunked: bool = False):
-        view = memoryview(bytearray(CHUNK))
-        w = self.wfile
-        while n := resp.readinto(view):
-            if chunked:
-                w.write(b"%x\r\n" % n + view[:n].tobytes() + b"\r\n")
-            else:
-                w.write(view[:n])
-        if chunked:
-            w.write(b"0\r\n\r\n")
 
     # -- writing answers --
 
@@ -961,6 +588,7 @@ class Server(ThreadingHTTPServer):
         super().__init__(listen, Handler)
         self.reaper = Reaper(min(0.5, header_timeout / 5), lazy.metrics)
         host, port = self.server_address[:2]
+        assert isinstance(host, str)
         self.address = f"{host}:{port}"
 
     # -- the connection cap --
@@ -1042,8 +670,7 @@ class Server(ThreadingHTTPServer):
     def check_upstream(self) -> tuple[bool, str]:
         conn = UpstreamConn(self.upstream)
         try:
-            conn.open()
-            conn.sock.settimeout(5)
+            conn.open().settimeout(5)
             conn.send("GET", "/v2/", [("Host", self.upstream.netloc)])
             r = conn.response("GET")
             r.read()
@@ -1056,7 +683,7 @@ class Server(ThreadingHTTPServer):
 
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not _DIGITS.fullmatch(port) or int(port) > 65535:
+    if not sep or not DIGITS.fullmatch(port) or int(port) > 65535:
         raise BakeryError(f"--listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:5001")
     return host.strip("[]") or "127.0.0.1", int(port)
 
