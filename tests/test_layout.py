@@ -79,3 +79,18 @@ def test_every_linker_option_that_takes_a_value_is_merged_with_it():
     for opt in sorted(flags.LINKER_VALUE_OPTIONS):
         assert wrapper.merge_linker_options([f"-Wl,{opt}", "-Wl,value"]) == [f"-Wl,{opt},value"], opt
     assert wrapper.merge_linker_options(["-Wl,--as-needed", "-Wl,-lfoo"]) == ["-Wl,--as-needed", "-Wl,-lfoo"]
+
+
+def test_the_readme_lists_every_setting_and_code_reads_none_elsewhere():
+    import re
+
+    from bakery.config import VARIABLES
+
+    readme = (PKG.parent / "README.md").read_text()
+    listed = set(re.findall(r"^\| `([A-Z_]+)` \|", readme, re.M))
+    assert listed == set(VARIABLES)
+    for path in MODULES:
+        if path.name == "config.py":
+            continue
+        for name in re.findall(r"environ(?:\.get)?\(?\[?[\"']((?:BAKERY|BUILDAH)_[A-Z_]+)", path.read_text()):
+            assert False, f"{path.relative_to(PKG)} reads {name} itself: read it through bakery.config.Settings"

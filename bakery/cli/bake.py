@@ -79,7 +79,7 @@ def _bake_image(args) -> int:
     from bakery import oci
     from bakery.images import registry as registrymod
 
-    registry = args.registry or (None if oci.names_registry(args.source) else registrymod.default_registry(quiet=args.quiet))
+    registry = args.registry or ("" if oci.names_registry(args.source) else registrymod.default_registry(quiet=args.quiet))
     res = imagemod.bake(args.source, enginemod.get_or_none(args.engine), registry, args.target, push=args.push,
                         slim=args.slim, output=args.output, jobs=args.jobs, quiet=args.quiet,
                         tls_verify=args.tls_verify, timeout=args.timeout)

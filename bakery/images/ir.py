@@ -27,6 +27,7 @@ ANN = "dev.bakery"
 
 def _copy_package(name: str, dest: Path) -> None:
     mod = __import__(name)
+    assert mod.__file__ is not None
     src = Path(mod.__file__).resolve().parent
     shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "data"),
                     symlinks=False)
@@ -92,7 +93,7 @@ def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = N
           platforms: list[str] | None = None) -> BuildResult:
     """Build the IR image (one per platform, under one OCI index when several) and attach the plan(s)."""
     t0 = time.monotonic()
-    tls = (not oci.is_loopback(registry)) if tls_verify is None else tls_verify
+    tls = oci.tls_default(registry, tls_verify)
     ref = oci.Ref.parse(tag or f"{recipe.name}:{recipe.version}", default_registry=registry)
     platforms = platforms or [host_platform()]
     for p in platforms:
@@ -140,10 +141,10 @@ def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = N
         data, mt, _ = reg.get_manifest(ref.repository, sub)
         plan = planmod.parse(plan_bytes)
         with tempfile.TemporaryDirectory() as tmp:
-            p = Path(tmp) / "plan.json"
-            p.write_bytes(plan_bytes)
+            plan_file = Path(tmp) / "plan.json"
+            plan_file.write_bytes(plan_bytes)
             artifacts.append(oci.push_plan(
-                reg, ref.repository, {"mediaType": mt, "digest": sub, "size": len(data)}, p,
+                reg, ref.repository, {"mediaType": mt, "digest": sub, "size": len(data)}, plan_file,
                 {f"{ANN}.recipe.digest": recipe.digest, f"{ANN}.toolchain": f"llvm-{plan.toolchain.llvm_major}",
                  f"{ANN}.platform": platform}))
         proc.log(f"build: {platform}: plan attached to {sub[:19]}… as {artifacts[-1][:19]}…", quiet=quiet)

@@ -26,7 +26,8 @@ from pathlib import Path
 from bakery import oci, proc, safefs, templates
 from bakery import plan as planmod
 from bakery import target as targetmod
-from bakery.engines.base import ContainerEngine
+from bakery.config import Settings
+from bakery.engines.base import ContainerEngine, Mount
 from bakery.errors import BakeryError, CommandFailed, NoImageForFamily, PlanRefused
 from bakery.images import base as basemod
 from bakery.images.ir import ANN, BIN_DIR, BUNDLE_DIR, _copy_package
@@ -51,18 +52,19 @@ class BakeImageResult:
 
 def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tuple[str, planmod.Plan, bytes]:
     """(IR manifest digest, verified plan, plan bytes); from an index, the ``family``'s image."""
-    digest = ref.digest or reg.head_manifest(ref.repository, ref.tag)
+    digest = ref.digest or reg.head_manifest(ref.repository, ref.reference)
     if not digest:
         raise BakeryError(f"{ref} not found in the registry", "build it with 'bakery build RECIPE --push'")
     data, mt, _ = reg.get_manifest(ref.repository, digest)
     if mt in (oci.INDEX, oci.DOCKER_LIST):
         family = family or FAMILY_OF_ARCH.get(ARCH_OF_PLATFORM[host_platform()])
         index = oci.json_object(data, f"the index {ref}")
-        entries = {}
-        for m in index.get("manifests") if isinstance(index.get("manifests"), list) else []:
+        entries: dict[str | None, str] = {}
+        manifests = index.get("manifests")
+        for m in manifests if isinstance(manifests, list) else []:
             plat = m.get("platform") if isinstance(m, dict) else None
             if isinstance(plat, dict) and isinstance(m.get("digest"), str) and oci._DIGEST.match(m["digest"]):
-                entries[FAMILY_OF_ARCH.get(plat.get("architecture"))] = m["digest"]
+                entries[FAMILY_OF_ARCH.get(str(plat.get("architecture")))] = m["digest"]
         if family not in entries:
             raise NoImageForFamily(f"{ref} has no {family} image",
                                    f"it has: {', '.join(sorted(k for k in entries if k))}; build with --platform")
@@ -84,18 +86,7 @@ DEFAULT_BAKE_TIMEOUT = 7200.0   # seconds; LAMMPS bakes in about a minute on 2 c
 def allowed_llvm_majors() -> list[int]:
     """The LLVM majors this node bakes with: ``BAKERY_LLVM_MAJORS`` (e.g. ``16,17``), else the
     default toolchain's. A plan asks for one; it cannot make the node build others."""
-    from bakery import toolchain as toolchainmod
-
-    text = os.environ.get("BAKERY_LLVM_MAJORS", "").strip()
-    if not text:
-        return [toolchainmod.default_major()]
-    try:
-        majors = sorted({int(t) for t in text.split(",") if t.strip()})
-    except ValueError:
-        raise BakeryError(f"BAKERY_LLVM_MAJORS={text!r}: expected LLVM major versions, e.g. 16,17") from None
-    if not majors or any(m < 1 for m in majors):
-        raise BakeryError(f"BAKERY_LLVM_MAJORS={text!r}: expected LLVM major versions, e.g. 16,17")
-    return majors
+    return list(Settings.from_env().llvm_majors)
 
 
 def toolchain_major(plan_major: int) -> int:
@@ -114,16 +105,7 @@ def bake_timeout(value: float | None = None) -> float:
         if value <= 0:
             raise BakeryError(f"bake time limit {value:g}: expected seconds > 0")
         return value
-    text = os.environ.get("BAKERY_BAKE_TIMEOUT", "")
-    if not text:
-        return DEFAULT_BAKE_TIMEOUT
-    try:
-        v = float(text)
-    except ValueError:
-        v = -1.0
-    if v <= 0:
-        raise BakeryError(f"BAKERY_BAKE_TIMEOUT={text!r}: expected seconds > 0")
-    return v
+    return Settings.from_env().bake_timeout
 
 
 def trusted_toolchain(engine: ContainerEngine, registry: str, llvm_major: int, *, quiet: bool, tls: bool) -> tuple[str, str]:
@@ -133,14 +115,14 @@ def trusted_toolchain(engine: ContainerEngine, registry: str, llvm_major: int, *
     registry can swap it. Otherwise it is this node's own ``localhost/bakery/llvm:…`` (made
     by ``bakery base create`` or an earlier build), made here from Debian's packages when
     missing, never taken from a registry by its tag. The bake pins it by image id."""
-    pinned = os.environ.get("BAKERY_TOOLCHAIN_IMAGE", "").strip()
+    pinned = Settings.from_env().toolchain_image
     if pinned:
         pref = oci.Ref.parse(pinned)
         if not pref.digest:
             raise BakeryError(f"BAKERY_TOOLCHAIN_IMAGE={pinned!r} is not pinned by digest",
                               "write it as HOST/REPO@sha256:<digest>")
         if not engine.exists(str(pref)):
-            engine.pull(str(pref), tls_verify=not oci.is_loopback(pref.registry))
+            engine.pull(str(pref), tls_verify=oci.tls_default(pref.registry))
         return str(pref), engine.image_id(str(pref))
     b = basemod.names(registry, llvm_major)
     if not engine.exists(b.llvm):
@@ -193,7 +175,7 @@ def _bake_in_engine(engine: ContainerEngine, ref: oci.Ref, digest: str, image: s
     os.chown(out, 65534, 65534) if os.geteuid() == 0 else out.chmod(0o777)
     argv = ["python3", "-m", "bakery", "bake", BUNDLE_DIR, "--target", target.name,
             "--output", "/bakery/out", "--jobs", str(jobs or os.cpu_count() or 1), "-q"]
-    volumes = [(str(work / "bundle"), BUNDLE_DIR, "ro"), (str(work / "lib"), "/opt/bakery/lib", "ro"),
+    volumes: list[Mount] = [(str(work / "bundle"), BUNDLE_DIR, "ro"), (str(work / "lib"), "/opt/bakery/lib", "ro"),
                (str(out), "/bakery/out")]
     ctr = engine.from_image(tool_id, name=_container_name("bake"))
     try:
@@ -258,7 +240,7 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
     t0 = time.monotonic()
     limit = bake_timeout(timeout)
     ref = oci.Ref.parse(text, default_registry=registry)
-    tls = (not oci.is_loopback(ref.registry)) if tls_verify is None else tls_verify
+    tls = oci.tls_default(ref.registry, tls_verify)
     reg = oci.Registry(ref.registry, tls_verify=tls)
     digest, plan, plan_bytes = resolve_ir(reg, ref, targetmod.lookup(target_name).family.name)
     tc = plan.toolchain
@@ -319,7 +301,7 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
                 assert base_image is not None
                 bref = oci.Ref.parse(base_image)
                 base_reg = reg if bref.registry == ref.registry else \
-                    oci.Registry(bref.registry, tls_verify=tls and not oci.is_loopback(bref.registry))
+                    oci.Registry(bref.registry, tls_verify=tls and oci.tls_default(bref.registry))
                 base_repo, base_digest = bref.repository, _platform_digest(base_reg, bref)
             proc.log(f"bake: pushing {node} (one layer, through the registry API)", quiet=quiet)
             new_digest = direct.push_node(reg, ref.repository, base_repo, base_digest, staged, tag, bindir=BIN_DIR,
@@ -330,7 +312,7 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
         if slim:
             assert base_image is not None
             if not engine.exists(base_image):
-                engine.pull(base_image, tls_verify=tls and not oci.is_loopback(oci.Ref.parse(base_image).registry))
+                engine.pull(base_image, tls_verify=tls and oci.tls_default(oci.Ref.parse(base_image).registry))
             missing = slim_missing_libraries(engine, base_image, work / "stage")
             if missing:
                 raise BakeryError(
@@ -406,7 +388,8 @@ def _layers(reg: oci.Registry, repo: str, ref: str, what: str) -> list[str]:
     doc = oci.json_object(data, what)
     if mt in (oci.INDEX, oci.DOCKER_LIST):
         arch = ARCH_OF_PLATFORM[host_platform()]
-        for m in doc.get("manifests") if isinstance(doc.get("manifests"), list) else []:
+        manifests = doc.get("manifests")
+        for m in manifests if isinstance(manifests, list) else []:
             if isinstance(m, dict) and isinstance(m.get("platform"), dict) and \
                     m["platform"].get("architecture") == arch and isinstance(m.get("digest"), str):
                 return _layers(reg, repo, m["digest"], what)
@@ -452,7 +435,7 @@ def _slim_base(reg: oci.Registry, ref: oci.Ref, digest: str, tls: bool) -> str:
         raise PlanRefused(f"--slim refused: the IR image names the runtime base {base[:200]!r}: {e.message}") from None
     ir_layers = _layers(reg, ref.repository, digest, f"the IR image {ref}")
     breg = reg if bref.registry == ref.registry else \
-        oci.Registry(bref.registry, tls_verify=tls and not oci.is_loopback(bref.registry))
+        oci.Registry(bref.registry, tls_verify=tls and oci.tls_default(bref.registry))
     try:
         base_layers = _layers(breg, bref.repository, bref.reference, f"the runtime base {base}")
     except BakeryError:

@@ -138,7 +138,7 @@ class Lazy:
                               "and --backoff >= 0")
         self.bake_timeout = bake_timeout
         self.upstream = upstream
-        self.tls_verify = (not oci.is_loopback(upstream)) if tls_verify is None else tls_verify
+        self.tls_verify = oci.tls_default(upstream, tls_verify)
         self.bake_fn = bake_fn
         self.policy = policy or Policy.default()
         self.deadline, self.backoff = deadline, backoff

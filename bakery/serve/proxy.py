@@ -699,7 +699,7 @@ def make_server(*, upstream: str, listen: str, engine=None, bake_fn=None, policy
     from bakery.serve.lazy import bake_with_engine
 
     up = Upstream(upstream)
-    up.tls_verify = (not oci.is_loopback(up.netloc)) if tls_verify is None else tls_verify
+    up.tls_verify = oci.tls_default(up.netloc, tls_verify)
     if bake_fn is None:
         if engine is None:
             from bakery import engines as enginemod
