@@ -8,6 +8,7 @@ registers and the generic bake must not.
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import tempfile
@@ -20,6 +21,8 @@ from bakery import plan as planmod
 from bakery import proc
 from bakery import target as targetmod
 from bakery.errors import BakeryError
+
+log = logging.getLogger(__name__)
 
 
 def _time_command(bindir: Path, argv: list[str], repeat: int, stdin: str | None = None) -> tuple[float, str]:
@@ -48,8 +51,7 @@ def vector_registers(binary: Path, symbol: str | None) -> dict[str, int]:
     return {reg: len(re.findall(rf"%{reg}\d+", text)) for reg in ("xmm", "ymm", "zmm")}
 
 
-def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs: int = 0,
-        quiet: bool = False, workdir: Path | None = None) -> dict:
+def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs: int = 0, workdir: Path | None = None) -> dict:
     if recipe.bench is None and not recipe.test:
         raise BakeryError(f"{recipe.path.name} has neither bench: nor test:", "add bench: {command: [...]}")
     command = recipe.bench.command if recipe.bench else recipe.test
@@ -59,25 +61,24 @@ def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs:
     target = targetmod.resolve(target_name, compiler_version=toolchain.version, family=toolchain.family)
     generic = targetmod.resolve(toolchain.family, compiler_version=toolchain.version, family=toolchain.family)
     work = Path(workdir or tempfile.mkdtemp(prefix="bakery-bench-"))
-    log = lambda msg: proc.log(f"bench: {msg}", quiet=quiet)  # noqa: E731
 
-    log(f"from-source build, generic, the build's own flags ({recipe.name})")
+    log.info(f"bench: from-source build, generic, the build's own flags ({recipe.name})")
     src_generic = capturemod.from_source(recipe, toolchain, work / "source-generic", jobs=jobs)
-    log(f"  built in {src_generic['seconds']:.1f}s")
-    log(f"from-source build, {' '.join(target.flags)}")
+    log.info(f"bench:   built in {src_generic['seconds']:.1f}s")
+    log.info(f"bench: from-source build, {' '.join(target.flags)}")
     src_target = capturemod.from_source(recipe, toolchain, work / f"source-{target.name}",
                                         flags=list(target.flags), jobs=jobs)
-    log(f"  built in {src_target['seconds']:.1f}s")
-    log("capture")
+    log.info(f"bench:   built in {src_target['seconds']:.1f}s")
+    log.info("bench: capture")
     t0 = time.monotonic()
     bundle = work / "bundle"
-    capturemod.capture(recipe, bundle, toolchain, jobs=jobs, quiet=quiet)
+    capturemod.capture(recipe, bundle, toolchain, jobs=jobs)
     capture_s = time.monotonic() - t0
     plan = planmod.load(bundle)
     bakes = {}
     for t, label in ((generic, "baked-generic"), (target, f"baked-{target.name}")):
-        log(f"bake for {t.name}")
-        res = bakemod.bake(bundle, plan, toolchain, t, work / label, jobs=jobs, quiet=quiet)
+        log.info(f"bench: bake for {t.name}")
+        res = bakemod.bake(bundle, plan, toolchain, t, work / label, jobs=jobs)
         bakes[label] = res
     binaries = {
         "from source, generic (the build's own flags)": (Path(src_generic["outdir"]), src_generic["seconds"]),
@@ -87,7 +88,7 @@ def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs:
     }
     rows, outputs = [], set()
     for label, (bindir, build_s) in binaries.items():
-        log(f"running {' '.join(command)} x{repeat}: {label}")
+        log.info(f"bench: running {' '.join(command)} x{repeat}: {label}")
         best, out = _time_command(bindir, command, repeat, recipe.bench.stdin if recipe.bench else None)
         if compare:
             out = "\n".join(line for line in out.splitlines() if compare.search(line))

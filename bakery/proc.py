@@ -10,7 +10,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -152,12 +151,6 @@ def _stop_after(proc: subprocess.Popen, timeout: float, expired: threading.Event
 def _install_hint(tool: str) -> str | None:
     pkg = PACKAGES.get(os.path.basename(tool))
     return f"install it with: apt-get install {pkg}" if pkg else None
-
-
-def log(msg: str, *, quiet: bool = False) -> None:
-    """Progress for humans goes to stderr so stdout stays machine-readable."""
-    if not quiet:
-        print(msg, file=sys.stderr, flush=True)
 
 
 def env_with(extra: Mapping[str, str] | None = None, drop: Iterable[str] = ()) -> dict[str, str]:

@@ -95,7 +95,7 @@ def main() -> int:
         if not upstream:
             emb = registrymod.Embedded(Path(tmp.name) / "registry")
             emb.root.mkdir()
-            upstream = emb.start(port=0, quiet=True)
+            upstream = emb.start(port=0)
             stack.append(emb.stop)
         push_image(upstream)
         port = registrymod.free_port()

@@ -72,7 +72,7 @@ class Builds:
         if key not in self._bundles:
             out = self.root / "bundles" / f"{name}-{(platform or 'host').replace('/', '-')}"
             tc = self.tc.for_triple(toolchainmod.triple_of_platform(platform)) if platform else self.tc
-            capturemod.capture(self.recipe(name), out, tc, quiet=True)
+            capturemod.capture(self.recipe(name), out, tc)
             self._bundles[key] = out
         return self._bundles[key]
 
@@ -85,8 +85,7 @@ class Builds:
             bundle = self.bundle(name, platform)
             plan = planmod.load(bundle)
             out = self.root / "baked" / f"{name}-{target}-{lto}-{(platform or 'host').replace('/', '-')}"
-            bakemod.bake(bundle, plan, self.tc, self.target(target, plan.toolchain.family), out, lto=lto,
-                         quiet=True)
+            bakemod.bake(bundle, plan, self.tc, self.target(target, plan.toolchain.family), out, lto=lto)
             self._bakes[key] = out
         return self._bakes[key]
 
@@ -127,7 +126,7 @@ def registry(tmp_path_factory):
     from bakery.images import registry as registrymod
 
     emb = registrymod.Embedded(tmp_path_factory.mktemp("registry"))
-    addr = emb.start(port=0, quiet=True)
+    addr = emb.start(port=0)
     yield addr
     emb.stop()
     _drop_session_images(addr)
@@ -169,7 +168,7 @@ class Images:
         if name not in self._built:
             from bakery import images as imagemod
 
-            self._built[name] = imagemod.build(self.builds.recipe(name), self.engine, self.registry, quiet=True)
+            self._built[name] = imagemod.build(self.builds.recipe(name), self.engine, self.registry)
         return self._built[name]
 
 

@@ -22,8 +22,7 @@ def _project(tmp_path, name: str, files: dict[str, str], build: str, version: st
 def _bake(tmp_path, toolchain, target_name: str) -> Path:
     """Bake tmp_path/bundle for the target into tmp_path/bin."""
     target = targetmod.resolve(target_name, compiler_version=toolchain.version, family=toolchain.family)
-    bakemod.bake(tmp_path / "bundle", planmod.load(tmp_path / "bundle"), toolchain, target, tmp_path / "bin",
-                 quiet=True)
+    bakemod.bake(tmp_path / "bundle", planmod.load(tmp_path / "bundle"), toolchain, target, tmp_path / "bin")
     return tmp_path / "bin"
 
 
@@ -50,7 +49,7 @@ def test_hand_written_configure_probes_are_run_but_not_captured(tmp_path, toolch
         outputs: [hello]
         """)
     (tmp_path / "src" / "configure").chmod(0o755)
-    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
+    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain)
     assert plan["capture"]["translation_units"] == 1, "the probe's compiles were recorded"
     sources = sorted(m["source"] for m in plan["modules"].values())
     assert sources == ["hello.c"], sources
@@ -68,7 +67,7 @@ def test_driver_level_z_keyword_is_kept_as_a_linker_option(tmp_path, toolchain):
           options: [hello]
         outputs: [hello]
         """)
-    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
+    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain)
     args = [a for a in plan["links"][0]["args"] if isinstance(a, str)]
     assert "-Wl,-z,noexecstack" in args, args
     assert not plan["capture"]["dropped"], plan["capture"]["dropped"]
@@ -118,7 +117,7 @@ def _meson_project(tmp_path):
 
 
 def _capture_greet_and_bake(recipe, tmp_path, toolchain, target_name):
-    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
+    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain)
     assert sorted(m["source"] for m in plan["modules"].values()) == ["greet.c", "main.c"], plan["modules"]
     assert plan["capture"]["translation_units"] == 2, "meson's probes were recorded"
     installs = sorted(link["install"] for link in plan["links"])
@@ -181,7 +180,7 @@ def test_openmp_program_is_captured_and_baked(tmp_path, toolchain):
           options: [omp]
         outputs: [omp]
         """)
-    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
+    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain)
     assert "-fopenmp" in plan["links"][0]["args"]
     _bake(tmp_path, toolchain, "x86_64_v3")
     capturemod.from_source(recipe, toolchain, tmp_path / "ref")
@@ -224,7 +223,7 @@ def test_mpi_program_built_with_mpicc_is_captured_and_runs_on_two_ranks(tmp_path
           options: [ring]
         outputs: [ring]
         """)
-    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
+    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain)
     assert [m["source"] for m in plan["modules"].values()] == ["ring.c"]
     assert "-lmpi" in plan["links"][0]["args"], plan["links"][0]["args"]
     _bake(tmp_path, toolchain, "x86_64_v3")

@@ -284,7 +284,7 @@ class DockerImages:
     def ir(self, name: str):
         if name not in self._built:
             self._built[name] = imagemod.build(self.builds.recipe(name), self.engine, self.registry,
-                                               tag=f"{name}-docker:1.0", quiet=True)
+                                               tag=f"{name}-docker:1.0")
         return self._built[name]
 
 
@@ -388,7 +388,7 @@ def test_debian_base_from_debootstrap_through_the_docker_api(docker_engine):
     from bakery.images import base as basemod
 
     name = f"localhost/bakery-docker-test/debian:{os.getpid()}"
-    basemod.make_runtime(docker_engine, name, quiet=True)
+    basemod.make_runtime(docker_engine, name)
     try:
         cfg = docker_engine.inspect(name)["OCIv1"]["config"]
         assert cfg["Cmd"] == ["/bin/bash"] and cfg["Labels"]["dev.bakery.base"] == "debian-bookworm-minbase"
@@ -426,14 +426,14 @@ def test_build_bake_and_verify_pi_through_the_docker_api(docker_images, docker_e
     labels = skopeo_config(f"{registry}/pi-docker:1.0")["config"]["Labels"]
     assert labels["dev.bakery.toolchain"] == "llvm-16" and labels["org.opencontainers.image.title"] == "pi"
 
-    node = imagemod.bake(f"{registry}/pi-docker:1.0", eng, registry, "x86_64_v3", quiet=True)
+    node = imagemod.bake(f"{registry}/pi-docker:1.0", eng, registry, "x86_64_v3")
     assert not node.reused and node.ref.startswith(f"{registry}/pi-docker:1.0-x86_64_v3@sha256:")
     assert node.outputs == ["pi"]
     ir_layers = skopeo_raw(f"{registry}/pi-docker:1.0")["layers"]
     node_layers = skopeo_raw(f"{registry}/pi-docker:1.0-x86_64_v3")["layers"]
     assert [l["digest"] for l in node_layers[:-1]] == [l["digest"] for l in ir_layers]
     assert len(node_layers) == len(ir_layers) + 1
-    out = imagemod.bake(f"{registry}/pi-docker:1.0", eng, registry, "x86_64_v3", output=tmp_path / "bin", quiet=True)
+    out = imagemod.bake(f"{registry}/pi-docker:1.0", eng, registry, "x86_64_v3", output=tmp_path / "bin")
     compressed = sum(len(gzip.compress((tmp_path / "bin" / n).read_bytes())) for n in out.outputs)
     assert node_layers[-1]["size"] <= 1.1 * compressed + 512, (node_layers[-1]["size"], compressed)
 
@@ -447,7 +447,7 @@ def test_build_bake_and_verify_pi_through_the_docker_api(docker_images, docker_e
     assert inside == run_verify("pi", builds.from_source("pi"))
 
     t0 = time.monotonic()
-    again = imagemod.bake(f"{registry}/pi-docker:1.0", eng, registry, "x86_64_v3", quiet=True)
+    again = imagemod.bake(f"{registry}/pi-docker:1.0", eng, registry, "x86_64_v3")
     assert again.reused and again.digest == node.digest and time.monotonic() - t0 < 5
     assert not [c for c in eng.containers() if c.startswith(f"bakery-bake-{os.getpid()}-")]
 
@@ -472,7 +472,7 @@ def test_cli_engine_docker(docker_images, docker_engine, docker_host, registry, 
 @pytest.mark.slow
 def test_slim_bake_through_the_docker_api(docker_images, docker_engine, registry):
     docker_images.ir("pi")
-    res = imagemod.bake(f"{registry}/pi-docker:1.0", docker_engine, registry, "x86_64", slim=True, quiet=True)
+    res = imagemod.bake(f"{registry}/pi-docker:1.0", docker_engine, registry, "x86_64", slim=True)
     layers = skopeo_raw(res.ref.split("@")[0])["layers"]
     base = skopeo_raw(f"{registry}/bakery/debian:bookworm")["layers"]
     assert [l["digest"] for l in layers[:-1]] == [l["digest"] for l in base]
@@ -499,20 +499,20 @@ def test_node_tags_are_reused_across_engines(images, engine, docker_images, dock
     """A node tag baked by buildah is reused by the docker engine, and one baked through the Docker API
     by buildah: nothing is pulled or compiled. The docker engine also bakes buildah's IR image."""
     images.ir("pi")
-    by_buildah = imagemod.bake(f"{registry}/pi:1.0", engine, registry, "x86_64_v2", quiet=True)
+    by_buildah = imagemod.bake(f"{registry}/pi:1.0", engine, registry, "x86_64_v2")
     t0 = time.monotonic()
-    seen = imagemod.bake(f"{registry}/pi:1.0", docker_engine, registry, "x86_64_v2", quiet=True)
+    seen = imagemod.bake(f"{registry}/pi:1.0", docker_engine, registry, "x86_64_v2")
     assert seen.reused and seen.digest == by_buildah.digest and time.monotonic() - t0 < 5
 
     docker_images.ir("pi")
-    by_docker = imagemod.bake(f"{registry}/pi-docker:1.0", docker_engine, registry, "x86_64_v2", quiet=True)
+    by_docker = imagemod.bake(f"{registry}/pi-docker:1.0", docker_engine, registry, "x86_64_v2")
     assert not by_docker.reused
     t0 = time.monotonic()
-    seen = imagemod.bake(f"{registry}/pi-docker:1.0", engine, registry, "x86_64_v2", quiet=True)
+    seen = imagemod.bake(f"{registry}/pi-docker:1.0", engine, registry, "x86_64_v2")
     assert seen.reused and seen.digest == by_docker.digest and time.monotonic() - t0 < 5
 
     # buildah's IR image (OCI manifests), pulled by digest and baked through the Docker API.
-    cross = imagemod.bake(f"{registry}/pi:1.0", docker_engine, registry, "haswell", quiet=True)
+    cross = imagemod.bake(f"{registry}/pi:1.0", docker_engine, registry, "haswell")
     assert not cross.reused
     ir_layers = skopeo_raw(f"{registry}/pi:1.0")["layers"]
     node_layers = skopeo_raw(f"{registry}/pi:1.0-haswell")["layers"]

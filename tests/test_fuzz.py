@@ -56,7 +56,7 @@ def real_bundle(tmp_path_factory, toolchain) -> Path:
     tmp = tmp_path_factory.mktemp("fuzz")
     recipe = recipemod.load(write_project(tmp, "fuzz", PROJECT,
                                           "build:\n  system: make\n  options: [all]\noutputs: [app, libv.so]\n"))
-    capturemod.capture(recipe, tmp / "bundle", toolchain, quiet=True)
+    capturemod.capture(recipe, tmp / "bundle", toolchain)
     return tmp / "bundle"
 
 

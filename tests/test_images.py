@@ -63,12 +63,12 @@ def test_inspect_cli(images, registry, capsys):
 
 def test_node_tag_is_ir_plus_one_thin_layer(images, engine, registry, tmp_path):
     images.ir("shapes")
-    res = imagemod.bake(f"{registry}/shapes:1.0", engine, registry, "x86_64_v3", quiet=True)
+    res = imagemod.bake(f"{registry}/shapes:1.0", engine, registry, "x86_64_v3")
     assert not res.reused and res.ref.startswith(f"{registry}/shapes:1.0-x86_64_v3@")
     ir = skopeo(f"{registry}/shapes:1.0", raw=True)["layers"]
     node = skopeo(f"{registry}/shapes:1.0-x86_64_v3", raw=True)["layers"]
     assert [l["digest"] for l in node[:-1]] == [l["digest"] for l in ir]
-    out = imagemod.bake(f"{registry}/shapes:1.0", engine, registry, "x86_64_v3", output=tmp_path / "bin", quiet=True)
+    out = imagemod.bake(f"{registry}/shapes:1.0", engine, registry, "x86_64_v3", output=tmp_path / "bin")
     compressed = sum(len(gzip.compress((tmp_path / "bin" / n).read_bytes())) for n in out.outputs)
     assert node[-1]["size"] <= 1.1 * compressed, (node[-1]["size"], compressed)
 
@@ -76,12 +76,12 @@ def test_node_tag_is_ir_plus_one_thin_layer(images, engine, registry, tmp_path):
 def test_second_bake_reuses_the_tag_from_a_clean_store(images, engine, registry):
     images.ir("pi")
     t0 = time.monotonic()
-    first = imagemod.bake(f"{registry}/pi:1.0", engine, registry, "x86_64_v2", quiet=True)
+    first = imagemod.bake(f"{registry}/pi:1.0", engine, registry, "x86_64_v2")
     first_s = time.monotonic() - t0
     for img in (first.ref.split("@")[0], f"{registry}/pi:1.0"):
         engine.remove_image(img)
     t0 = time.monotonic()
-    again = imagemod.bake(f"{registry}/pi:1.0", engine, registry, "x86_64_v2", quiet=True)
+    again = imagemod.bake(f"{registry}/pi:1.0", engine, registry, "x86_64_v2")
     assert again.reused and again.digest == first.digest
     assert time.monotonic() - t0 <= max(0.1 * first_s, 0.5)
 
@@ -89,7 +89,7 @@ def test_second_bake_reuses_the_tag_from_a_clean_store(images, engine, registry)
 @pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_verify_passes_inside_the_baked_image(images, engine, registry, builds, name):
     images.ir(name)
-    res = imagemod.bake(f"{registry}/{name}:1.0", engine, registry, "x86_64_v3", quiet=True)
+    res = imagemod.bake(f"{registry}/{name}:1.0", engine, registry, "x86_64_v3")
     inside = run_in_image(engine, res.ref.split("@")[0], ["/verify/verify", "/usr/local/bin"],
                           volumes=[(str(EXAMPLES / name), "/verify")])
     from conftest import run_verify
@@ -99,7 +99,7 @@ def test_verify_passes_inside_the_baked_image(images, engine, registry, builds, 
 
 def test_slim_has_runtime_base_plus_one_layer(images, engine, registry):
     images.ir("pi")
-    res = imagemod.bake(f"{registry}/pi:1.0", engine, registry, "x86_64", slim=True, quiet=True)
+    res = imagemod.bake(f"{registry}/pi:1.0", engine, registry, "x86_64", slim=True)
     layers = skopeo(res.ref.split("@")[0], raw=True)["layers"]
     base = skopeo(f"{registry}/bakery/debian:bookworm", raw=True)["layers"]
     assert [l["digest"] for l in layers[:-1]] == [l["digest"] for l in base]
@@ -110,15 +110,15 @@ def test_registry_only_bake_needs_no_engine(images, engine, registry):
     """--engine none: the bundle from the layer blobs, the node layer pushed through the registry's
     API. The tag is the IR image plus one layer and runs as a buildah-made one does; slim too."""
     images.ir("pi")
-    res = imagemod.bake(f"{registry}/pi:1.0", None, registry, "broadwell", quiet=True)  # baked by no other test
+    res = imagemod.bake(f"{registry}/pi:1.0", None, registry, "broadwell")  # baked by no other test
     assert not res.reused and res.outputs == ["pi"]
     ir = skopeo(f"{registry}/pi:1.0", raw=True)["layers"]
     node = skopeo(f"{registry}/pi:1.0-broadwell", raw=True)
     assert [l["digest"] for l in node["layers"][:-1]] == [l["digest"] for l in ir]
     assert node["annotations"]["dev.bakery.target"] == "broadwell"
     assert "pi = 3.14159" in run_in_image(engine, res.ref.split("@")[0], ["pi", "100000", "2"])
-    assert imagemod.bake(f"{registry}/pi:1.0", None, registry, "broadwell", quiet=True).reused
-    slim = imagemod.bake(f"{registry}/pi:1.0", None, registry, "broadwell", slim=True, quiet=True)
+    assert imagemod.bake(f"{registry}/pi:1.0", None, registry, "broadwell").reused
+    slim = imagemod.bake(f"{registry}/pi:1.0", None, registry, "broadwell", slim=True)
     base = skopeo(f"{registry}/bakery/debian:bookworm", raw=True)["layers"]
     assert [l["digest"] for l in skopeo(slim.ref.split("@")[0], raw=True)["layers"][:-1]] == [l["digest"] for l in base]
     assert "pi = 3.14159" in run_in_image(engine, slim.ref.split("@")[0], ["pi", "100000", "2"])
@@ -138,8 +138,8 @@ def test_runtime_packages_are_linked_in_the_trusted_toolchain(engine, registry, 
         "build: {system: make}\noutputs: [zpi]\nruntime: {packages: [zlib1g-dev]}\nentrypoint: [zpi]\n")
     from bakery import recipe as recipemod
 
-    built = imagemod.build(recipemod.load(recipe_file), engine, registry, quiet=True)
-    res = imagemod.bake(built.ref, engine, registry, "x86_64_v2", quiet=True)
+    built = imagemod.build(recipemod.load(recipe_file), engine, registry)
+    res = imagemod.bake(built.ref, engine, registry, "x86_64_v2")
     import zlib
 
     assert run_in_image(engine, res.ref.split("@")[0], ["zpi"]).strip() == f"crc={zlib.crc32(b'bakery')}"
@@ -157,7 +157,7 @@ def test_tampered_plan_artifact_is_refused(images, engine, registry, tmp_path):
     oci.push_plan(reg, ref.repository, {"mediaType": mt, "digest": digest, "size": len(data)}, p)
     try:
         with pytest.raises(PlanRefused, match="differs"):
-            imagemod.bake(f"{registry}/pi:1.0", engine, registry, "excavator", quiet=True)  # baked nowhere else
+            imagemod.bake(f"{registry}/pi:1.0", engine, registry, "excavator")  # baked nowhere else
         assert reg.head_manifest(ref.repository, "1.0-excavator") is None
     finally:
         images._built.pop("pi", None)  # rebuild with a fresh artifact for later tests
@@ -187,7 +187,7 @@ def test_tampered_bitcode_layer_is_refused(images, engine, registry, tmp_path):
     plan_file.write_bytes(reg.get_blob("pi", res.plan_digest))  # the genuine plan, re-attached
     oci.push_plan(reg, "tampered", {"mediaType": mt, "digest": digest, "size": len(data)}, plan_file)
     with pytest.raises(PlanRefused, match="tampered"):
-        imagemod.bake(f"{registry}/tampered:1.0", engine, registry, "x86_64", quiet=True)
+        imagemod.bake(f"{registry}/tampered:1.0", engine, registry, "x86_64")
     assert reg.head_manifest("tampered", "1.0-x86_64") is None
 
 
@@ -234,12 +234,12 @@ def test_killed_bake_leaves_no_tag_and_a_rerun_succeeds(images, registry):
 
 def test_unknown_reference_is_clear(engine, registry):
     with pytest.raises(BakeryError, match="not found"):
-        imagemod.bake(f"{registry}/nosuch:1.0", engine, registry, "x86_64", quiet=True)
+        imagemod.bake(f"{registry}/nosuch:1.0", engine, registry, "x86_64")
 
 
 def test_unreachable_registry_is_clear(engine):
     with pytest.raises(BakeryError, match="unreachable"):
-        imagemod.bake("127.0.0.1:9/pi:1.0", engine, "127.0.0.1:9", "x86_64", quiet=True)
+        imagemod.bake("127.0.0.1:9/pi:1.0", engine, "127.0.0.1:9", "x86_64")
 
 
 def test_registry_that_never_answers_is_a_clear_error_not_a_hang(monkeypatch):

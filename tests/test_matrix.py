@@ -20,7 +20,7 @@ def _recipes(*names):
 
 def test_unknown_target_fails_before_anything_runs():
     with pytest.raises(BakeryError, match="zen33"):
-        matrix.run(_recipes("pi"), ["zen33"], "127.0.0.1:1", quiet=True)
+        matrix.run(_recipes("pi"), ["zen33"], "127.0.0.1:1")
 
 
 def test_an_unreachable_ray_cluster_fails_at_once():
@@ -28,7 +28,7 @@ def test_an_unreachable_ray_cluster_fails_at_once():
 
     t0 = time.monotonic()
     with pytest.raises(BakeryError, match="does not answer"):
-        matrix.run(_recipes("pi"), ["zen3"], "127.0.0.1:1", ray_address="127.0.0.1:1", quiet=True)
+        matrix.run(_recipes("pi"), ["zen3"], "127.0.0.1:1", ray_address="127.0.0.1:1")
     assert time.monotonic() - t0 < 10
 
 
@@ -99,7 +99,7 @@ def test_matrix_bakes_every_pair_once_and_a_rerun_bakes_nothing(images, registry
     tags = [(app, t) for app in ("pi", "kernel") for t in ("k10", "cannonlake", "alderlake")]
     there = sum(1 for app, t in tags if reg.head_manifest(app, f"1.0-{t}"))
     assert there < len(tags), "another test baked every tag of this one: pick other targets"
-    first = matrix.run(recipes, ["k10", "cannonlake", "alderlake", "arrowlake"], registry, quiet=True)
+    first = matrix.run(recipes, ["k10", "cannonlake", "alderlake", "arrowlake"], registry)
     assert first.ok, matrix.format_table(first)
     assert first.counts == {"ir_built": 0, "ir_reused": 2, "ir_failed": 0, "baked": 6 - there, "reused": there,
                             "failed": 0, "pairs": 8}, matrix.format_table(first)

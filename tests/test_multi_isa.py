@@ -78,7 +78,7 @@ def multi(engine, registry, builds):
     from bakery import images as imagemod
 
     return imagemod.build(builds.recipe("kernel"), engine, registry, tag=f"{registry}/kernel-multi:1.0",
-                          platforms=["linux/amd64", "linux/arm64"], quiet=True)
+                          platforms=["linux/amd64", "linux/arm64"])
 
 
 def test_index_lists_both_platforms_each_with_a_plan(multi, registry):
@@ -99,8 +99,8 @@ def test_index_lists_both_platforms_each_with_a_plan(multi, registry):
 def test_one_ref_bakes_for_both_isas(multi, engine, registry):
     from bakery import images as imagemod
 
-    arm = imagemod.bake(f"{registry}/kernel-multi:1.0", engine, registry, "neoverse_v1", quiet=True)
-    x86 = imagemod.bake(f"{registry}/kernel-multi:1.0", engine, registry, "x86_64_v3", quiet=True)
+    arm = imagemod.bake(f"{registry}/kernel-multi:1.0", engine, registry, "neoverse_v1")
+    x86 = imagemod.bake(f"{registry}/kernel-multi:1.0", engine, registry, "x86_64_v3")
     cfg = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", "--config",
                                      f"docker://{arm.ref.split('@')[0]}"], capture_output=True, text=True,
                                     check=True).stdout)

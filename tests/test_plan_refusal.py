@@ -291,7 +291,7 @@ def _capture_c(tmp_path, toolchain, code: str):
     recipe = recipemod.load(write_project(tmp_path, "asm", {
         "main.c": code, "Makefile": "app: main.c\n\t$(CC) -O2 -o app main.c\n",
     }, "build:\n  system: make\n  options: [app]\noutputs: [app]\n"))
-    capturemod.capture(recipe, tmp_path / "bundle", toolchain, quiet=True)
+    capturemod.capture(recipe, tmp_path / "bundle", toolchain)
     return tmp_path / "bundle"
 
 
@@ -352,7 +352,7 @@ def test_clang_and_lld_run_inside_the_work_tree(bundle, tmp_path, toolchain, mon
     monkeypatch.setattr(proc, "run", spy)
     monkeypatch.chdir(tmp_path)
     target = targetmod.resolve("x86_64", compiler_version=toolchain.version, family=toolchain.family)
-    bakemod.bake(bundle, planmod.load(bundle), toolchain, target, tmp_path / "out", quiet=True)
+    bakemod.bake(bundle, planmod.load(bundle), toolchain, target, tmp_path / "out")
     assert {tool.rsplit("/", 1)[-1] for tool, _ in seen} >= {"llvm-dis", "clang"}
     for tool, cwd in seen:
         assert cwd is not None and "bakery-bake-" in str(cwd), (tool, cwd)
@@ -379,7 +379,7 @@ def versioned_bundle(tmp_path_factory, toolchain):
     tmp = tmp_path_factory.mktemp("versioned")
     recipe = recipemod.load(write_project(tmp, "versioned", VERSIONED,
                                           "build:\n  system: make\n  options: [all]\noutputs: [app, libv.so]\n"))
-    capturemod.capture(recipe, tmp / "bundle", toolchain, quiet=True)
+    capturemod.capture(recipe, tmp / "bundle", toolchain)
     return tmp / "bundle"
 
 

@@ -120,14 +120,14 @@ def test_escape_program_in_the_ir_image_never_runs(images, engine, registry, esc
             p.chmod(0o755)
 
     ref = hostile_image(engine, registry, images, "escape", edit=plant)
-    res = imagemod.bake(ref, engine, registry, "x86_64", quiet=True)
+    res = imagemod.bake(ref, engine, registry, "x86_64")
     assert not marker.exists(), "the bake ran a binary of the IR image"
     assert res.outputs == ["pi"]
     manifest = json.loads(oci.Registry(registry).get_manifest("escape", res.digest)[0])
     tool = manifest["annotations"]["dev.bakery.toolchain.image"]
     assert tool == engine.image_id(basemod.names(registry, 16).llvm)
     # Through the registry's API alone (--engine none), the same.
-    res = imagemod.bake(ref, None, registry, "x86_64_v2", quiet=True)
+    res = imagemod.bake(ref, None, registry, "x86_64_v2")
     assert not marker.exists() and res.outputs == ["pi"]
 
 
@@ -145,7 +145,7 @@ def test_bundle_symlinked_to_a_host_folder_is_refused(images, engine, registry, 
     ref = hostile_image(engine, registry, images, "linkedbundle", edit=relink)
     for eng in (engine, None):
         with pytest.raises(PlanRefused, match="symlink"):
-            imagemod.bake(ref, eng, registry, "x86_64", quiet=True)
+            imagemod.bake(ref, eng, registry, "x86_64")
     assert oci.Registry(registry).head_manifest("linkedbundle", "1.0-x86_64") is None
 
 
@@ -158,7 +158,7 @@ def test_symlink_inside_the_bundle_is_refused(images, engine, registry):
     ref = hostile_image(engine, registry, images, "linkedbitcode", edit=link)
     for eng in (engine, None):
         with pytest.raises(PlanRefused, match=r"bitcode/.*symlink"):
-            imagemod.bake(ref, eng, registry, "x86_64", quiet=True)
+            imagemod.bake(ref, eng, registry, "x86_64")
 
 
 def test_bundle_over_the_size_limit_is_refused(tmp_path):
@@ -216,7 +216,7 @@ def test_slim_base_named_by_the_image_must_be_its_own(images, engine, registry):
                         annotations={"dev.bakery.runtime.base": private})
     for eng in (engine, None):
         with pytest.raises(PlanRefused, match="does not sit on the runtime base"):
-            imagemod.bake(ref, eng, registry, "x86_64", slim=True, quiet=True)
+            imagemod.bake(ref, eng, registry, "x86_64", slim=True)
     assert oci.Registry(registry).head_manifest("slimthief", "1.0-x86_64-slim") is None
 
 
@@ -230,14 +230,14 @@ def test_plan_asking_for_another_llvm_builds_nothing(images, engine, registry):
     ref = hostile_image(engine, registry, images, "futurellvm", plan_edit=future)
     before = subprocess.run(["buildah", "images", "-aq"], capture_output=True, text=True).stdout
     with pytest.raises(PlanRefused, match="needs LLVM 99 or newer"):
-        imagemod.bake(ref, engine, registry, "x86_64", quiet=True)
+        imagemod.bake(ref, engine, registry, "x86_64")
     after = subprocess.run(["buildah", "images", "-aq"], capture_output=True, text=True).stdout
     assert after == before
 
 
 def test_bake_container_has_no_network_no_capabilities_and_a_read_only_bundle(engine, registry, images, tmp_path):
     images.ir("pi")
-    tool_name, tool_id = imagemod.trusted_toolchain(engine, registry, 16, quiet=True, tls=False)
+    tool_name, tool_id = imagemod.trusted_toolchain(engine, registry, 16, tls=False)
     ro = tmp_path / "ro"
     ro.mkdir()
     host, port = registry.rsplit(":", 1)
@@ -271,7 +271,7 @@ def test_bake_time_limit_stops_the_bake_and_its_container(images, engine, regist
     before = set(engine.containers())
     with pytest.raises(CommandFailed, match="time limit of 0.5 s"):
         imagemod.bake(f"{registry}/kernel:1.0", engine, registry, "x86_64_v2", output=Path("/tmp/never"),
-                      quiet=True, timeout=0.5)
+                      timeout=0.5)
     assert set(engine.containers()) <= before
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "--output /bakery/out" not in ps
@@ -298,7 +298,7 @@ def test_serve_as_k8s_serve_deploys_it(images, registry, tmp_path, monkeypatch):
         monkeypatch.setenv(k, v)
     emb = registrymod.Embedded(tmp_path / "reg")
     (tmp_path / "reg").mkdir()
-    addr = emb.start(port=0, quiet=True)
+    addr = emb.start(port=0)
     for k in ("REGISTRY_AUTH", "REGISTRY_AUTH_HTPASSWD_REALM", "REGISTRY_AUTH_HTPASSWD_PATH"):
         monkeypatch.delenv(k)
     try:

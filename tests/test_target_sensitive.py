@@ -44,10 +44,10 @@ def test_detection_off_keeps_the_generic_path(builds, tmp_path):
     with open(src / "recipe.yaml", "a") as f:
         f.write("capture:\n  detect: false\n")
     bundle = tmp_path / "bundle"
-    capturemod.capture(recipemod.load(src / "recipe.yaml"), bundle, builds.tc, quiet=True)
+    capturemod.capture(recipemod.load(src / "recipe.yaml"), bundle, builds.tc)
     assert not any(m.variants for m in modules_by_source(bundle).values())
     out = tmp_path / "v4"
-    bakemod.bake(bundle, planmod.load(bundle), builds.tc, builds.target("x86_64_v4"), out, quiet=True)
+    bakemod.bake(bundle, planmod.load(bundle), builds.tc, builds.target("x86_64_v4"), out)
     assert path_taken(out) == "sse2"  # the silent failure this feature exists to prevent
 
 
@@ -57,13 +57,13 @@ def test_pinned_levels(builds, tmp_path):
     with open(src / "recipe.yaml", "a") as f:
         f.write("capture:\n  levels: [x86_64, haswell]\n")
     bundle = tmp_path / "bundle"
-    capturemod.capture(recipemod.load(src / "recipe.yaml"), bundle, builds.tc, quiet=True)
+    capturemod.capture(recipemod.load(src / "recipe.yaml"), bundle, builds.tc)
     assert [v.level for v in modules_by_source(bundle)["dot.c"].variants] == ["haswell"]
     out = tmp_path / "skx"
-    res = bakemod.bake(bundle, planmod.load(bundle), builds.tc, builds.target("skylake_avx512"), out, quiet=True)
+    res = bakemod.bake(bundle, planmod.load(bundle), builds.tc, builds.target("skylake_avx512"), out)
     assert res.variants == {"dot.c": "haswell"} and path_taken(out) == "avx2"
     # archspec lists rdrand for haswell but not for zen4: a haswell capture does not fit zen4.
-    res = bakemod.bake(bundle, planmod.load(bundle), builds.tc, builds.target("zen4"), tmp_path / "z4", quiet=True)
+    res = bakemod.bake(bundle, planmod.load(bundle), builds.tc, builds.target("zen4"), tmp_path / "z4")
     assert res.variants == {} and path_taken(tmp_path / "z4") == "sse2"
 
 
@@ -76,7 +76,7 @@ def test_variant_digests_are_checked(builds, tmp_path):
     from bakery.errors import PlanRefused
 
     with pytest.raises(PlanRefused, match="tampered"):
-        bakemod.bake(bundle, planmod.load(bundle), builds.tc, builds.target("x86_64_v4"), tmp_path / "o", quiet=True)
+        bakemod.bake(bundle, planmod.load(bundle), builds.tc, builds.target("x86_64_v4"), tmp_path / "o")
 
 
 @pytest.mark.parametrize("target,levels,expected", [

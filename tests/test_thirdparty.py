@@ -62,9 +62,9 @@ def baked_dirs(tmp_path_factory, toolchain):
             _fetchable(recipe)
             root = tmp_path_factory.mktemp(recipe.name)
             bundle = root / "bundle"
-            capturemod.capture(recipe, bundle, toolchain, quiet=True)
+            capturemod.capture(recipe, bundle, toolchain)
             target = targetmod.resolve(TARGET, compiler_version=toolchain.version, family=toolchain.family)
-            bakemod.bake(bundle, planmod.load(bundle), toolchain, target, root / "bin", quiet=True)
+            bakemod.bake(bundle, planmod.load(bundle), toolchain, target, root / "bin")
             made[recipe.name] = bundle, root / "bin"
         return made[recipe.name]
 

@@ -10,6 +10,7 @@ the plan was validated (``plan.load``, which returns it typed) before anything h
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import shutil
 import tempfile
@@ -25,6 +26,8 @@ from bakery.errors import BakeryError, PlanRefused
 from bakery.plan.model import Archive, FileRef, Flag, LinkRef, Module, ModuleRef, ObjectRef, Plan
 from bakery.target import Target
 from bakery.toolchain import Toolchain
+
+log = logging.getLogger(__name__)
 
 LTO_MODES = ("none", "thin", "full")
 
@@ -53,7 +56,7 @@ def check_toolchain(plan: Plan, toolchain: Toolchain, target: Target) -> None:
 
 
 def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output: Path, *,
-         jobs: int = 0, lto: str = "none", quiet: bool = False, keep: bool = False) -> BakeResult:
+         jobs: int = 0, lto: str = "none", keep: bool = False) -> BakeResult:
     if lto not in LTO_MODES:
         raise BakeryError(f"--lto {lto!r}: choose one of {', '.join(LTO_MODES)}")
     toolchain = toolchain.for_triple(plan.toolchain.triple)  # off-node: bake another ISA's IR
@@ -61,14 +64,14 @@ def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output:
     jobs = jobs or os.cpu_count() or 1
     t0 = time.monotonic()
     for note in target.notes:
-        proc.log(f"bake: {note}", quiet=quiet)
-    proc.log(f"bake: {plan.app.name} {plan.app.version} for {target.name} "
-             f"({' '.join(target.flags)}), {len(plan.modules)} modules, lto={lto}, jobs={jobs}", quiet=quiet)
+        log.info(f"bake: {note}")
+    log.info(f"bake: {plan.app.name} {plan.app.version} for {target.name} "
+             f"({' '.join(target.flags)}), {len(plan.modules)} modules, lto={lto}, jobs={jobs}")
     work = Path(tempfile.mkdtemp(prefix="bakery-bake-"))
     try:
         variants: dict[str, str] = {}
-        objs = _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, quiet, variants)
-        outs = _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, quiet)
+        objs = _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, variants)
+        outs = _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto)
         output.mkdir(parents=True, exist_ok=True)
         result = BakeResult(target, seconds=0.0, modules=len(plan.modules), lto=lto, variants=variants)
         for link in plan.links:
@@ -78,13 +81,13 @@ def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output:
             os.replace(tmp, dest)  # a reader never sees half a binary
             result.outputs[link.install] = str(dest)
         result.seconds = time.monotonic() - t0
-        proc.log(f"bake: wrote {', '.join(result.outputs)} to {output} in {result.seconds:.1f}s", quiet=quiet)
+        log.info(f"bake: wrote {', '.join(result.outputs)} to {output} in {result.seconds:.1f}s")
         return result
     finally:
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
         else:
-            proc.log(f"bake: work tree kept in {work}", quiet=quiet)
+            log.info(f"bake: work tree kept in {work}")
 
 
 def choose_variant(module: Module, target: Target) -> str | None:
@@ -96,8 +99,7 @@ def choose_variant(module: Module, target: Target) -> str | None:
     return best_level(target.name, levels) if levels else None
 
 
-def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, work: Path, jobs: int, lto: str,
-                  quiet: bool, variants: dict[str, str]) -> dict[str, Path]:
+def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, work: Path, jobs: int, lto: str, variants: dict[str, str]) -> dict[str, Path]:
     (work / "obj").mkdir()
     dis = toolchain.tool("llvm-dis")
     preserve = plan.preserve.flags
@@ -135,19 +137,19 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
                 for f in futures:
                     f.cancel()
                 raise
-            if not quiet and (time.monotonic() - last > 2 or n == total):
+            if log.isEnabledFor(logging.INFO) and (time.monotonic() - last > 2 or n == total):
                 last = time.monotonic()
-                proc.log(f"bake: [{n}/{total}] modules optimized and compiled")
+                log.info(f"bake: [{n}/{total}] modules optimized and compiled")
     for sha, o in plan.objects.items():
         results[sha] = planmod.verify_file(bundle, o.path, sha)
     for source, level in sorted(chosen.items()):
-        proc.log(f"bake: {source}: target-sensitive, using its {level} capture", quiet=quiet)
+        log.info(f"bake: {source}: target-sensitive, using its {level} capture")
     variants.update(chosen)
     return results
 
 
 def _link_all(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, work: Path, objs: dict[str, Path],
-              jobs: int, lto: str, quiet: bool) -> dict[str, Path]:
+              jobs: int, lto: str) -> dict[str, Path]:
     ar = toolchain.tool("llvm-ar")
     outs: dict[str, Path] = {}
     preserve_libs = plan.preserve.libs
@@ -192,7 +194,7 @@ def _link_all(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, wo
             argv.append("-Wl,-rpath,$ORIGIN")
         if link.kind == "shared" and not link.soname:
             argv.append(f"-Wl,-soname,{link.install}")
-        proc.log(f"bake: linking {link.install}", quiet=quiet)
+        log.info(f"bake: linking {link.install}")
         proc.run(argv, cwd=work)
         outs[link.id] = out
     return outs

@@ -7,6 +7,7 @@ files it names. Nothing else from the build tree is needed to bake.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -21,6 +22,8 @@ from bakery import proc
 from bakery.capture import sources
 from bakery.errors import BakeryError
 from bakery.toolchain import Toolchain
+
+log = logging.getLogger(__name__)
 
 WRAPPER = Path(__file__).with_name("wrapper.py")
 CC_NAMES = ("cc", "gcc", "clang")
@@ -88,8 +91,8 @@ def build_commands(recipe, root: Path, compilers: dict[str, str], jobs: int) -> 
     return [["bash", "-euo", "pipefail", "-c", line] for line in b.script], srcdir
 
 
-def run_build(recipe, root: Path, shimdir: Path, compilers: dict, jobs: int, log: Path, toolchain: Toolchain,
-              quiet: bool = False, progress=None) -> Path:
+def run_build(recipe, root: Path, shimdir: Path, compilers: dict, jobs: int, build_log: Path, toolchain: Toolchain,
+              progress=None) -> Path:
     cmds, outdir = build_commands(recipe, root, compilers, jobs)
     env = proc.env_with({
         "PATH": f"{shimdir}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -98,10 +101,10 @@ def run_build(recipe, root: Path, shimdir: Path, compilers: dict, jobs: int, log
     })
     cwd = (root / recipe.build.subdir).resolve()
     for cmd in cmds:
-        proc.log(f"capture: $ {shlex.join(cmd)}", quiet=quiet)
+        log.info(f"capture: $ {shlex.join(cmd)}")
         if cmd[0] in ("make", "cmake", "meson", "autoreconf"):
             proc.which(cmd[0])
-        proc.stream(cmd, cwd=cwd, env=env, log=log, on_line=progress)
+        proc.stream(cmd, cwd=cwd, env=env, log=build_log, on_line=progress)
     return outdir
 
 
@@ -135,11 +138,11 @@ class _Progress:
         t0 = time.monotonic()
         while not self.stop.wait(10):
             n = len(os.listdir(self.store / "objs")) if (self.store / "objs").exists() else 0
-            proc.log(f"capture: {n} translation units captured ({time.monotonic() - t0:.0f}s)")
+            log.info(f"capture: {n} translation units captured ({time.monotonic() - t0:.0f}s)")
 
 
 def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdir: Path | None = None,
-            keep: bool = False, quiet: bool = False, mode: str = "capture",
+            keep: bool = False, mode: str = "capture",
             extra_flags: list[str] | None = None) -> dict:
     """Build the recipe with wrappers and write the bundle; returns the plan."""
     jobs = jobs or recipe.build.jobs or os.cpu_count() or 1
@@ -150,7 +153,7 @@ def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdi
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     try:
-        proc.log(f"capture: fetching sources of {recipe.name} {recipe.version}", quiet=quiet)
+        log.info(f"capture: fetching sources of {recipe.name} {recipe.version}")
         sources.fetch_all(recipe.sources, root)
         config = {
             "store": str(store), "root": str(root), "mode": mode,
@@ -163,9 +166,9 @@ def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdi
             **_level_config(recipe, toolchain, mode),
         }
         compilers = write_shims(shimdir, config, toolchain)
-        log = work / "build.log"
-        with _Progress(store, quiet or mode != "capture"):
-            outdir = run_build(recipe, root, shimdir, compilers, jobs, log, toolchain, quiet)
+        build_log = work / "build.log"
+        with _Progress(store, not log.isEnabledFor(logging.INFO) or mode != "capture"):
+            outdir = run_build(recipe, root, shimdir, compilers, jobs, build_log, toolchain)
         build_seconds = time.monotonic() - t0
         if mode != "capture":
             return {"outdir": str(outdir), "seconds": build_seconds, "work": str(work)}
@@ -174,8 +177,8 @@ def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdi
                                 levels=[lv["name"] for lv in config["levels"]])
         plan["capture"]["seconds"] = round(build_seconds, 2)
         planmod.save(plan, bundle)
-        proc.log(f"capture: {len(plan['modules'])} bitcode modules, {len(plan['objects'])} native objects, "
-                 f"{len(plan['links'])} links -> {bundle} ({build_seconds:.1f}s)", quiet=quiet)
+        log.info(f"capture: {len(plan['modules'])} bitcode modules, {len(plan['objects'])} native objects, "
+                 f"{len(plan['links'])} links -> {bundle} ({build_seconds:.1f}s)")
         return plan
     except BakeryError as e:
         if not keep and workdir is None:
@@ -212,14 +215,13 @@ def _flang_or_none(toolchain: Toolchain, recipe) -> str | None:
     return toolchain.flang
 
 
-def from_source(recipe, toolchain: Toolchain, dest: Path, *, flags: list[str] | None = None, jobs: int = 0,
-                quiet: bool = True) -> dict:
+def from_source(recipe, toolchain: Toolchain, dest: Path, *, flags: list[str] | None = None, jobs: int = 0) -> dict:
     """The recipe's own build with the real compiler (plus ``flags``, e.g. a target's
     -march): the reference a bake is measured against. Outputs and the shared
     libraries of the tree are copied to ``dest``."""
     work = Path(tempfile.mkdtemp(prefix=f"bakery-src-{recipe.name}-"))
     try:
-        res = capture(recipe, work / "unused", toolchain, workdir=work, jobs=jobs, quiet=quiet,
+        res = capture(recipe, work / "unused", toolchain, workdir=work, jobs=jobs,
                       mode="passthrough", extra_flags=flags)
         dest.mkdir(parents=True, exist_ok=True)
         outdir = Path(res["outdir"])

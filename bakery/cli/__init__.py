@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 error, 2 bad recipe or usage, 3 refused plan,
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import traceback
 
@@ -67,11 +68,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Format(logging.Formatter):
+    """Progress as plain lines; warnings and worse say so, as errors do."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"bakery: {record.levelname.lower()}: {text}"
+
+
+_handler: logging.Handler | None = None
+
+
+def configure_logging(*, quiet: bool = False, debug: bool = False) -> None:
+    """The one place log levels are set: progress (INFO) on stderr, stdout stays machine-readable;
+    -q leaves warnings and errors, --debug adds DEBUG. A new call replaces the last one's handler."""
+    global _handler
+    logger = logging.getLogger("bakery")
+    if _handler is not None:
+        logger.removeHandler(_handler)
+    _handler = logging.StreamHandler(sys.stderr)
+    _handler.setFormatter(_Format("%(message)s"))
+    logger.addHandler(_handler)
+    logger.setLevel(logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO)
+    logger.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.debug = getattr(args, "debug", False)
     args.quiet = getattr(args, "quiet", False)
+    configure_logging(quiet=args.quiet, debug=args.debug)
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
         return 2

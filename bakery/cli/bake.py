@@ -63,8 +63,7 @@ def _bake_bundle(args, bundle: Path) -> int:
     plan = planmod.load(bundle)
     tc = toolchainmod.find()
     target = targetmod.resolve(args.target, compiler_version=tc.version, family=plan.toolchain.family)
-    result = bakemod.bake(bundle, plan, tc, target, args.output.resolve(), jobs=args.jobs, lto=args.lto,
-                          quiet=args.quiet, keep=args.keep or args.debug)
+    result = bakemod.bake(bundle, plan, tc, target, args.output.resolve(), jobs=args.jobs, lto=args.lto, keep=args.keep or args.debug)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
@@ -79,9 +78,9 @@ def _bake_image(args) -> int:
     from bakery import oci
     from bakery.images import registry as registrymod
 
-    registry = args.registry or ("" if oci.names_registry(args.source) else registrymod.default_registry(quiet=args.quiet))
+    registry = args.registry or ("" if oci.names_registry(args.source) else registrymod.default_registry())
     res = imagemod.bake(args.source, enginemod.get_or_none(args.engine), registry, args.target, push=args.push,
-                        slim=args.slim, output=args.output, jobs=args.jobs, quiet=args.quiet,
+                        slim=args.slim, output=args.output, jobs=args.jobs,
                         tls_verify=args.tls_verify, timeout=args.timeout)
     print(json.dumps(res.to_json(), indent=1) if args.json else res.ref)
     return 0

@@ -22,11 +22,11 @@ def setup_parser(sub, parent):
 
 def run(args) -> int:
     llvm = toolchainmod.default_major()
-    registry = args.registry or registrymod.default_registry(quiet=args.quiet)
+    registry = args.registry or registrymod.default_registry()
     if args.action == "names":
         print(json.dumps(basemod.names(registry, llvm, args.runtime_base).__dict__, indent=1))
         return 0
-    b = basemod.ensure(enginemod.get(args.engine), registry, llvm, args.runtime_base, quiet=args.quiet,
+    b = basemod.ensure(enginemod.get(args.engine), registry, llvm, args.runtime_base,
                        tls_verify=args.tls_verify)
     print("\n".join([b.runtime, b.llvm, b.build]))
     return 0

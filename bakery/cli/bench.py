@@ -25,7 +25,6 @@ def setup_parser(sub, common):
 
 def run(args) -> int:
     recipe = recipemod.load(args.recipe)
-    result = benchmod.run(recipe, toolchainmod.find(), args.target, repeat=args.repeat, jobs=args.jobs,
-                          quiet=args.quiet, workdir=args.workdir)
+    result = benchmod.run(recipe, toolchainmod.find(), args.target, repeat=args.repeat, jobs=args.jobs, workdir=args.workdir)
     print(json.dumps(result, indent=1) if args.json else benchmod.render(result))
     return 0 if all(result["checks"].values()) and result["outputs_agree"] else 1

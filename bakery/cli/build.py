@@ -45,9 +45,9 @@ def run(args) -> int:
                                                 f"localhost/bakery/debian:bookworm-{platform.split('/')[1]}"
                                                 if platform != imagemod.host_platform() else None), end="")
         return 0
-    registry = args.registry or registrymod.default_registry(quiet=args.quiet)
+    registry = args.registry or registrymod.default_registry()
     res = imagemod.build(recipe, enginemod.get(args.engine), registry, tag=args.tag, push=args.push, llvm=llvm,
-                         jobs=args.jobs, quiet=args.quiet, tls_verify=args.tls_verify, platforms=_platforms(args))
+                         jobs=args.jobs, tls_verify=args.tls_verify, platforms=_platforms(args))
     print(json.dumps(res.to_json(), indent=1) if args.json else res.ref)
     return 0
 

@@ -33,7 +33,7 @@ def run(args) -> int:
     if args.platform:
         tc = tc.for_triple(toolchainmod.triple_of_platform(args.platform))
     plan = capturemod.capture(recipe, args.output.resolve(), tc, jobs=args.jobs, workdir=args.workdir,
-                              keep=args.keep or args.debug, quiet=args.quiet)
+                              keep=args.keep or args.debug)
     summary = {"bundle": str(args.output), "modules": len(plan["modules"]), "objects": len(plan["objects"]),
                "links": [{"output": l["output"], "install": l["install"]} for l in plan["links"]],
                "dropped_flags": plan["capture"]["dropped"], "toolchain": plan["toolchain"]}

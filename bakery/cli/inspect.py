@@ -22,7 +22,7 @@ def setup_parser(sub, parent):
 def run(args) -> int:
     from bakery import images as imagemod
 
-    registry = args.registry or registrymod.default_registry(quiet=True)
+    registry = args.registry or registrymod.default_registry()
     ref = oci.Ref.parse(args.ref, default_registry=registry)
     reg = oci.Registry(ref.registry, tls_verify=args.tls_verify)
     digest, plan, plan_bytes = imagemod.resolve_ir(reg, ref)

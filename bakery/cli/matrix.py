@@ -53,10 +53,10 @@ def run(args) -> int:
         raise BakeryError("--targets names a target twice")
     if args.parallel < 1:
         raise BakeryError("--parallel must be at least 1")
-    registry = args.registry or registrymod.default_registry(quiet=args.quiet)
+    registry = args.registry or registrymod.default_registry()
     res = matrix.run(args.recipes, targets, registry, engine=args.engine, tls_verify=args.tls_verify,
                      ray_address=args.ray_address, parallel=args.parallel, jobs=args.jobs, slim=args.slim,
-                     rebuild=args.rebuild, quiet=args.quiet)
+                     rebuild=args.rebuild)
     if args.json:
         print(json.dumps(res.to_json(), indent=1))
     else:

@@ -18,7 +18,7 @@ def setup_parser(sub, parent):
 def run(args) -> int:
     emb = registrymod.embedded()
     if args.action == "start":
-        addr = emb.start(port=args.port, quiet=args.quiet)
+        addr = emb.start(port=args.port)
         print(json.dumps({"address": addr}) if args.json else addr)
         return 0
     if args.action == "stop":

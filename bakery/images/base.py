@@ -11,6 +11,7 @@ next machine pulls instead of rebuilding.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ from bakery import oci, proc, templates
 from bakery.config import Settings
 from bakery.engines.base import ContainerEngine
 from bakery.errors import BakeryError
+
+log = logging.getLogger(__name__)
 
 SUITE = "bookworm"
 LLVM_TEMPLATE = "Containerfiles/llvm.Containerfile.j2"
@@ -85,7 +88,7 @@ def debian_mirror() -> str:
     raise BakeryError("cannot find a Debian mirror in /etc/apt", "set BAKERY_DEBIAN_MIRROR to one")
 
 
-def make_runtime(engine: ContainerEngine, tag: str, quiet: bool = False, arch: str | None = None) -> None:
+def make_runtime(engine: ContainerEngine, tag: str, arch: str | None = None) -> None:
     """debootstrap minbase; for another architecture, the second stage runs under qemu-user."""
     debootstrap = proc.which("debootstrap")
     if os.geteuid() != 0:
@@ -95,7 +98,7 @@ def make_runtime(engine: ContainerEngine, tag: str, quiet: bool = False, arch: s
     try:
         rootfs = work / "rootfs"
         foreign = ["--arch", arch, "--foreign"] if arch else []
-        proc.log(f"base: debootstrap --variant=minbase {' '.join(foreign)} {SUITE} (a few minutes)", quiet=quiet)
+        log.info(f"base: debootstrap --variant=minbase {' '.join(foreign)} {SUITE} (a few minutes)")
         proc.stream([debootstrap, "--variant=minbase", *foreign, SUITE, str(rootfs), debian_mirror()],
                     log=work / "log")
         if arch:
@@ -110,18 +113,17 @@ def make_runtime(engine: ContainerEngine, tag: str, quiet: bool = False, arch: s
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _build_from_template(engine: ContainerEngine, template: str, tag: str, base: str, llvm: int, quiet: bool,
+def _build_from_template(engine: ContainerEngine, template: str, tag: str, base: str, llvm: int,
                          tls_verify: bool) -> None:
     with tempfile.TemporaryDirectory(prefix="bakery-base-") as ctx:
         cf = Path(ctx) / "Containerfile"
         cf.write_text(templates.render_file(template, base=base, llvm=llvm))
-        proc.log(f"base: building {tag}", quiet=quiet)
+        log.info(f"base: building {tag}")
         engine.build(containerfile=cf, context=Path(ctx), tag=tag, tls_verify=tls_verify,
                      log=Path(ctx) / "build.log")
 
 
-def ensure(engine: ContainerEngine, registry: str, llvm: int, runtime_base: str | None = None, *,
-           quiet: bool = False, tls_verify: bool | None = None, push: bool = True) -> Bases:
+def ensure(engine: ContainerEngine, registry: str, llvm: int, runtime_base: str | None = None, *, tls_verify: bool | None = None, push: bool = True) -> Bases:
     """Make sure the three bases exist locally (pull, else create) and in the registry."""
     b = names(registry, llvm, runtime_base)
     tls = oci.tls_default(registry, tls_verify)
@@ -132,34 +134,34 @@ def ensure(engine: ContainerEngine, registry: str, llvm: int, runtime_base: str 
         in_registry = bool(rref and reg.head_manifest(rref.repository, rref.reference))
         if not engine.exists(local):
             if in_registry and remote:
-                proc.log(f"base: pulling {remote}", quiet=quiet)
+                log.info(f"base: pulling {remote}")
                 engine.pull(remote, tls_verify=tls)
                 engine.tag(remote, local)
             elif kind == "runtime" and remote is None:
                 engine.pull(local, tls_verify=oci.tls_default(oci.Ref.parse(local).registry))
             elif kind == "runtime":
-                make_runtime(engine, local, quiet)
+                make_runtime(engine, local)
             elif kind == "llvm":
-                _build_from_template(engine, LLVM_TEMPLATE, local, b.runtime, llvm, quiet, tls)
+                _build_from_template(engine, LLVM_TEMPLATE, local, b.runtime, llvm, tls)
             else:
-                _build_from_template(engine, BUILD_TEMPLATE, local, b.llvm, llvm, quiet, tls)
+                _build_from_template(engine, BUILD_TEMPLATE, local, b.llvm, llvm, tls)
         if push and remote and not in_registry:
-            proc.log(f"base: pushing {remote}", quiet=quiet)
+            log.info(f"base: pushing {remote}")
             engine.push(local, remote, tls_verify=tls)
     return b
 
 
-def ensure_local_toolchain(engine: ContainerEngine, b: Bases, llvm: int, *, quiet: bool = False,
+def ensure_local_toolchain(engine: ContainerEngine, b: Bases, llvm: int, *,
                            tls_verify: bool = True) -> None:
     """bakery's toolchain image, made on this node from Debian's packages (debootstrap, apt):
     what a host-side bake trusts, so it is never pulled from a registry by its tag."""
     if not engine.exists(b.runtime):
-        make_runtime(engine, b.runtime, quiet)
+        make_runtime(engine, b.runtime)
     if not engine.exists(b.llvm):
-        _build_from_template(engine, LLVM_TEMPLATE, b.llvm, b.runtime, llvm, quiet, tls_verify)
+        _build_from_template(engine, LLVM_TEMPLATE, b.llvm, b.runtime, llvm, tls_verify)
 
 
-def ensure_foreign_runtime(engine: ContainerEngine, registry: str, arch: str, *, quiet: bool = False,
+def ensure_foreign_runtime(engine: ContainerEngine, registry: str, arch: str, *,
                            tls_verify: bool | None = None) -> str:
     """The Debian runtime base for another architecture (debootstrap + qemu-user), local and in the registry."""
     local = f"localhost/bakery/debian:{SUITE}-{arch}"
@@ -169,15 +171,15 @@ def ensure_foreign_runtime(engine: ContainerEngine, registry: str, arch: str, *,
     in_registry = bool(reg.head_manifest("bakery/debian", f"{SUITE}-{arch}"))
     if not engine.exists(local):
         if in_registry:
-            proc.log(f"base: pulling {remote}", quiet=quiet)
+            log.info(f"base: pulling {remote}")
             engine.pull(remote, tls_verify=tls)
             engine.tag(remote, local)
         else:
             if not Path(f"/proc/sys/fs/binfmt_misc/qemu-{ {'arm64': 'aarch64'}.get(arch, arch) }").exists():
                 raise BakeryError(f"making the {arch} base needs qemu-user registered with binfmt_misc",
                                   "apt-get install qemu-user-static binfmt-support (scripts/setup.sh does it)")
-            make_runtime(engine, local, quiet, arch=arch)
+            make_runtime(engine, local, arch=arch)
     if not in_registry:
-        proc.log(f"base: pushing {remote}", quiet=quiet)
+        log.info(f"base: pushing {remote}")
         engine.push(local, remote, tls_verify=tls)
     return local

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bakery import PLAN_MEDIA_TYPE, __version__, oci, proc, templates
+from bakery import PLAN_MEDIA_TYPE, __version__, oci, templates
 from bakery import plan as planmod
 from bakery.capture import sources as sourcesmod
 from bakery.engines.base import ContainerEngine
@@ -89,7 +89,7 @@ class BuildResult:
 
 
 def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = None, push: bool = True,
-          llvm: int = 16, jobs: int = 0, quiet: bool = False, tls_verify: bool | None = None,
+          llvm: int = 16, jobs: int = 0, tls_verify: bool | None = None,
           platforms: list[str] | None = None) -> BuildResult:
     """Build the IR image (one per platform, under one OCI index when several) and attach the plan(s)."""
     t0 = time.monotonic()
@@ -99,13 +99,13 @@ def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = N
     for p in platforms:
         if p not in ARCH_OF_PLATFORM:
             raise BakeryError(f"unknown platform {p!r}", f"known: {', '.join(ARCH_OF_PLATFORM)}")
-    bases = basemod.ensure(engine, registry, llvm, recipe.runtime_base, quiet=quiet, tls_verify=tls)
+    bases = basemod.ensure(engine, registry, llvm, recipe.runtime_base, tls_verify=tls)
     built: list[tuple[str, str, bytes]] = []  # (platform, local image, plan bytes)
     inputs = sourcesmod.inputs_digest(recipe)
     for platform in platforms:
         runtime = None
         if platform != host_platform():
-            runtime = basemod.ensure_foreign_runtime(engine, registry, ARCH_OF_PLATFORM[platform], quiet=quiet,
+            runtime = basemod.ensure_foreign_runtime(engine, registry, ARCH_OF_PLATFORM[platform],
                                                      tls_verify=tls)
         image = str(ref) if len(platforms) == 1 else f"localhost/bakery-build/{ref.repository}:{ref.tag}-{ARCH_OF_PLATFORM[platform]}"
         with tempfile.TemporaryDirectory(prefix="bakery-ctx-") as ctx_dir:
@@ -113,10 +113,10 @@ def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = N
             _context(recipe, ctx)
             cf = ctx / "Containerfile"
             cf.write_text(render_containerfile(recipe, bases, jobs, platform, runtime, inputs))
-            proc.log(f"build: {ref} for {platform} (capture inside the build)", quiet=quiet)
+            log.info(f"build: {ref} for {platform} (capture inside the build)")
             engine.build(containerfile=cf, context=ctx, tag=image, tls_verify=tls,
                          annotations=_annotations(recipe, bases, llvm, inputs) | {f"{ANN}.platform": platform},
-                         on_line=None if quiet else _build_progress())
+                         on_line=_build_progress() if log.isEnabledFor(logging.INFO) else None)
         plan_bytes = engine.read_file(image, f"{BUNDLE_DIR}/plan.json")
         planmod.parse(plan_bytes, f"{image}:{BUNDLE_DIR}/plan.json")
         built.append((platform, image, plan_bytes))
@@ -124,11 +124,11 @@ def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = N
         return BuildResult(str(ref), "", oci.sha256(built[0][2]), "", time.monotonic() - t0)
     reg = oci.Registry(ref.registry, tls_verify=tls)
     if len(built) == 1:
-        proc.log(f"build: pushing {ref}", quiet=quiet)
+        log.info(f"build: pushing {ref}")
         digest = engine.push(built[0][1], str(ref), tls_verify=tls)
         targets = {built[0][0]: digest}
     else:
-        proc.log(f"build: pushing {ref} as an OCI index of {', '.join(platforms)}", quiet=quiet)
+        log.info(f"build: pushing {ref} as an OCI index of {', '.join(platforms)}")
         digest = engine.push_index([b[1] for b in built], str(ref), tls_verify=tls)
         index = json.loads(reg.get_manifest(ref.repository, digest)[0])
         targets = {}
@@ -147,7 +147,7 @@ def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = N
                 reg, ref.repository, {"mediaType": mt, "digest": sub, "size": len(data)}, plan_file,
                 {f"{ANN}.recipe.digest": recipe.digest, f"{ANN}.toolchain": f"llvm-{plan.toolchain.llvm_major}",
                  f"{ANN}.platform": platform}))
-        proc.log(f"build: {platform}: plan attached to {sub[:19]}… as {artifacts[-1][:19]}…", quiet=quiet)
+        log.info(f"build: {platform}: plan attached to {sub[:19]}… as {artifacts[-1][:19]}…")
     return BuildResult(f"{ref}@{digest}", digest, oci.sha256(built[0][2]), artifacts[0], time.monotonic() - t0)
 
 
@@ -165,5 +165,5 @@ def _build_progress():
         # Buildah's STEP lines and bakery's own progress; the rest goes to the log.
         if line.startswith(("STEP ", "capture:", "[")) or "error" in line.lower() or time.monotonic() - last[0] > 30:
             last[0] = time.monotonic()
-            proc.log(f"  {line[:200]}")
+            log.info(f"  {line[:200]}")
     return on_line

@@ -108,7 +108,7 @@ def bake_timeout(value: float | None = None) -> float:
     return Settings.from_env().bake_timeout
 
 
-def trusted_toolchain(engine: ContainerEngine, registry: str, llvm_major: int, *, quiet: bool, tls: bool) -> tuple[str, str]:
+def trusted_toolchain(engine: ContainerEngine, registry: str, llvm_major: int, *, tls: bool) -> tuple[str, str]:
     """(name, image id) of bakery's own toolchain image that a host-side bake runs in.
 
     ``BAKERY_TOOLCHAIN_IMAGE`` (a reference pinned by ``@sha256:``) is pulled by digest, so no
@@ -126,18 +126,18 @@ def trusted_toolchain(engine: ContainerEngine, registry: str, llvm_major: int, *
         return str(pref), engine.image_id(str(pref))
     b = basemod.names(registry, llvm_major)
     if not engine.exists(b.llvm):
-        proc.log(f"bake: making the toolchain image {b.llvm} on this node (once)", quiet=quiet)
-        basemod.ensure_local_toolchain(engine, b, llvm_major, quiet=quiet, tls_verify=tls)
+        log.info(f"bake: making the toolchain image {b.llvm} on this node (once)")
+        basemod.ensure_local_toolchain(engine, b, llvm_major, tls_verify=tls)
     return b.llvm, engine.image_id(b.llvm)
 
 
-def _with_packages(engine: ContainerEngine, tool_id: str, major: int, packages: list[str], *, quiet: bool,
+def _with_packages(engine: ContainerEngine, tool_id: str, major: int, packages: list[str], *,
                    tls: bool) -> tuple[str, str]:
     """The toolchain image plus the Debian packages the plan links against (made once per set)."""
     key = hashlib.sha256(" ".join([tool_id, *sorted(packages)]).encode()).hexdigest()[:12]
     name = f"localhost/bakery/llvm-packages:{major}-{key}"
     if not engine.exists(name):
-        proc.log(f"bake: adding {' '.join(packages)} to the toolchain image (once)", quiet=quiet)
+        log.info(f"bake: adding {' '.join(packages)} to the toolchain image (once)")
         with tempfile.TemporaryDirectory(prefix="bakery-pkgs-") as ctx:
             cf = Path(ctx) / "Containerfile"
             cf.write_text(templates.render_file("Containerfiles/packages.Containerfile.j2", base=tool_id,
@@ -160,15 +160,14 @@ def export_bundle(engine: ContainerEngine, image: str, plan_bytes: bytes, dest: 
 
 def _bake_in_engine(engine: ContainerEngine, ref: oci.Ref, digest: str, image: str, plan_bytes: bytes,
                     tc: planmod.Toolchain,
-                    target: targetmod.Target, major: int, work: Path, out: Path, jobs: int, limit: float,
-                    quiet: bool, tls: bool) -> str:
+                    target: targetmod.Target, major: int, work: Path, out: Path, jobs: int, limit: float, tls: bool) -> str:
     """The bundle exported from ``image`` as data, baked in bakery's toolchain image, sandboxed;
     returns the toolchain image's id."""
     export_bundle(engine, image, plan_bytes, work / "bundle")
-    tool_name, tool_id = trusted_toolchain(engine, ref.registry, major, quiet=quiet, tls=tls)
+    tool_name, tool_id = trusted_toolchain(engine, ref.registry, major, tls=tls)
     packages = list(planmod.parse(plan_bytes).recipe.packages)
     if packages:
-        tool_name, tool_id = _with_packages(engine, tool_id, major, packages, quiet=quiet, tls=tls)
+        tool_name, tool_id = _with_packages(engine, tool_id, major, packages, tls=tls)
     _copy_package("bakery", work / "lib")
     _copy_package("archspec", work / "lib")
     out.mkdir()
@@ -180,8 +179,7 @@ def _bake_in_engine(engine: ContainerEngine, ref: oci.Ref, digest: str, image: s
     ctr = engine.from_image(tool_id, name=_container_name("bake"))
     try:
         where = "cross, " if tc.family != FAMILY_OF_ARCH[ARCH_OF_PLATFORM[host_platform()]] else ""
-        proc.log(f"bake: baking {ref.repository}@{digest[:19]}… for {target.name} ({where}in {tool_name})",
-                 quiet=quiet)
+        log.info(f"bake: baking {ref.repository}@{digest[:19]}… for {target.name} ({where}in {tool_name})")
         engine.run(ctr, argv, volumes=volumes, env={"PYTHONPATH": "/opt/bakery/lib", "HOME": "/tmp"},
                    log=work / "bake.log", sandbox=True, timeout=limit)
     except CommandFailed as e:
@@ -193,7 +191,7 @@ def _bake_in_engine(engine: ContainerEngine, ref: oci.Ref, digest: str, image: s
 
 
 def _bake_here(reg: oci.Registry, ref: oci.Ref, digest: str, plan_bytes: bytes, target: targetmod.Target,
-               major: int, work: Path, out: Path, jobs: int, limit: float, quiet: bool) -> str:
+               major: int, work: Path, out: Path, jobs: int, limit: float) -> str:
     """``--engine none``: the bundle read from the layer blobs, baked with this machine's LLVM, which
     must be bakery's own container (a pod); returns a name for that toolchain."""
     from bakery.images import direct
@@ -202,13 +200,12 @@ def _bake_here(reg: oci.Registry, ref: oci.Ref, digest: str, plan_bytes: bytes, 
     if not direct.in_container():
         log.warning("bake: --engine none on a host: the bake's compiler runs unconfined here (run bakery in "
                     "its own container for that, or use a container engine)")
-    proc.log(f"bake: reading the bundle of {ref.repository}@{digest[:19]}… from its layers", quiet=quiet)
+    log.info(f"bake: reading the bundle of {ref.repository}@{digest[:19]}… from its layers")
     direct.export_bundle(reg, ref.repository, digest, BUNDLE_DIR, work / "bundle")
     if hashlib.sha256((work / "bundle" / "plan.json").read_bytes()).digest() != hashlib.sha256(plan_bytes).digest():
         raise PlanRefused("plan refused: the IR image's plan differs from the plan artifact attached to it")
     planmod.load(work / "bundle")
-    proc.log(f"bake: baking {ref.repository}@{digest[:19]}… for {target.name} (this machine's LLVM {major})",
-             quiet=quiet)
+    log.info(f"bake: baking {ref.repository}@{digest[:19]}… for {target.name} (this machine's LLVM {major})")
     import sys
 
     argv = [sys.executable, "-m", "bakery", "-q", "bake", str(work / "bundle"), "--target", target.name,
@@ -229,7 +226,7 @@ def _refused_inside(e: CommandFailed) -> None:
 
 
 def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: str, *, push: bool = True,
-         slim: bool = False, output: Path | None = None, jobs: int = 0, quiet: bool = False,
+         slim: bool = False, output: Path | None = None, jobs: int = 0,
          tls_verify: bool | None = None, timeout: float | None = None) -> BakeImageResult:
     """Bake a node tag (or, with ``output``, the binaries alone) from an IR image.
 
@@ -247,7 +244,7 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
     target = targetmod.resolve(target_name, compiler_version=tc.version, family=tc.family)
     major = toolchain_major(tc.llvm_major)
     for note in target.notes:
-        proc.log(f"bake: {note}", quiet=quiet)
+        log.info(f"bake: {note}")
     tag = node_tag(ref, plan, target) + ("-slim" if slim else "")
     node = ref.with_tag(tag)
     if output is None:
@@ -257,10 +254,10 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
                 .get("annotations")
             made_from = ann.get(f"{ANN}.ir.digest") if isinstance(ann, dict) else None
             if made_from in (None, digest):
-                proc.log(f"bake: {node} exists, reusing it", quiet=quiet)
+                log.info(f"bake: {node} exists, reusing it")
                 return BakeImageResult(f"{node}@{existing}", existing, target.to_json(), True,
                                        time.monotonic() - t0)
-            proc.log(f"bake: {node} was baked from another IR ({str(made_from)[:19]}…): baking it again", quiet=quiet)
+            log.info(f"bake: {node} was baked from another IR ({str(made_from)[:19]}…): baking it again")
     base_image = _slim_base(reg, ref, digest, tls) if slim else None
     if engine is None and not push and output is None:
         raise BakeryError("--no-push needs a container engine to commit to", "use --engine buildah or docker")
@@ -268,14 +265,14 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
     try:
         out = work / "out"
         if engine is None:
-            tool_id = _bake_here(reg, ref, digest, plan_bytes, target, major, work, out, jobs, limit, quiet)
+            tool_id = _bake_here(reg, ref, digest, plan_bytes, target, major, work, out, jobs, limit)
             image = ""
         else:
-            proc.log(f"bake: pulling {ref.repository}@{digest[:19]}…", quiet=quiet)
+            log.info(f"bake: pulling {ref.repository}@{digest[:19]}…")
             image = engine.pull(str(ref.with_digest(digest)), tls_verify=tls)
             _remove_stale_containers(engine)
             tool_id = _bake_in_engine(engine, ref, digest, image, plan_bytes, tc, target, major, work, out, jobs,
-                                      limit, quiet, tls)
+                                      limit, tls)
         installs = [link.install for link in plan.links]
         staged = safefs.stage_outputs(out, installs, work / "stage")
         outputs = sorted(installs)
@@ -303,7 +300,7 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
                 base_reg = reg if bref.registry == ref.registry else \
                     oci.Registry(bref.registry, tls_verify=tls and oci.tls_default(bref.registry))
                 base_repo, base_digest = bref.repository, _platform_digest(base_reg, bref)
-            proc.log(f"bake: pushing {node} (one layer, through the registry API)", quiet=quiet)
+            log.info(f"bake: pushing {node} (one layer, through the registry API)")
             new_digest = direct.push_node(reg, ref.repository, base_repo, base_digest, staged, tag, bindir=BIN_DIR,
                                           entrypoint=entrypoint, annotations=annotations,
                                           labels={f"{ANN}.target": target.name}, base_reg=base_reg)
@@ -328,7 +325,7 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
                 local = f"localhost/bakery-node/{ref.repository}:{tag}"
                 engine.commit(ctr, local)
                 return BakeImageResult(local, "", target.to_json(), False, time.monotonic() - t0, outputs=outputs)
-            proc.log(f"bake: committing and pushing {node}", quiet=quiet)
+            log.info(f"bake: committing and pushing {node}")
             new_digest = engine.commit_push(ctr, str(node), tls_verify=tls)
         finally:
             engine.remove(ctr)

@@ -7,6 +7,7 @@ user's data dir; build and bake use it when no registry is named.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -20,6 +21,8 @@ from pathlib import Path
 from bakery import proc, templates
 from bakery.config import Settings
 from bakery.errors import BakeryError
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 5000
 
@@ -50,7 +53,7 @@ class Embedded:
         st = self.state()
         return st["addr"] if st and ping(st["addr"]) else None
 
-    def start(self, port: int = DEFAULT_PORT, quiet: bool = False) -> str:
+    def start(self, port: int = DEFAULT_PORT) -> str:
         st = self.state()
         if st:
             if ping(st["addr"]):
@@ -68,8 +71,8 @@ class Embedded:
         config = self.root / "config.yml"
         config.write_text(templates.render_file("registry/config.yml.j2", storage=str(storage), addr=addr,
                                                 log_level="warn"))
-        log = open(self.root / "registry.log", "ab")
-        p = subprocess.Popen([exe, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        logf = open(self.root / "registry.log", "ab")
+        p = subprocess.Popen([exe, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
                              start_new_session=True)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -78,7 +81,7 @@ class Embedded:
                 raise BakeryError(f"docker-registry exited at start (status {p.returncode})", tail)
             if ping(addr):
                 self.state_file.write_text(json.dumps({"pid": p.pid, "addr": addr, "storage": str(storage)}))
-                proc.log(f"registry: started on {addr} (storage {storage})", quiet=quiet)
+                log.info(f"registry: started on {addr} (storage {storage})")
                 return addr
             time.sleep(0.1)
         p.kill()
@@ -108,12 +111,12 @@ def embedded() -> Embedded:
     return Embedded(root)
 
 
-def default_registry(quiet: bool = False) -> str:
+def default_registry() -> str:
     """BAKERY_REGISTRY if set, else the embedded registry (started if needed)."""
     named = Settings.from_env().registry
     if named:
         return named
-    return embedded().start(quiet=quiet)
+    return embedded().start()
 
 
 def ping(addr: str, timeout: float = 2.0) -> bool:

@@ -146,7 +146,7 @@ def ir_task(recipe_path: str, registry: str, engine_name: str | None = None, tls
             res.ref, res.status = found, "reused"
         else:
             built = imagemod.build(recipe, enginemod.get(engine_name), registry,
-                                   llvm=toolchainmod.default_major(), quiet=True, tls_verify=tls_verify)
+                                   llvm=toolchainmod.default_major(), tls_verify=tls_verify)
             res.ref, res.status = built.ref, "built"
         res.digest = res.ref.rsplit("@", 1)[-1]
         res.toolchain = _toolchain(res.ref, registry, tls_verify)
@@ -165,8 +165,7 @@ def bake_task(ir_ref: str, target: str, registry: str, engine_name: str | None =
     t0 = time.monotonic()
     res = PairResult("", target, target)
     try:
-        out = imagemod.bake(ir_ref, enginemod.get(engine_name), registry, target, slim=slim, jobs=jobs,
-                            quiet=True, tls_verify=tls_verify)
+        out = imagemod.bake(ir_ref, enginemod.get(engine_name), registry, target, slim=slim, jobs=jobs, tls_verify=tls_verify)
         res.ref, res.digest = out.ref, out.digest
         res.resolved = out.target.get("name", target)
         res.status = "reused" if out.reused else "baked"
@@ -283,7 +282,7 @@ def _init_ray(address: str | None, num_cpus: int):
 
 def run(recipes: list[str], targets: list[str], registry: str, *, engine: str | None = None,
         tls_verify: bool | None = None, ray_address: str | None = None, parallel: int = 2, jobs: int = 0,
-        slim: bool = False, rebuild: bool = False, quiet: bool = False, num_cpus: int = 2) -> MatrixResult:
+        slim: bool = False, rebuild: bool = False, num_cpus: int = 2) -> MatrixResult:
     from bakery import recipe as recipemod
     from bakery import target as targetmod
 
@@ -315,7 +314,7 @@ def run(recipes: list[str], targets: list[str], registry: str, *, engine: str | 
         from tqdm import tqdm
 
         progress = tqdm(total=len(recipes) + len(recipes) * len(targets), desc="matrix", unit="task",
-                        disable=quiet, file=sys.stderr, dynamic_ncols=True, leave=True)
+                        disable=not logging.getLogger(__name__).isEnabledFor(logging.INFO), file=sys.stderr, dynamic_ncols=True, leave=True)
         runner = _Runner(ray, parallel, progress)
         ir: list[dict] = [{}] * len(recipes)
         for wave in (first_wave, second_wave):

@@ -119,7 +119,7 @@ def bake_with_engine(engine, *, jobs: int = 0) -> BakeFn:
 
         # Lazy abandons a bake past the limit anyway; images.bake's own limit also kills its processes.
         res = imagemod.bake(f"{lazy.upstream}/{flight.repo}:{flight.node.base}", engine, lazy.upstream,
-                            flight.node.target, push=True, slim=flight.node.slim, jobs=jobs, quiet=True,
+                            flight.node.target, push=True, slim=flight.node.slim, jobs=jobs,
                             tls_verify=lazy.tls_verify, timeout=lazy.bake_timeout)
         return res.digest
     return run

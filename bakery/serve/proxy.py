@@ -448,13 +448,18 @@ class Handler(BaseHTTPRequestHandler):
                 v = self._rewrite(v)
             headers.append((k, v))
         try:
+            # A whole answer in hand: its upstream connection goes back to the pool before the client
+            # is answered, so the client's next request (on any connection) finds it there.
             if resp.mode == "none":
                 length = resp.headers.get("Content-Length")
                 if length is not None and resp.status not in (204, 304):
                     headers.append(("Content-Length", length))
+                self._done(resp)
                 self._write_head(resp.status, resp.reason, headers)
             elif resp.length is not None and resp.length <= SMALL:
-                self._send(resp.status, headers, resp.read(), reason=resp.reason)
+                body = resp.read()
+                self._done(resp)
+                self._send(resp.status, headers, body, reason=resp.reason)
             elif resp.length is not None:
                 headers.append(("Content-Length", str(resp.length)))
                 self._write_head(resp.status, resp.reason, headers)
