@@ -225,6 +225,36 @@ def _refused_inside(e: CommandFailed) -> None:
         raise PlanRefused(f"the IR image was refused by the bake: {why[-1].removeprefix('bakery: error: ')}") from None
 
 
+@dataclass
+class _Job:
+    """What the steps of one node bake pass along."""
+
+    ref: oci.Ref
+    reg: oci.Registry
+    tls: bool
+    digest: str               # the IR image's manifest (for its ISA)
+    plan: planmod.Plan
+    plan_bytes: bytes
+    target: targetmod.Target
+    major: int                # the LLVM the bake runs
+    tag: str                  # the node tag
+    limit: float              # seconds the bake may run
+    jobs: int
+    t0: float = field(default_factory=time.monotonic)
+
+    @property
+    def node(self) -> oci.Ref:
+        return self.ref.with_tag(self.tag)
+
+    @property
+    def outputs(self) -> list[str]:
+        return sorted(link.install for link in self.plan.links)
+
+    def result(self, ref: str, digest: str, *, reused: bool = False) -> BakeImageResult:
+        return BakeImageResult(ref, digest, self.target.to_json(), reused, time.monotonic() - self.t0,
+                               outputs=[] if reused else self.outputs)
+
+
 def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: str, *, push: bool = True,
          slim: bool = False, output: Path | None = None, jobs: int = 0,
          tls_verify: bool | None = None, timeout: float | None = None) -> BakeImageResult:
@@ -234,7 +264,29 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
     bakery's toolchain image (pinned by id), confined by the engine's sandbox (no network, no
     capabilities, user nobody, the bundle read-only) within ``timeout`` seconds. Only the plan's
     install names, each a regular file, are committed."""
-    t0 = time.monotonic()
+    job = _prepare(text, registry, target_name, slim=slim, jobs=jobs, tls_verify=tls_verify, timeout=timeout)
+    if output is None and (reused := _existing(job)):
+        return reused
+    base_image = _slim_base(job.reg, job.ref, job.digest, job.tls) if slim else None
+    if engine is None and not push and output is None:
+        raise BakeryError("--no-push needs a container engine to commit to", "use --engine buildah or docker")
+    work = Path(tempfile.mkdtemp(prefix="bakery-node-"))
+    try:
+        image, tool_id = _compile(job, engine, work)
+        staged = safefs.stage_outputs(work / "out", [link.install for link in job.plan.links], work / "stage")
+        if output is not None:
+            return _write_outputs(job, staged, output)
+        config = _node_config(job, tool_id)
+        if engine is None:
+            return _push_through_registry(job, staged, base_image, config)
+        return _commit(job, engine, image, base_image, work / "stage", config, push=push)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _prepare(text: str, registry: str, target_name: str, *, slim: bool, jobs: int, tls_verify: bool | None,
+             timeout: float | None) -> _Job:
+    """The IR image and its checked plan, the target as the plan's toolchain can express it."""
     limit = bake_timeout(timeout)
     ref = oci.Ref.parse(text, default_registry=registry)
     tls = oci.tls_default(ref.registry, tls_verify)
@@ -246,93 +298,111 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
     for note in target.notes:
         log.info(f"bake: {note}")
     tag = node_tag(ref, plan, target) + ("-slim" if slim else "")
-    node = ref.with_tag(tag)
-    if output is None:
-        existing = reg.head_manifest(ref.repository, tag)
-        if existing:
-            ann = oci.json_object(reg.get_manifest(ref.repository, existing)[0], f"the manifest of {node}") \
-                .get("annotations")
-            made_from = ann.get(f"{ANN}.ir.digest") if isinstance(ann, dict) else None
-            if made_from in (None, digest):
-                log.info(f"bake: {node} exists, reusing it")
-                return BakeImageResult(f"{node}@{existing}", existing, target.to_json(), True,
-                                       time.monotonic() - t0)
-            log.info(f"bake: {node} was baked from another IR ({str(made_from)[:19]}…): baking it again")
-    base_image = _slim_base(reg, ref, digest, tls) if slim else None
-    if engine is None and not push and output is None:
-        raise BakeryError("--no-push needs a container engine to commit to", "use --engine buildah or docker")
-    work = Path(tempfile.mkdtemp(prefix="bakery-node-"))
-    try:
-        out = work / "out"
-        if engine is None:
-            tool_id = _bake_here(reg, ref, digest, plan_bytes, target, major, work, out, jobs, limit)
-            image = ""
-        else:
-            log.info(f"bake: pulling {ref.repository}@{digest[:19]}…")
-            image = engine.pull(str(ref.with_digest(digest)), tls_verify=tls)
-            _remove_stale_containers(engine)
-            tool_id = _bake_in_engine(engine, ref, digest, image, plan_bytes, tc, target, major, work, out, jobs,
-                                      limit, tls)
-        installs = [link.install for link in plan.links]
-        staged = safefs.stage_outputs(out, installs, work / "stage")
-        outputs = sorted(installs)
-        if output is not None:
-            output = output.resolve()
-            output.mkdir(parents=True, exist_ok=True)
-            for f in staged:
-                tmp = output / f".{f.name}.tmp"
-                shutil.copyfile(f, tmp)
-                tmp.chmod(0o755)
-                os.replace(tmp, output / f.name)  # a reader never sees half a binary
-            return BakeImageResult(str(output), "", target.to_json(), False, time.monotonic() - t0, outputs=outputs)
-        annotations = {f"{ANN}.target": target.name, f"{ANN}.target.flags": " ".join(target.flags),
-                       f"{ANN}.ir.digest": digest, f"{ANN}.toolchain.image": tool_id,
-                       "org.opencontainers.image.base.name": str(ref), "org.opencontainers.image.base.digest": digest}
-        entry = plan.recipe.entrypoint
-        entrypoint = [f"{BIN_DIR}/{entry[0]}", *entry[1:]] if entry else None
-        if engine is None:
-            from bakery.images import direct
+    return _Job(ref, reg, tls, digest, plan, plan_bytes, target, major, tag, limit, jobs)
 
-            base_reg, base_repo, base_digest = reg, ref.repository, digest
-            if slim:
-                assert base_image is not None
-                bref = oci.Ref.parse(base_image)
-                base_reg = reg if bref.registry == ref.registry else \
-                    oci.Registry(bref.registry, tls_verify=tls and oci.tls_default(bref.registry))
-                base_repo, base_digest = bref.repository, _platform_digest(base_reg, bref)
-            log.info(f"bake: pushing {node} (one layer, through the registry API)")
-            new_digest = direct.push_node(reg, ref.repository, base_repo, base_digest, staged, tag, bindir=BIN_DIR,
-                                          entrypoint=entrypoint, annotations=annotations,
-                                          labels={f"{ANN}.target": target.name}, base_reg=base_reg)
-            return BakeImageResult(f"{node}@{new_digest}", new_digest, target.to_json(), False,
-                                   time.monotonic() - t0, outputs=outputs)
-        if slim:
-            assert base_image is not None
-            if not engine.exists(base_image):
-                engine.pull(base_image, tls_verify=tls and oci.tls_default(oci.Ref.parse(base_image).registry))
-            missing = slim_missing_libraries(engine, base_image, work / "stage")
-            if missing:
-                raise BakeryError(
-                    f"--slim: the runtime base {base_image} lacks {', '.join(missing)}, which the baked "
-                    f"outputs ({', '.join(outputs)}) load",
-                    "bake without --slim (the node tag then sits on the IR image, which has the toolchain's "
-                    "libraries and the recipe's packages), or give the recipe a runtime.base that has them")
-        ctr = engine.from_image(base_image or image, name=_container_name("commit"))
-        try:
-            engine.copy(ctr, work / "stage", BIN_DIR)
-            engine.configure(ctr, entrypoint=entrypoint, annotations=annotations, labels={f"{ANN}.target": target.name})
-            if not push:
-                local = f"localhost/bakery-node/{ref.repository}:{tag}"
-                engine.commit(ctr, local)
-                return BakeImageResult(local, "", target.to_json(), False, time.monotonic() - t0, outputs=outputs)
-            log.info(f"bake: committing and pushing {node}")
-            new_digest = engine.commit_push(ctr, str(node), tls_verify=tls)
-        finally:
-            engine.remove(ctr)
-        return BakeImageResult(f"{node}@{new_digest}", new_digest, target.to_json(), False,
-                               time.monotonic() - t0, outputs=outputs)
+
+def _existing(job: _Job) -> BakeImageResult | None:
+    """The node tag, when it exists and was baked from this IR image."""
+    existing = job.reg.head_manifest(job.ref.repository, job.tag)
+    if not existing:
+        return None
+    ann = oci.json_object(job.reg.get_manifest(job.ref.repository, existing)[0], f"the manifest of {job.node}") \
+        .get("annotations")
+    made_from = ann.get(f"{ANN}.ir.digest") if isinstance(ann, dict) else None
+    if made_from in (None, job.digest):
+        log.info(f"bake: {job.node} exists, reusing it")
+        return job.result(f"{job.node}@{existing}", existing, reused=True)
+    log.info(f"bake: {job.node} was baked from another IR ({str(made_from)[:19]}…): baking it again")
+    return None
+
+
+def _compile(job: _Job, engine: ContainerEngine | None, work: Path) -> tuple[str, str]:
+    """The outputs in work/out; returns (the pulled IR image, or "", the toolchain's id)."""
+    out = work / "out"
+    if engine is None:
+        return "", _bake_here(job.reg, job.ref, job.digest, job.plan_bytes, job.target, job.major, work, out,
+                              job.jobs, job.limit)
+    log.info(f"bake: pulling {job.ref.repository}@{job.digest[:19]}…")
+    image = engine.pull(str(job.ref.with_digest(job.digest)), tls_verify=job.tls)
+    _remove_stale_containers(engine)
+    return image, _bake_in_engine(engine, job.ref, job.digest, image, job.plan_bytes, job.plan.toolchain,
+                                  job.target, job.major, work, out, job.jobs, job.limit, job.tls)
+
+
+def _write_outputs(job: _Job, staged: list[Path], output: Path) -> BakeImageResult:
+    """``--output DIR``: the binaries alone (an init container's emptyDir)."""
+    output = output.resolve()
+    output.mkdir(parents=True, exist_ok=True)
+    for f in staged:
+        tmp = output / f".{f.name}.tmp"
+        shutil.copyfile(f, tmp)
+        tmp.chmod(0o755)
+        os.replace(tmp, output / f.name)  # a reader never sees half a binary
+    return job.result(str(output), "")
+
+
+@dataclass(frozen=True)
+class _NodeConfig:
+    entrypoint: list[str] | None
+    annotations: dict[str, str]
+    labels: dict[str, str]
+
+
+def _node_config(job: _Job, tool_id: str) -> _NodeConfig:
+    entry = job.plan.recipe.entrypoint
+    return _NodeConfig(
+        entrypoint=[f"{BIN_DIR}/{entry[0]}", *entry[1:]] if entry else None,
+        annotations={f"{ANN}.target": job.target.name, f"{ANN}.target.flags": " ".join(job.target.flags),
+                     f"{ANN}.ir.digest": job.digest, f"{ANN}.toolchain.image": tool_id,
+                     "org.opencontainers.image.base.name": str(job.ref),
+                     "org.opencontainers.image.base.digest": job.digest},
+        labels={f"{ANN}.target": job.target.name})
+
+
+def _push_through_registry(job: _Job, staged: list[Path], base_image: str | None,
+                           config: _NodeConfig) -> BakeImageResult:
+    """``--engine none``: the node layer pushed through the registry's API."""
+    from bakery.images import direct
+
+    base_reg, base_repo, base_digest = job.reg, job.ref.repository, job.digest
+    if base_image is not None:
+        bref = oci.Ref.parse(base_image)
+        base_reg = job.reg if bref.registry == job.ref.registry else \
+            oci.Registry(bref.registry, tls_verify=job.tls and oci.tls_default(bref.registry))
+        base_repo, base_digest = bref.repository, _platform_digest(base_reg, bref)
+    log.info(f"bake: pushing {job.node} (one layer, through the registry API)")
+    new_digest = direct.push_node(job.reg, job.ref.repository, base_repo, base_digest, staged, job.tag,
+                                  bindir=BIN_DIR, entrypoint=config.entrypoint, annotations=config.annotations,
+                                  labels=config.labels, base_reg=base_reg)
+    return job.result(f"{job.node}@{new_digest}", new_digest)
+
+
+def _commit(job: _Job, engine: ContainerEngine, image: str, base_image: str | None, stage: Path,
+            config: _NodeConfig, *, push: bool) -> BakeImageResult:
+    """One new layer of the staged outputs on the IR image (or the slim base), pushed as the tag."""
+    if base_image is not None:
+        if not engine.exists(base_image):
+            engine.pull(base_image, tls_verify=job.tls and oci.tls_default(oci.Ref.parse(base_image).registry))
+        missing = slim_missing_libraries(engine, base_image, stage)
+        if missing:
+            raise BakeryError(
+                f"--slim: the runtime base {base_image} lacks {', '.join(missing)}, which the baked "
+                f"outputs ({', '.join(job.outputs)}) load",
+                "bake without --slim (the node tag then sits on the IR image, which has the toolchain's "
+                "libraries and the recipe's packages), or give the recipe a runtime.base that has them")
+    ctr = engine.from_image(base_image or image, name=_container_name("commit"))
+    try:
+        engine.copy(ctr, stage, BIN_DIR)
+        engine.configure(ctr, entrypoint=config.entrypoint, annotations=config.annotations, labels=config.labels)
+        if not push:
+            local = f"localhost/bakery-node/{job.ref.repository}:{job.tag}"
+            engine.commit(ctr, local)
+            return job.result(local, "")
+        log.info(f"bake: committing and pushing {job.node}")
+        new_digest = engine.commit_push(ctr, str(job.node), tls_verify=job.tls)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        engine.remove(ctr)
+    return job.result(f"{job.node}@{new_digest}", new_digest)
 
 
 def _container_name(step: str) -> str:

@@ -64,112 +64,11 @@ def soname_of(args) -> str | None:
 def assemble(recipe, toolchain, events: list[dict], *, root: Path, outdir: Path, store: Path, bundle: Path,
              levels: Sequence[str] = ()) -> dict:
     """Turn the capture's events into a plan and copy what it names into ``bundle``."""
-    links = [e for e in events if e.get("event") == "link"]
-    by_output = {e["output"]: e for e in links}      # the last link of a path wins
-    by_sha = {e["sha"]: e for e in links}
-    chosen: dict[str, dict] = {}                     # output path -> link event, deps first
-    ids: dict[str, str] = {}
-
-    def find_output(rel: str) -> dict:
-        path = root / rel
-        if rel in by_output:
-            return by_output[rel]
-        sha = _sha(path) if path.is_file() else None
-        if sha in by_sha:                                   # copied or installed after the link
-            return by_sha[sha]
-        d, base = os.path.split(rel)
-        for cand in (os.path.join(d, ".libs", base), os.path.join(d, ".libs", "lt-" + base)):
-            if cand in by_output:                         # libtool's wrapper script
-                return by_output[cand]
-        seen = ", ".join(sorted(by_output)) or "none"
-        raise BakeryError(f"output {rel!r} was not produced by a link the capture saw",
-                          f"links seen: {seen}")
-
-    def visit(ev: dict, stack: tuple = ()) -> str:
-        out = ev["output"]
-        if out in ids:
-            return ids[out]
-        if out in stack:
-            raise BakeryError(f"link cycle through {out}")
-        for a in ev["args"]:
-            if isinstance(a, dict) and "shared" in a:
-                dep = by_sha.get(a["shared"])
-                if dep is None:
-                    raise BakeryError(f"{out} links {a['path']}, which no captured link produced")
-                visit(dep, stack + (out,))
-        ids[out] = f"L{len(ids)}"
-        chosen[out] = ev
-        return ids[out]
-
-    declared = []
-    for rel in recipe.outputs:
-        rel_root = os.path.relpath((outdir / rel).resolve(), root.resolve())
-        ev = find_output(rel_root)
-        visit(ev)
-        declared.append(ev["output"])
-
-    modules, objects, files = {}, {}, {}
-    compiles: dict[str, dict] = {}
-    for e in events:
-        if e.get("event") == "compile":
-            compiles.setdefault(e["bc"], e)
-
-    def convert(a):
-        if isinstance(a, str):
-            return a
-        if "module" in a:
-            sha = a["module"]
-            c = compiles.get(sha, {})
-            modules[sha] = {"path": f"bitcode/{sha}.bc", "sha256": sha, "source": c.get("src", "?"),
-                            "lang": c.get("lang", "c"), "flags": c.get("flags", ["-O2"])}
-            if c.get("variants"):
-                modules[sha]["variants"] = [{"level": v["level"], "path": f"bitcode/{v['bc']}.bc",
-                                             "sha256": v["bc"]} for v in c["variants"]]
-                modules[sha]["macros"] = c.get("macros", [])
-            return {"module": sha}
-        if "object" in a:
-            objects[a["object"]] = {"path": f"objects/{a['object']}.o", "sha256": a["object"], "name": a.get("name", "")}
-            return {"object": a["object"]}
-        if "archive" in a:
-            return {"archive": a["archive"], "members": [convert(m) for m in a["members"]]}
-        if "shared" in a:
-            return {"link": ids[by_sha[a["shared"]]["output"]]}
-        if "file" in a:
-            files[a["file"]] = {"path": f"files/{a['file']}", "sha256": a["file"]}
-            return {"file": a["file"], "wl": a["wl"], "at": a["at"], "prefix": a["prefix"]}
-        raise BakeryError(f"unknown link item {a!r}")
-
-    plan_links: list[dict] = []
-    dropped: list[dict] = []
-    for out, ev in chosen.items():
-        args = []
-        for a in merge_split_options(ev["args"]):
-            why = link_flag_problem(a) if isinstance(a, str) else _file_item_problem(a) if "file" in a else None
-            if why:
-                dropped.append({"link": out, "flag": a if isinstance(a, str) else "-Wl," + ",".join(a["wl"]),
-                                "why": why})
-                continue
-            args.append(convert(a))
-        soname = soname_of(args)
-        kind = "shared" if ev.get("shared") else "executable"
-        install = os.path.basename(out) if kind == "executable" or out in declared else (soname or os.path.basename(out))
-        plan_links.append({"id": ids[out], "output": out, "kind": kind, "driver": ev["driver"],
-                           "soname": soname, "install": install, "declared": out in declared, "args": args})
-
-    for m in modules.values():
-        bad = [f for f in m["flags"] if compile_flag_problem(f)]
-        m["flags"] = [f for f in m["flags"] if f not in bad]
-        dropped += [{"module": m["source"], "flag": f, "why": compile_flag_problem(f)} for f in bad]
-
-    bundle.mkdir(parents=True, exist_ok=True)
-    for sub, table, src_dir, suffix in (("bitcode", modules, "bc", ".bc"), ("objects", objects, "native", ""),
-                                        ("files", files, "files", "")):
-        (bundle / sub).mkdir(exist_ok=True)
-        for sha, entry in table.items():
-            shutil.copyfile(store / src_dir / (sha + suffix), bundle / entry["path"])
-            for v in entry.get("variants", []):
-                shutil.copyfile(store / src_dir / (v["sha256"] + suffix), bundle / v["path"])
-
+    a = _Assembly(events, root)
+    declared = a.choose_links(recipe.outputs, outdir)
+    plan_links = a.plan_links(declared)
+    a.drop_refused_module_flags()
+    a.copy_files(store, bundle)
     return {
         "schemaVersion": SCHEMA_VERSION,
         "mediaType": PLAN_MEDIA_TYPE,
@@ -179,13 +78,135 @@ def assemble(recipe, toolchain, events: list[dict], *, root: Path, outdir: Path,
         "toolchain": {"llvm_major": toolchain.major, "version": toolchain.version,
                       "triple": toolchain.triple, "family": toolchain.family},
         "preserve": {"flags": list(recipe.preserve_flags), "libs": list(recipe.preserve_libs)},
-        "modules": modules,
-        "objects": objects,
-        "files": files,
+        "modules": a.modules,
+        "objects": a.objects,
+        "files": a.files,
         "links": plan_links,
-        "capture": {"bakery": __version__, "levels": list(levels), "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    "dropped": dropped, "translation_units": sum(1 for e in events if e.get("event") == "compile")},
+        "capture": {"bakery": __version__, "levels": list(levels),
+                    "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                    "dropped": a.dropped, "translation_units": sum(1 for e in events if e.get("event") == "compile")},
     }
+
+
+class _Assembly:
+    """The steps of ``assemble``: the links the declared outputs need (dependencies first), their
+    items converted to plan items, the refused flags dropped with a note, the files copied."""
+
+    def __init__(self, events: list[dict], root: Path):
+        self.root = root
+        links = [e for e in events if e.get("event") == "link"]
+        self.by_output = {e["output"]: e for e in links}      # the last link of a path wins
+        self.by_sha = {e["sha"]: e for e in links}
+        self.compiles: dict[str, dict] = {}
+        for e in events:
+            if e.get("event") == "compile":
+                self.compiles.setdefault(e["bc"], e)
+        self.chosen: dict[str, dict] = {}                     # output path -> link event, deps first
+        self.ids: dict[str, str] = {}
+        self.modules: dict[str, dict] = {}
+        self.objects: dict[str, dict] = {}
+        self.files: dict[str, dict] = {}
+        self.dropped: list[dict] = []
+
+    def find_output(self, rel: str) -> dict:
+        if rel in self.by_output:
+            return self.by_output[rel]
+        path = self.root / rel
+        sha = _sha(path) if path.is_file() else None
+        if sha in self.by_sha:                                # copied or installed after the link
+            return self.by_sha[sha]
+        d, base = os.path.split(rel)
+        for cand in (os.path.join(d, ".libs", base), os.path.join(d, ".libs", "lt-" + base)):
+            if cand in self.by_output:                        # libtool's wrapper script
+                return self.by_output[cand]
+        seen = ", ".join(sorted(self.by_output)) or "none"
+        raise BakeryError(f"output {rel!r} was not produced by a link the capture saw", f"links seen: {seen}")
+
+    def visit(self, ev: dict, stack: tuple = ()) -> str:
+        out = ev["output"]
+        if out in self.ids:
+            return self.ids[out]
+        if out in stack:
+            raise BakeryError(f"link cycle through {out}")
+        for a in ev["args"]:
+            if isinstance(a, dict) and "shared" in a:
+                dep = self.by_sha.get(a["shared"])
+                if dep is None:
+                    raise BakeryError(f"{out} links {a['path']}, which no captured link produced")
+                self.visit(dep, stack + (out,))
+        self.ids[out] = f"L{len(self.ids)}"
+        self.chosen[out] = ev
+        return self.ids[out]
+
+    def choose_links(self, outputs, outdir: Path) -> list[str]:
+        """The link of each declared output and what it links; returns the declared link outputs."""
+        declared = []
+        for rel in outputs:
+            ev = self.find_output(os.path.relpath((outdir / rel).resolve(), self.root.resolve()))
+            self.visit(ev)
+            declared.append(ev["output"])
+        return declared
+
+    def convert(self, a):
+        if isinstance(a, str):
+            return a
+        if "module" in a:
+            sha = a["module"]
+            c = self.compiles.get(sha, {})
+            m = self.modules[sha] = {"path": f"bitcode/{sha}.bc", "sha256": sha, "source": c.get("src", "?"),
+                                     "lang": c.get("lang", "c"), "flags": c.get("flags", ["-O2"])}
+            if c.get("variants"):
+                m["variants"] = [{"level": v["level"], "path": f"bitcode/{v['bc']}.bc", "sha256": v["bc"]}
+                                 for v in c["variants"]]
+                m["macros"] = c.get("macros", [])
+            return {"module": sha}
+        if "object" in a:
+            self.objects[a["object"]] = {"path": f"objects/{a['object']}.o", "sha256": a["object"],
+                                         "name": a.get("name", "")}
+            return {"object": a["object"]}
+        if "archive" in a:
+            return {"archive": a["archive"], "members": [self.convert(m) for m in a["members"]]}
+        if "shared" in a:
+            return {"link": self.ids[self.by_sha[a["shared"]]["output"]]}
+        if "file" in a:
+            self.files[a["file"]] = {"path": f"files/{a['file']}", "sha256": a["file"]}
+            return {"file": a["file"], "wl": a["wl"], "at": a["at"], "prefix": a["prefix"]}
+        raise BakeryError(f"unknown link item {a!r}")
+
+    def plan_links(self, declared: list[str]) -> list[dict]:
+        plan_links: list[dict] = []
+        for out, ev in self.chosen.items():
+            args = []
+            for a in merge_split_options(ev["args"]):
+                why = link_flag_problem(a) if isinstance(a, str) else _file_item_problem(a) if "file" in a else None
+                if why:
+                    self.dropped.append({"link": out, "flag": a if isinstance(a, str) else "-Wl," + ",".join(a["wl"]),
+                                         "why": why})
+                    continue
+                args.append(self.convert(a))
+            soname = soname_of(args)
+            kind = "shared" if ev.get("shared") else "executable"
+            install = os.path.basename(out) if kind == "executable" or out in declared else \
+                (soname or os.path.basename(out))
+            plan_links.append({"id": self.ids[out], "output": out, "kind": kind, "driver": ev["driver"],
+                               "soname": soname, "install": install, "declared": out in declared, "args": args})
+        return plan_links
+
+    def drop_refused_module_flags(self) -> None:
+        for m in self.modules.values():
+            bad = [f for f in m["flags"] if compile_flag_problem(f)]
+            m["flags"] = [f for f in m["flags"] if f not in bad]
+            self.dropped += [{"module": m["source"], "flag": f, "why": compile_flag_problem(f)} for f in bad]
+
+    def copy_files(self, store: Path, bundle: Path) -> None:
+        bundle.mkdir(parents=True, exist_ok=True)
+        for sub, table, src_dir, suffix in (("bitcode", self.modules, "bc", ".bc"),
+                                            ("objects", self.objects, "native", ""), ("files", self.files, "files", "")):
+            (bundle / sub).mkdir(exist_ok=True)
+            for sha, entry in table.items():
+                shutil.copyfile(store / src_dir / (sha + suffix), bundle / entry["path"])
+                for v in entry.get("variants", []):
+                    shutil.copyfile(store / src_dir / (v["sha256"] + suffix), bundle / v["path"])
 
 
 def merge_split_options(args: list) -> list:

@@ -34,6 +34,8 @@ from typing import Any
 from bakery.config import Settings
 from bakery.errors import BakeryError
 
+log = logging.getLogger(__name__)
+
 ANN_INPUTS = "dev.bakery.inputs.digest"
 
 ENV_PREFIXES = ("BAKERY_", "BUILDAH_", "CONTAINERS_", "XDG_", "DOCKER_", "REGISTRY_AUTH_FILE", "STORAGE_")
@@ -280,24 +282,64 @@ def _init_ray(address: str | None, num_cpus: int):
     return ray
 
 
+@dataclass(frozen=True)
+class _Options:
+    """What every task of one matrix run is given."""
+
+    registry: str
+    engine: str | None
+    tls_verify: bool | None
+    jobs: int
+    slim: bool
+    rebuild: bool
+
+
 def run(recipes: list[str], targets: list[str], registry: str, *, engine: str | None = None,
         tls_verify: bool | None = None, ray_address: str | None = None, parallel: int = 2, jobs: int = 0,
         slim: bool = False, rebuild: bool = False, num_cpus: int = 2) -> MatrixResult:
-    from bakery import recipe as recipemod
+    t0 = time.monotonic()
+    recipes = _check(recipes, targets)
+    opts = _Options(registry, engine, tls_verify, jobs if jobs > 0 else max(1, (os.cpu_count() or 1) // max(1, parallel)),
+                    slim, rebuild)
+    ray = _init_ray(ray_address, num_cpus)
+    progress = None
+    try:
+        from tqdm import tqdm
+
+        progress = tqdm(total=len(recipes) + len(recipes) * len(targets), desc="matrix", unit="task",
+                        disable=not log.isEnabledFor(logging.INFO), file=sys.stderr, dynamic_ncols=True, leave=True)
+        runner = _Runner(ray, parallel, progress)
+        ir = _build_irs(runner, recipes, opts, progress)
+        pairs, calls, owners, skipped = _plan_bakes(ir, targets, opts)
+        progress.update(skipped)
+        progress.set_description("node tags")
+        _record_bakes(pairs, owners, runner.run(bake_task, calls))
+        progress.set_description("done")
+    finally:
+        if progress is not None:
+            progress.close()
+        ray.shutdown()  # stops the embedded Ray; with --ray-address, disconnects (the cluster stays up)
+    return MatrixResult(registry, ir, pairs, time.monotonic() - t0)
+
+
+def _check(recipes: list[str], targets: list[str]) -> list[str]:
+    """Unknown targets and repeated recipes fail before anything runs; recipes as absolute paths."""
     from bakery import target as targetmod
 
-    t0 = time.monotonic()
     if not recipes or not targets:
         raise BakeryError("a matrix needs at least one recipe and one target")
     for name in targets:
-        targetmod.lookup(name)  # unknown names fail before anything runs
+        targetmod.lookup(name)
     recipes = [str(Path(r).resolve()) for r in recipes]
     if len(set(recipes)) != len(recipes):
         raise BakeryError("a recipe is named twice")
-    if jobs <= 0:
-        jobs = max(1, (os.cpu_count() or 1) // max(1, parallel))
+    return recipes
 
-    # The first IR build of each base-image set runs alone: base images are made once.
+
+def _waves(recipes: list[str]) -> tuple[list[int], list[int]]:
+    """The first IR build of each base-image set runs alone, so base images are made once."""
+    from bakery import recipe as recipemod
+
     keys: dict[str, list[int]] = {}
     for i, path in enumerate(recipes):
         try:
@@ -305,77 +347,73 @@ def run(recipes: list[str], targets: list[str], registry: str, *, engine: str | 
         except BakeryError:
             key = f"unloadable-{i}"
         keys.setdefault(key, []).append(i)
-    first_wave = [ix[0] for ix in keys.values()]
-    second_wave = [i for ix in keys.values() for i in ix[1:]]
+    return [ix[0] for ix in keys.values()], [i for ix in keys.values() for i in ix[1:]]
 
-    ray = _init_ray(ray_address, num_cpus)
-    progress = None
-    try:
-        from tqdm import tqdm
 
-        progress = tqdm(total=len(recipes) + len(recipes) * len(targets), desc="matrix", unit="task",
-                        disable=not logging.getLogger(__name__).isEnabledFor(logging.INFO), file=sys.stderr, dynamic_ncols=True, leave=True)
-        runner = _Runner(ray, parallel, progress)
-        ir: list[dict] = [{}] * len(recipes)
-        for wave in (first_wave, second_wave):
-            if not wave:
+def _build_irs(runner: _Runner, recipes: list[str], opts: _Options, progress) -> list[dict]:
+    ir: list[dict] = [{}] * len(recipes)
+    for wave in _waves(recipes):
+        if not wave:
+            continue
+        progress.set_description("IR images")
+        out = runner.run(ir_task, [((recipes[i], opts.registry, opts.engine, opts.tls_verify, opts.rebuild),
+                                    Path(recipes[i]).parent.name) for i in wave])
+        for i, r in zip(wave, out, strict=True):
+            r.setdefault("recipe", recipes[i])
+            ir[i] = r
+    return ir
+
+
+def _plan_bakes(ir: list[dict], targets: list[str], opts: _Options):
+    """A row per (recipe, target); each target resolved for its recipe's toolchain, and each distinct
+    node tag baked once: (rows, bake calls, the rows each call answers, rows settled without a bake)."""
+    from bakery import target as targetmod
+
+    pairs: list[dict] = []
+    unique: dict[tuple[str, str], int] = {}
+    calls: list[tuple[tuple, str]] = []
+    owners: list[list[int]] = []
+    skipped = 0
+    for r in ir:
+        label = r.get("name") or r["recipe"]
+        for name in targets:
+            row = asdict(PairResult(label, name))
+            pairs.append(row)
+            if r["status"] == "failed":
+                row["error"] = f"IR image: {r['error'].splitlines()[0] if r['error'] else 'failed'}"
+                skipped += 1
                 continue
-            progress.set_description("IR images")
-            out = runner.run(ir_task, [((recipes[i], registry, engine, tls_verify, rebuild), Path(recipes[i]).parent.name)
-                                       for i in wave])
-            for i, r in zip(wave, out, strict=True):
-                r.setdefault("recipe", recipes[i])
-                ir[i] = r
+            tc = r["toolchain"]
+            try:
+                resolved = targetmod.resolve(name, compiler_version=tc["version"], family=tc["family"]).name
+            except BakeryError as e:
+                row["error"] = _error_text(e)
+                skipped += 1
+                continue
+            row["resolved"] = resolved
+            pair = (r["ref"], resolved)
+            if pair in unique:
+                owners[unique[pair]].append(len(pairs) - 1)
+                skipped += 1
+                continue
+            unique[pair] = len(calls)
+            owners.append([len(pairs) - 1])
+            calls.append(((r["ref"], resolved, opts.registry, opts.engine, opts.tls_verify, opts.jobs, opts.slim),
+                          f"{label} {resolved}"))
+    return pairs, calls, owners, skipped
 
-        # Resolve each target for each recipe's toolchain; bake each distinct one once.
-        pairs: list[dict] = []
-        unique: dict[tuple[str, str], int] = {}
-        calls: list[tuple[tuple, str]] = []
-        owners: list[list[int]] = []
-        skipped = 0
-        for r in ir:
-            label = r.get("name") or r["recipe"]
-            for name in targets:
-                row = asdict(PairResult(label, name))
-                pairs.append(row)
-                if r["status"] == "failed":
-                    row["error"] = f"IR image: {r['error'].splitlines()[0] if r['error'] else 'failed'}"
-                    skipped += 1
-                    continue
-                tc = r["toolchain"]
-                try:
-                    resolved = targetmod.resolve(name, compiler_version=tc["version"], family=tc["family"]).name
-                except BakeryError as e:
-                    row["error"] = _error_text(e)
-                    skipped += 1
-                    continue
-                row["resolved"] = resolved
-                pair = (r["ref"], resolved)
-                if pair in unique:
-                    owners[unique[pair]].append(len(pairs) - 1)
-                    skipped += 1
-                    continue
-                unique[pair] = len(calls)
-                owners.append([len(pairs) - 1])
-                calls.append(((r["ref"], resolved, registry, engine, tls_verify, jobs, slim), f"{label} {resolved}"))
-        progress.update(skipped)
-        progress.set_description("node tags")
-        for (idxs, result) in zip(owners, runner.run(bake_task, calls), strict=True):
-            for n, i in enumerate(idxs):
-                row = pairs[i]
-                for k in ("ref", "digest", "status", "seconds", "error"):
-                    if k in result:
-                        row[k] = result[k]
-                if result.get("resolved"):
-                    row["resolved"] = result["resolved"]
-                if n:
-                    row["note"] = f"same node tag as {pairs[idxs[0]]['target']}"
-        progress.set_description("done")
-    finally:
-        if progress is not None:
-            progress.close()
-        ray.shutdown()  # stops the embedded Ray; with --ray-address, disconnects (the cluster stays up)
-    return MatrixResult(registry, ir, pairs, time.monotonic() - t0)
+
+def _record_bakes(pairs: list[dict], owners: list[list[int]], results: list[dict]) -> None:
+    for idxs, result in zip(owners, results, strict=True):
+        for n, i in enumerate(idxs):
+            row = pairs[i]
+            for k in ("ref", "digest", "status", "seconds", "error"):
+                if k in result:
+                    row[k] = result[k]
+            if result.get("resolved"):
+                row["resolved"] = result["resolved"]
+            if n:
+                row["note"] = f"same node tag as {pairs[idxs[0]]['target']}"
 
 
 def format_table(result: MatrixResult) -> str:
