@@ -30,7 +30,6 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "BUILDAH_ISOLATION": ("chroot", "buildah's isolation for image builds (the capture stage)"),
     "BAKERY_DEBIAN_MIRROR": ("the mirror apt uses", "Debian mirror for debootstrap"),
     "BAKERY_DATA_DIR": ("$XDG_DATA_HOME/bakery", "where the embedded registry keeps its storage"),
-    "BAKERY_DEBUG": ("unset", "matrix: keep Ray's own logs and tracebacks"),
 }
 
 
@@ -88,7 +87,6 @@ class Settings:
     build_isolation: str = "chroot"
     debian_mirror: str | None = None
     data_dir: Path | None = None
-    debug: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -109,6 +107,5 @@ class Settings:
             build_isolation=env.get("BUILDAH_ISOLATION", "").strip() or "chroot",
             debian_mirror=env.get("BAKERY_DEBIAN_MIRROR", "").strip() or None,
             data_dir=Path(data) if data else None,
-            debug=bool(env.get("BAKERY_DEBUG")),
         )
 

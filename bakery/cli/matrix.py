@@ -56,7 +56,7 @@ def run(args) -> int:
     registry = args.registry or registrymod.default_registry()
     res = matrix.run(args.recipes, targets, registry, engine=args.engine, tls_verify=args.tls_verify,
                      ray_address=args.ray_address, parallel=args.parallel, jobs=args.jobs, slim=args.slim,
-                     rebuild=args.rebuild)
+                     rebuild=args.rebuild, debug=args.debug)
     if args.json:
         print(json.dumps(res.to_json(), indent=1))
     else:

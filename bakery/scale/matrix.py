@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakery.config import Settings
 from bakery.errors import BakeryError
 
 log = logging.getLogger(__name__)
@@ -131,7 +130,7 @@ def _toolchain(ir_ref: str, registry: str, tls_verify: bool | None) -> dict:
 
 
 def ir_task(recipe_path: str, registry: str, engine_name: str | None = None, tls_verify: bool | None = None,
-            rebuild: bool = False) -> dict:
+            rebuild: bool = False, debug: bool = False) -> dict:
     """Phase 1: the recipe's IR image, reused or built. Never raises: errors are in the result."""
     from bakery import engines as enginemod
     from bakery import images as imagemod
@@ -153,13 +152,13 @@ def ir_task(recipe_path: str, registry: str, engine_name: str | None = None, tls
         res.digest = res.ref.rsplit("@", 1)[-1]
         res.toolchain = _toolchain(res.ref, registry, tls_verify)
     except Exception as e:  # noqa: BLE001 - reported per recipe
-        _failed(res, e)
+        _failed(res, e, debug)
     res.seconds = round(time.monotonic() - t0, 2)
     return asdict(res)
 
 
 def bake_task(ir_ref: str, target: str, registry: str, engine_name: str | None = None,
-              tls_verify: bool | None = None, jobs: int = 0, slim: bool = False) -> dict:
+              tls_verify: bool | None = None, jobs: int = 0, slim: bool = False, debug: bool = False) -> dict:
     """Phase 2: one node tag, reused when it exists. Never raises: errors are in the result."""
     from bakery import engines as enginemod
     from bakery import images as imagemod
@@ -172,15 +171,15 @@ def bake_task(ir_ref: str, target: str, registry: str, engine_name: str | None =
         res.resolved = out.target.get("name", target)
         res.status = "reused" if out.reused else "baked"
     except Exception as e:  # noqa: BLE001 - reported per pair
-        _failed(res, e)
+        _failed(res, e, debug)
     res.seconds = round(time.monotonic() - t0, 2)
     return asdict(res)
 
 
-def _failed(res, e: Exception) -> None:
-    """A task never raises: its error is in its result (with the traceback under BAKERY_DEBUG)."""
+def _failed(res, e: Exception, debug: bool) -> None:
+    """A task never raises: its error is in its result (with the traceback under --debug)."""
     res.status, res.error = "failed", _error_text(e)
-    if Settings.from_env().debug:
+    if debug:
         res.error += "\n" + traceback.format_exc()
 
 
@@ -292,15 +291,16 @@ class _Options:
     jobs: int
     slim: bool
     rebuild: bool
+    debug: bool
 
 
 def run(recipes: list[str], targets: list[str], registry: str, *, engine: str | None = None,
         tls_verify: bool | None = None, ray_address: str | None = None, parallel: int = 2, jobs: int = 0,
-        slim: bool = False, rebuild: bool = False, num_cpus: int = 2) -> MatrixResult:
+        slim: bool = False, rebuild: bool = False, num_cpus: int = 2, debug: bool = False) -> MatrixResult:
     t0 = time.monotonic()
     recipes = _check(recipes, targets)
     opts = _Options(registry, engine, tls_verify, jobs if jobs > 0 else max(1, (os.cpu_count() or 1) // max(1, parallel)),
-                    slim, rebuild)
+                    slim, rebuild, debug)
     ray = _init_ray(ray_address, num_cpus)
     progress = None
     try:
@@ -356,7 +356,7 @@ def _build_irs(runner: _Runner, recipes: list[str], opts: _Options, progress) ->
         if not wave:
             continue
         progress.set_description("IR images")
-        out = runner.run(ir_task, [((recipes[i], opts.registry, opts.engine, opts.tls_verify, opts.rebuild),
+        out = runner.run(ir_task, [((recipes[i], opts.registry, opts.engine, opts.tls_verify, opts.rebuild, opts.debug),
                                     Path(recipes[i]).parent.name) for i in wave])
         for i, r in zip(wave, out, strict=True):
             r.setdefault("recipe", recipes[i])
@@ -398,7 +398,8 @@ def _plan_bakes(ir: list[dict], targets: list[str], opts: _Options):
                 continue
             unique[pair] = len(calls)
             owners.append([len(pairs) - 1])
-            calls.append(((r["ref"], resolved, opts.registry, opts.engine, opts.tls_verify, opts.jobs, opts.slim),
+            calls.append(((r["ref"], resolved, opts.registry, opts.engine, opts.tls_verify, opts.jobs, opts.slim,
+                           opts.debug),
                           f"{label} {resolved}"))
     return pairs, calls, owners, skipped
 
