@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
-import threading
 import time
 
 import prometheus_client as prom
@@ -49,20 +49,25 @@ class Metrics:
         return prom.generate_latest(self.registry)
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: ``ts``, ``event`` (the message) and the record's ``fields``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        return json.dumps({"ts": ts, "event": record.getMessage(), **getattr(record, "fields", {})}, default=str)
+
+
 class JsonLog:
-    """One JSON object per line on stderr (or ``stream``)."""
+    """serve's event log: one JSON line per event on stderr (or ``stream``), written through
+    logging with :class:`JsonFormatter`. Its own logger, outside the ``bakery`` tree, so the CLI's
+    progress settings (-q) never silence it and it never reaches another handler."""
 
     def __init__(self, stream=None):
-        self.stream = stream or sys.stderr
-        self.lock = threading.Lock()
+        self.logger = logging.Logger("bakery.serve.events", logging.INFO)
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(JsonFormatter())
+        handler.handleError = lambda record: None  # type: ignore[method-assign]  # a closed stream: the event is lost, serve goes on
+        self.logger.addHandler(handler)
 
     def __call__(self, event: str, **fields) -> None:
-        rec = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
-               "event": event, **fields}
-        line = json.dumps(rec, default=str) + "\n"
-        with self.lock:
-            try:
-                self.stream.write(line)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass
+        self.logger.info(event, extra={"fields": fields})
