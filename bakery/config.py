@@ -2,7 +2,7 @@
 
 ``Settings.from_env()`` is cheap and is called where a setting is needed (not cached), so a
 variable set by a test or a wrapper script takes effect at once. ``VARIABLES`` documents them;
-the README's table lists exactly these (tests/test_layout.py checks it).
+the README's table lists exactly these (tests/unit/test_layout.py checks it).
 """
 
 from __future__ import annotations

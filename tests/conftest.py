@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import EXAMPLES  # noqa: F401  (the fixtures' examples)
 
 from bakery import bake as bakemod
 from bakery import capture as capturemod
@@ -16,25 +17,6 @@ from bakery import plan as planmod
 from bakery import recipe as recipemod
 from bakery import target as targetmod
 from bakery import toolchain as toolchainmod
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "examples"
-EXAMPLE_NAMES = sorted(p.name for p in EXAMPLES.iterdir() if (p / "recipe.yaml").exists())
-
-
-def write_project(tmp_path: Path, name: str, files: dict[str, str], rest: str, version: str = "1.0") -> Path:
-    """A small app written by a test: src/ with the files (dedented) and recipe.yaml naming it,
-    whose build/outputs/... keys are ``rest``. Returns the recipe file."""
-    import textwrap
-
-    src = tmp_path / "src"
-    src.mkdir()
-    for rel, text in files.items():
-        (src / rel).write_text(textwrap.dedent(text))
-    recipe_file = tmp_path / "recipe.yaml"
-    recipe_file.write_text(f'name: {name}\nversion: "{version}"\nsources:\n  - path: ./src\n' + textwrap.dedent(rest))
-    return recipe_file
-
 
 # What a test needs, by the fixtures it uses: `-m "not clang and not images"` runs the tests that
 # need no tool at all (wrapper, trust, policy, HTTP, recipe, k8s, references) in seconds.
@@ -103,19 +85,6 @@ class Builds:
 @pytest.fixture(scope="session")
 def builds(tmp_path_factory, toolchain) -> Builds:
     return Builds(tmp_path_factory.mktemp("builds"), toolchain)
-
-
-def run_verify(name: str, bindir: Path) -> str:
-    cp = subprocess.run([str(EXAMPLES / name / "verify"), str(bindir)], capture_output=True, text=True, timeout=300)
-    assert cp.returncode == 0, f"verify {name} failed on {bindir}:\n{cp.stdout}\n{cp.stderr}"
-    return cp.stdout
-
-
-def disassembly(path: Path, symbol: str | None = None) -> str:
-    argv = ["objdump", "-d", "--no-show-raw-insn", str(path)]
-    if symbol:
-        argv.insert(2, f"--disassemble={symbol}")
-    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
 
 
 # -- images: one registry, one set of base images per session --------------------

@@ -5,7 +5,7 @@ import shutil
 from dataclasses import replace
 
 import pytest
-from conftest import EXAMPLES
+from helpers import EXAMPLES
 
 from bakery import oci
 from bakery.errors import BakeryError

@@ -4,7 +4,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import write_project
+from helpers import write_project
 
 from bakery import bench
 from bakery.cli import main

@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from bakery import images as imagemod
 from bakery import oci, safefs
@@ -313,7 +314,7 @@ def test_serve_as_k8s_serve_deploys_it(images, registry, tmp_path, monkeypatch):
         plan_file.write_bytes(oci.Registry(registry).get_blob("pi", res.plan_digest))
         oci.push_plan(reg, "pi", {"mediaType": mt, "digest": digest, "size": len(data)}, plan_file)
         svc = Service(addr, tmp_path / "serve.log", "--engine", "none", "--policy",
-                      str(Path(__file__).resolve().parent.parent / "bakery/data/registry/lazy-policy.yaml")).start()
+                      str(REPO / "bakery/data/registry/lazy-policy.yaml")).start()
         try:
             monkeypatch.setenv("REGISTRY_AUTH_FILE", "/nonexistent")  # the client: anonymous first
             status, headers, _ = get_manifest(svc.addr, "pi", "1.0-x86_64_v3")

@@ -4,7 +4,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import EXAMPLES
+from helpers import EXAMPLES
 
 from bakery import bake as bakemod
 from bakery import capture as capturemod

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
 from bakery import bake as bakemod
 from bakery import capture as capturemod
@@ -30,7 +31,6 @@ from bakery import target as targetmod
 from bakery.capture import sources
 from bakery.errors import BakeryError
 
-REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 # Minutes of capture and bake on 2 cores: run with BAKERY_TEST_HEAVY=1 (bakery bench gives the figures).
 HEAVY = {"lammps", "gsl"}

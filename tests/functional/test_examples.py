@@ -1,7 +1,7 @@
 """End to end on every example: capture once, bake, run verify, compare with a from-source build."""
 
 import pytest
-from conftest import EXAMPLE_NAMES, disassembly, run_verify
+from helpers import EXAMPLE_NAMES, disassembly, run_verify
 
 
 @pytest.mark.slow

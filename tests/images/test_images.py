@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import EXAMPLE_NAMES, EXAMPLES
+from helpers import EXAMPLE_NAMES, EXAMPLES
 
 from bakery import images as imagemod
 from bakery import oci
@@ -92,7 +92,7 @@ def test_verify_passes_inside_the_baked_image(images, engine, registry, builds, 
     res = imagemod.bake(f"{registry}/{name}:1.0", engine, registry, "x86_64_v3")
     inside = run_in_image(engine, res.ref.split("@")[0], ["/verify/verify", "/usr/local/bin"],
                           volumes=[(str(EXAMPLES / name), "/verify")])
-    from conftest import run_verify
+    from helpers import run_verify
 
     assert inside == run_verify(name, builds.from_source(name))
 
@@ -128,7 +128,7 @@ def test_runtime_packages_are_linked_in_the_trusted_toolchain(engine, registry, 
     """A plan that links a -dev package's library (zlib): the bake runs in bakery's toolchain image,
     not the IR image that has the package, so the toolchain image gets the plan's packages (from
     Debian, once per set) and the link finds -lz."""
-    from conftest import write_project
+    from helpers import write_project
 
     recipe_file = write_project(tmp_path, "zpi", {"z.c": """
         #include <stdio.h>

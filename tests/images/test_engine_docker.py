@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, run_verify
+from helpers import EXAMPLES, run_verify
 
 from bakery import engines as enginemod
 from bakery import images as imagemod

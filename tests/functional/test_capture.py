@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import write_project
+from helpers import write_project
 
 from bakery import bake as bakemod
 from bakery import capture as capturemod

@@ -49,7 +49,7 @@ PROJECT = {
 
 @pytest.fixture(scope="module")
 def real_bundle(tmp_path_factory, toolchain) -> Path:
-    from conftest import write_project
+    from helpers import write_project
 
     from bakery import capture as capturemod
 

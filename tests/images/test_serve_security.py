@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers import REPO
 
 from bakery import oci
 from bakery.errors import BakeryError
@@ -577,9 +578,9 @@ def test_the_open_default_policy_is_said_so(tmp_path):
     from bakery.cli import serve as cli
 
     assert "ANY CLIENT" in cli.DESCRIPTION and "bakery/data/registry/lazy-policy.yaml" in cli.DESCRIPTION
-    readme = (Path(__file__).parent.parent / "registry" / "README.md").read_text()
+    readme = (REPO / "registry" / "README.md").read_text()
     assert "any client" in readme.lower() and "--policy bakery/data/registry/lazy-policy.yaml" in readme
-    p = Policy.load(Path(__file__).parent.parent / "bakery" / "data" / "registry" / "lazy-policy.yaml")
+    p = Policy.load(REPO / "bakery" / "data" / "registry" / "lazy-policy.yaml")
     assert all("*" not in r.targets for r in p.rules) and all("*" not in r.repositories for r in p.rules)
     # The service says so at start, on stderr, when it runs without --policy.
     events = []
@@ -587,7 +588,7 @@ def test_the_open_default_policy_is_said_so(tmp_path):
         proc = subprocess.Popen([sys.executable, "-m", "bakery", "serve", "--upstream", "http://127.0.0.1:9",
                                  "--listen", "127.0.0.1:0", "--engine", "buildah", *policy],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                cwd=Path(__file__).parent.parent)
+                                cwd=REPO)
         try:
             recs = []
             for line in proc.stderr:

@@ -5,7 +5,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_verify
+from helpers import run_verify
 
 pytestmark = pytest.mark.slow
 ARM = "linux/arm64"

@@ -283,7 +283,7 @@ def test_system_dirs_match_whole_components():
 # -- assembly that reads the baking node's files -------------------------------------------------
 
 def _capture_c(tmp_path, toolchain, code: str):
-    from conftest import write_project
+    from helpers import write_project
 
     from bakery import capture as capturemod
     from bakery import recipe as recipemod
@@ -371,7 +371,7 @@ VERSIONED = {
 
 @pytest.fixture(scope="module")
 def versioned_bundle(tmp_path_factory, toolchain):
-    from conftest import write_project
+    from helpers import write_project
 
     from bakery import capture as capturemod
     from bakery import recipe as recipemod
