@@ -149,39 +149,42 @@ def _with_packages(engine: ContainerEngine, tool_id: str, major: int, packages: 
 def export_bundle(engine: ContainerEngine, image: str, plan_bytes: bytes, dest: Path) -> None:
     """The IR image's bundle, as data, checked against the plan artifact before anything else."""
     engine.export_dir(image, BUNDLE_DIR, dest, limits=safefs.Limits())
+    check_bundle(dest, plan_bytes)
+
+
+def check_bundle(dest: Path, plan_bytes: bytes) -> None:
+    """An exported bundle's plan must be the plan artifact, and pass the trust checks with its files,
+    on the host, before any bake starts."""
     try:
         inside = (dest / "plan.json").read_bytes()
     except FileNotFoundError:
         raise PlanRefused(f"plan refused: the IR image has no {BUNDLE_DIR}/plan.json") from None
     if hashlib.sha256(inside).digest() != hashlib.sha256(plan_bytes).digest():
         raise PlanRefused("plan refused: the IR image's plan differs from the plan artifact attached to it")
-    planmod.load(dest)  # schema, allow-lists, confinement, on the host, before the bake container starts
+    planmod.load(dest)  # schema, allow-lists, confinement
 
 
-def _bake_in_engine(engine: ContainerEngine, ref: oci.Ref, digest: str, image: str, plan_bytes: bytes,
-                    tc: planmod.Toolchain,
-                    target: targetmod.Target, major: int, work: Path, out: Path, jobs: int, limit: float, tls: bool) -> str:
+def _bake_in_engine(job: _Job, engine: ContainerEngine, image: str, work: Path, out: Path) -> str:
     """The bundle exported from ``image`` as data, baked in bakery's toolchain image, sandboxed;
     returns the toolchain image's id."""
-    export_bundle(engine, image, plan_bytes, work / "bundle")
-    tool_name, tool_id = trusted_toolchain(engine, ref.registry, major, tls=tls)
-    packages = list(planmod.parse(plan_bytes).recipe.packages)
-    if packages:
-        tool_name, tool_id = _with_packages(engine, tool_id, major, packages, tls=tls)
+    export_bundle(engine, image, job.plan_bytes, work / "bundle")
+    tool_name, tool_id = trusted_toolchain(engine, job.ref.registry, job.major, tls=job.tls)
+    if job.plan.recipe.packages:
+        tool_name, tool_id = _with_packages(engine, tool_id, job.major, list(job.plan.recipe.packages), tls=job.tls)
     _copy_package("bakery", work / "lib")
     _copy_package("archspec", work / "lib")
     out.mkdir()
     os.chown(out, 65534, 65534) if os.geteuid() == 0 else out.chmod(0o777)
-    argv = ["python3", "-m", "bakery", "bake", BUNDLE_DIR, "--target", target.name,
-            "--output", "/bakery/out", "--jobs", str(jobs or os.cpu_count() or 1), "-q"]
+    argv = ["python3", "-m", "bakery", "bake", BUNDLE_DIR, "--target", job.target.name,
+            "--output", "/bakery/out", "--jobs", str(job.jobs or os.cpu_count() or 1), "-q"]
     volumes: list[Mount] = [(str(work / "bundle"), BUNDLE_DIR, "ro"), (str(work / "lib"), "/opt/bakery/lib", "ro"),
                (str(out), "/bakery/out")]
     ctr = engine.from_image(tool_id, name=_container_name("bake"))
     try:
-        where = "cross, " if tc.family != FAMILY_OF_ARCH[ARCH_OF_PLATFORM[host_platform()]] else ""
-        log.info(f"bake: baking {ref.repository}@{digest[:19]}… for {target.name} ({where}in {tool_name})")
+        where = "cross, " if job.plan.toolchain.family != FAMILY_OF_ARCH[ARCH_OF_PLATFORM[host_platform()]] else ""
+        log.info(f"bake: baking {job.ref.repository}@{job.digest[:19]}… for {job.target.name} ({where}in {tool_name})")
         engine.run(ctr, argv, volumes=volumes, env={"PYTHONPATH": "/opt/bakery/lib", "HOME": "/tmp"},
-                   log=work / "bake.log", sandbox=True, timeout=limit)
+                   log=work / "bake.log", sandbox=True, timeout=job.limit)
     except CommandFailed as e:
         _refused_inside(e)
         raise
@@ -190,29 +193,27 @@ def _bake_in_engine(engine: ContainerEngine, ref: oci.Ref, digest: str, image: s
     return tool_id
 
 
-def _bake_here(reg: oci.Registry, ref: oci.Ref, digest: str, plan_bytes: bytes, target: targetmod.Target,
-               major: int, work: Path, out: Path, jobs: int, limit: float) -> str:
+def _bake_here(job: _Job, work: Path, out: Path) -> str:
     """``--engine none``: the bundle read from the layer blobs, baked with this machine's LLVM, which
     must be bakery's own container (a pod); returns a name for that toolchain."""
     from bakery.images import direct
 
-    tc = direct.toolchain_here(major)
+    tc = direct.toolchain_here(job.major)
     if not direct.in_container():
         log.warning("bake: --engine none on a host: the bake's compiler runs unconfined here (run bakery in "
                     "its own container for that, or use a container engine)")
-    log.info(f"bake: reading the bundle of {ref.repository}@{digest[:19]}… from its layers")
-    direct.export_bundle(reg, ref.repository, digest, BUNDLE_DIR, work / "bundle")
-    if hashlib.sha256((work / "bundle" / "plan.json").read_bytes()).digest() != hashlib.sha256(plan_bytes).digest():
-        raise PlanRefused("plan refused: the IR image's plan differs from the plan artifact attached to it")
-    planmod.load(work / "bundle")
-    log.info(f"bake: baking {ref.repository}@{digest[:19]}… for {target.name} (this machine's LLVM {major})")
+    log.info(f"bake: reading the bundle of {job.ref.repository}@{job.digest[:19]}… from its layers")
+    direct.export_bundle(job.reg, job.ref.repository, job.digest, BUNDLE_DIR, work / "bundle")
+    check_bundle(work / "bundle", job.plan_bytes)
+    log.info(f"bake: baking {job.ref.repository}@{job.digest[:19]}… for {job.target.name} "
+             f"(this machine's LLVM {job.major})")
     import sys
 
-    argv = [sys.executable, "-m", "bakery", "-q", "bake", str(work / "bundle"), "--target", target.name,
-            "--output", str(out), "--jobs", str(jobs or os.cpu_count() or 1)]
-    env = proc.env_with({"BAKERY_LLVM_VERSION": str(major)})
+    argv = [sys.executable, "-m", "bakery", "-q", "bake", str(work / "bundle"), "--target", job.target.name,
+            "--output", str(out), "--jobs", str(job.jobs or os.cpu_count() or 1)]
+    env = proc.env_with({"BAKERY_LLVM_VERSION": str(job.major)})
     try:
-        proc.stream(argv, cwd=work, env=env, log=work / "bake.log", timeout=limit)
+        proc.stream(argv, cwd=work, env=env, log=work / "bake.log", timeout=job.limit)
     except CommandFailed as e:
         _refused_inside(e)
         raise
@@ -320,13 +321,11 @@ def _compile(job: _Job, engine: ContainerEngine | None, work: Path) -> tuple[str
     """The outputs in work/out; returns (the pulled IR image, or "", the toolchain's id)."""
     out = work / "out"
     if engine is None:
-        return "", _bake_here(job.reg, job.ref, job.digest, job.plan_bytes, job.target, job.major, work, out,
-                              job.jobs, job.limit)
+        return "", _bake_here(job, work, out)
     log.info(f"bake: pulling {job.ref.repository}@{job.digest[:19]}…")
     image = engine.pull(str(job.ref.with_digest(job.digest)), tls_verify=job.tls)
     _remove_stale_containers(engine)
-    return image, _bake_in_engine(engine, job.ref, job.digest, image, job.plan_bytes, job.plan.toolchain,
-                                  job.target, job.major, work, out, job.jobs, job.limit, job.tls)
+    return image, _bake_in_engine(job, engine, image, work, out)
 
 
 def _write_outputs(job: _Job, staged: list[Path], output: Path) -> BakeImageResult:
@@ -369,7 +368,8 @@ def _push_through_registry(job: _Job, staged: list[Path], base_image: str | None
         bref = oci.Ref.parse(base_image)
         base_reg = job.reg if bref.registry == job.ref.registry else \
             oci.Registry(bref.registry, tls_verify=job.tls and oci.tls_default(bref.registry))
-        base_repo, base_digest = bref.repository, _platform_digest(base_reg, bref)
+        base_repo, base_digest = bref.repository, _platform_manifest(base_reg, bref.repository, bref.reference,
+                                                                     f"the runtime base {bref}")[0]
     log.info(f"bake: pushing {job.node} (one layer, through the registry API)")
     new_digest = direct.push_node(job.reg, job.ref.repository, base_repo, base_digest, staged, job.tag,
                                   bindir=BIN_DIR, entrypoint=config.entrypoint, annotations=config.annotations,
@@ -449,43 +449,32 @@ def slim_missing_libraries(engine: ContainerEngine, base_image: str, outdir: Pat
     return sorted(n for n in needed - shipped if n.encode() + b"\0" not in cache)
 
 
-def _layers(reg: oci.Registry, repo: str, ref: str, what: str) -> list[str]:
-    """Layer digests of a manifest (an index: the host platform's entry)."""
-    data, mt, _ = reg.get_manifest(repo, ref)
+def _platform_manifest(reg: oci.Registry, repo: str, ref: str, what: str) -> tuple[str, dict]:
+    """(digest, manifest) of ``repo:ref`` for this host's platform (an index: its entry)."""
+    data, mt, digest = reg.get_manifest(repo, ref)
     doc = oci.json_object(data, what)
-    if mt in (oci.INDEX, oci.DOCKER_LIST):
-        arch = ARCH_OF_PLATFORM[host_platform()]
-        manifests = doc.get("manifests")
-        for m in manifests if isinstance(manifests, list) else []:
-            if isinstance(m, dict) and isinstance(m.get("platform"), dict) and \
-                    m["platform"].get("architecture") == arch and isinstance(m.get("digest"), str):
-                return _layers(reg, repo, m["digest"], what)
-        raise BakeryError(f"{what} has no {arch} image")
-    layers = doc.get("layers")
+    if mt not in (oci.INDEX, oci.DOCKER_LIST):
+        return digest, doc
+    arch = ARCH_OF_PLATFORM[host_platform()]
+    for m in oci.descriptors(doc.get("manifests"), what):
+        if isinstance(m.get("platform"), dict) and m["platform"].get("architecture") == arch:
+            return _platform_manifest(reg, repo, m["digest"], what)
+    raise BakeryError(f"{what} has no {arch} image")
+
+
+def _layers_of(manifest: dict, what: str) -> list[str]:
+    layers = manifest.get("layers")
     if not isinstance(layers, list) or not all(isinstance(l, dict) and isinstance(l.get("digest"), str)
                                                for l in layers):
         raise PlanRefused(f"{what} is not an image manifest")
     return [l["digest"] for l in layers]
 
 
-def _platform_digest(reg: oci.Registry, ref: oci.Ref) -> str:
-    """The manifest digest of ``ref`` for this host's platform (an index: its entry)."""
-    data, mt, digest = reg.get_manifest(ref.repository, ref.reference)
-    if mt not in (oci.INDEX, oci.DOCKER_LIST):
-        return digest
-    arch = ARCH_OF_PLATFORM[host_platform()]
-    for m in oci.descriptors(oci.json_object(data, f"the index {ref}").get("manifests"), f"the index {ref}"):
-        if isinstance(m.get("platform"), dict) and m["platform"].get("architecture") == arch:
-            return m["digest"]
-    raise BakeryError(f"{ref} has no {arch} image")
-
-
 def _slim_base(reg: oci.Registry, ref: oci.Ref, digest: str, tls: bool) -> str:
     """The runtime base a slim node tag sits on, as named by the IR image, accepted only when
     the IR image's own layers begin with the base's layers: the image already holds that base,
     so naming another (a private image serve's credentials can read) copies nothing out."""
-    data, _, _ = reg.get_manifest(ref.repository, digest)
-    manifest = oci.json_object(data, f"the manifest of {ref}")
+    _, manifest = _platform_manifest(reg, ref.repository, digest, f"the IR image {ref}")
     ann = manifest.get("annotations")
     base = ann.get(f"{ANN}.runtime.base") if isinstance(ann, dict) else None
     config = manifest.get("config")
@@ -500,11 +489,12 @@ def _slim_base(reg: oci.Registry, ref: oci.Ref, digest: str, tls: bool) -> str:
         bref = oci.Ref.parse(base)
     except BakeryError as e:
         raise PlanRefused(f"--slim refused: the IR image names the runtime base {base[:200]!r}: {e.message}") from None
-    ir_layers = _layers(reg, ref.repository, digest, f"the IR image {ref}")
+    ir_layers = _layers_of(manifest, f"the IR image {ref}")
     breg = reg if bref.registry == ref.registry else \
         oci.Registry(bref.registry, tls_verify=tls and oci.tls_default(bref.registry))
     try:
-        base_layers = _layers(breg, bref.repository, bref.reference, f"the runtime base {base}")
+        base_layers = _layers_of(_platform_manifest(breg, bref.repository, bref.reference,
+                                                    f"the runtime base {base}")[1], f"the runtime base {base}")
     except BakeryError:
         base_layers = []
     if not base_layers or ir_layers[:len(base_layers)] != base_layers:
