@@ -142,14 +142,15 @@ def _copy_dir(src: int, dest: int, rel: str, budget: _Budget, depth: int) -> Non
 
 
 def extract_tar(fileobj: Any, dest: Path, *, strip: str = "", others: str = "refuse",
-                limits: Limits = Limits(), what: str = "the IR image") -> int:
+                limits: Limits = Limits(), what: str = "the IR image") -> int | None:
     """Extract a tar stream to ``dest``, which must not exist: regular files and folders only,
     the members below the folder ``strip`` (a relative path such as ``bundle`` or
     ``bakery/bundle``, removed from their names). Members elsewhere are refused
     (``others="refuse"``: Docker's archive of one folder) or passed over (``"skip"``: an image
-    layer). Returns the bytes written."""
+    layer). Returns the bytes written, or None when nothing of the archive lay below ``strip``."""
     budget = _Budget(limits, what)
     top = PurePosixPath(strip) if strip else None
+    found = False
     dest.mkdir(parents=False)
     try:
         tf = tarfile.open(fileobj=fileobj, mode="r|*")
@@ -166,6 +167,7 @@ def extract_tar(fileobj: Any, dest: Path, *, strip: str = "", others: str = "ref
                         continue
                     raise PlanRefused(f"{what}: archive member {m.name[:200]!r} is outside {strip}: refused")
                 p = p.relative_to(top)
+            found = True
             if len(p.parts) > limits.max_depth:
                 raise PlanRefused(f"{what}: {m.name[:200]} is nested deeper than {limits.max_depth} folders")
             if p.name.startswith(".wh."):
@@ -194,7 +196,7 @@ def extract_tar(fileobj: Any, dest: Path, *, strip: str = "", others: str = "ref
                 raise PlanRefused(f"{what}: {m.name[:200]} appears twice in the archive") from None
             finally:
                 os.close(parent)
-    return budget.bytes
+    return budget.bytes if found or top is None else None
 
 
 def _mkdirs_nofollow(dest: Path, parts: tuple[str, ...], what: str) -> int:

@@ -57,27 +57,15 @@ def export_bundle(reg: oci.Registry, repo: str, digest: str, path: str, dest: Pa
         with tempfile.TemporaryFile(prefix="bakery-layer-") as f:
             reg.download_blob(repo, layer["digest"], f, max_size=MAX_LAYER)
             f.seek(0)
-            stream = gzip.GzipFile(fileobj=f) if mt in _GZIP_TYPES else f
-            if not _holds(stream, prefix):
-                continue
-            f.seek(0)
-            stream = gzip.GzipFile(fileobj=f) if mt in _GZIP_TYPES else f
-            safefs.extract_tar(stream, dest, strip=str(prefix), others="skip", limits=limits,
-                               what="the IR image")
+            try:
+                written = safefs.extract_tar(gzip.GzipFile(fileobj=f) if mt in _GZIP_TYPES else f, dest,
+                                             strip=str(prefix), others="skip", limits=limits, what="the IR image")
+            except (tarfile.TarError, OSError, EOFError) as e:  # a broken tar or gzip stream
+                raise PlanRefused(f"an IR image layer is not a readable tar archive ({e})") from None
+        if written is not None:
             return
+        dest.rmdir()  # nothing of the bundle in this layer: the next one down
     raise PlanRefused(f"the IR image has no {path}")
-
-
-def _holds(stream, prefix: PurePosixPath) -> bool:
-    try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tf:
-            for m in tf:
-                p = PurePosixPath(m.name.removeprefix("./"))
-                if p == prefix or prefix in p.parents:
-                    return True
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise PlanRefused(f"an IR image layer is not a readable tar archive ({e})") from None
-    return False
 
 
 def layer_of(files: list[Path], bindir: str) -> tuple[bytes, str]:
