@@ -283,39 +283,36 @@ class DockerEngine(ContainerEngine):
         self.tag(image_id, tag)
         return image_id
 
-    def read_file(self, image, path) -> bytes:
+    @contextlib.contextmanager
+    def _archive(self, image: str, path: str, what: str) -> Iterator[io.RawIOBase]:
+        """The daemon's tar of ``path`` in ``image`` (resolved inside the container's root, never the
+        host's), as a stream; nothing runs in the image."""
         ctr = self.from_image(image)
         try:
-            with self._api(f"read {path} in {image}"):
+            with self._api(f"{what} {path} of {image}"):
                 try:
                     stream, _ = self.api.get_archive(ctr, path)
                 except self._errors.NotFound:
                     raise BakeryError(f"docker engine: {path} not found in {image}") from None
-                data = b"".join(stream)
-            with tarfile.open(fileobj=io.BytesIO(data)) as tf:
-                member = next((m for m in tf.getmembers() if m.isfile()), None)
-                if member is None:
-                    raise BakeryError(f"docker engine: {path} in {image} is not a regular file")
-                f = tf.extractfile(member)
-                assert f is not None  # a regular file's member
-                return f.read()
+                yield _StreamReader(stream)
         finally:
             self.remove(ctr)
 
+    def read_file(self, image, path) -> bytes:
+        with self._archive(image, path, "read") as archive:
+            data = archive.read()
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            member = next((m for m in tf.getmembers() if m.isfile()), None)
+            if member is None:
+                raise BakeryError(f"docker engine: {path} in {image} is not a regular file")
+            f = tf.extractfile(member)
+            assert f is not None  # a regular file's member
+            return f.read()
+
     def export_dir(self, image, path, dest, *, limits=safefs.Limits()) -> int:
-        """The daemon's archive of the folder (resolved inside the container's root, never the
-        host's), extracted as data: regular files and folders only."""
-        ctr = self.from_image(image)
-        try:
-            with self._api(f"export {path} of {image}"):
-                try:
-                    stream, _ = self.api.get_archive(ctr, path)
-                except self._errors.NotFound:
-                    raise BakeryError(f"docker engine: {path} not found in {image}") from None
-                reader = _StreamReader(stream)
-                return safefs.extract_tar(reader, dest, strip=PurePosixPath(path).name, limits=limits)
-        finally:
-            self.remove(ctr)
+        """The folder, extracted as data: regular files and folders only."""
+        with self._archive(image, path, "export") as archive:
+            return safefs.extract_tar(archive, dest, strip=PurePosixPath(path).name, limits=limits) or 0
 
     def image_id(self, image) -> str:
         with self._api(f"look for image {image}"):
