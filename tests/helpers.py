@@ -55,3 +55,30 @@ def validate_k8s(text: str) -> list[dict]:
     for doc in docs:
         kv.validate(doc, K8S_VERSION, strict=True)  # raises kubernetes_validate.ValidationError
     return docs
+
+
+def in_process_services(registry: str, tmp_path: Path):
+    """For a fixture to ``yield from``: ``make(upstream=None, bake_fn=None, **kw)`` starts a
+    ``bakery serve`` in this process, on a free port, in front of ``upstream`` (default: the
+    registry), with a stub bake that answers a fixed digest unless ``bake_fn`` is given; each
+    service's JSON log is tmp_path/serve-N.log. All are stopped after the test."""
+    from bakery.serve import proxy
+    from bakery.serve.metrics import JsonLog
+
+    made, logs = [], []
+
+    def make(upstream: str | None = None, bake_fn=None, **kw):
+        logs.append(open(tmp_path / f"serve-{len(made)}.log", "w"))
+        srv = proxy.make_server(upstream=f"http://{upstream or registry}", listen="127.0.0.1:0",
+                                bake_fn=bake_fn or (lambda flight, lazy: "sha256:" + "0" * 64),
+                                log=JsonLog(logs[-1]), **kw)
+        proxy.serve_in_thread(srv)
+        made.append(srv)
+        return srv
+
+    yield make
+    for srv in made:
+        srv.shutdown()
+        srv.server_close()
+    for f in logs:
+        f.close()

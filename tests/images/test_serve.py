@@ -21,12 +21,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from helpers import in_process_services
 from prometheus_client.parser import text_string_to_metric_families
 
 from bakery import oci
 from bakery.errors import BakeryError
 from bakery.images import registry as registrymod
-from bakery.serve import proxy as servemod
 from bakery.serve.policy import Policy
 
 pytestmark = pytest.mark.slow
@@ -147,23 +147,7 @@ def service(registry, pi, tmp_path_factory):
 @pytest.fixture
 def threaded(registry, tmp_path):
     """An in-process service with a stub bake (fast: for queueing, deadlines, failures, policy)."""
-    made = []
-
-    def make(bake_fn=None, **kw):
-        from bakery.serve.metrics import JsonLog
-
-        log_file = open(tmp_path / f"serve-{len(made)}.log", "w")
-        srv = servemod.make_server(upstream=f"http://{registry}", listen="127.0.0.1:0",
-                                   bake_fn=bake_fn or (lambda flight, lazy: "sha256:" + "0" * 64),
-                                   log=JsonLog(log_file), **kw)
-        servemod.serve_in_thread(srv)
-        made.append(srv)
-        return srv
-
-    yield make
-    for srv in made:
-        srv.shutdown()
-        srv.server_close()
+    yield from in_process_services(registry, tmp_path)
 
 
 # -- end to end, through the real service ----------------------------------------------

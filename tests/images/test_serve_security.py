@@ -21,7 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import REPO
+from helpers import REPO, in_process_services
 
 from bakery import oci
 from bakery.errors import BakeryError
@@ -109,20 +109,7 @@ def small(registry):
 @pytest.fixture
 def serve(registry, tmp_path):
     """In-process services with a stub bake, on a free port; ``upstream`` defaults to the registry."""
-    made = []
-
-    def make(upstream: str | None = None, bake_fn=None, **kw):
-        srv = servemod.make_server(upstream=f"http://{upstream or registry}", listen="127.0.0.1:0",
-                                   bake_fn=bake_fn or (lambda flight, lazy: FAKE),
-                                   log=JsonLog(open(tmp_path / f"serve-{len(made)}.log", "w")), **kw)
-        servemod.serve_in_thread(srv)
-        made.append(srv)
-        return srv
-
-    yield make
-    for srv in made:
-        srv.shutdown()
-        srv.server_close()
+    yield from in_process_services(registry, tmp_path)
 
 
 # -- a real front to the registry: records what reaches it, demands tokens for private/ ----------
