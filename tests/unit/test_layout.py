@@ -95,3 +95,16 @@ def test_the_readme_lists_every_setting_and_code_reads_none_elsewhere():
             continue
         for name in re.findall(r"environ(?:\.get)?\(?\[?[\"']((?:BAKERY|BUILDAH)_[A-Z_]+)", path.read_text()):
             assert False, f"{path.relative_to(PKG)} reads {name} itself: read it through bakery.config.Settings"
+
+
+@pytest.mark.parametrize("name, value", [("BAKERY_LLVM_MAJORS", "16,x"), ("BAKERY_LLVM_MAJORS", "0"),
+                                         ("BAKERY_BAKE_TIMEOUT", "soon"), ("BAKERY_BAKE_TIMEOUT", "-1"),
+                                         ("BAKERY_REGISTRY_TIMEOUT", "0"), ("BAKERY_LLVM_VERSION", "sixteen"),
+                                         ("BAKERY_BAKE_ISOLATION", "vm"), ("BAKERY_ENGINE", "lxc")])
+def test_a_bad_setting_is_one_line_naming_it(name, value):
+    from bakery.config import Settings
+    from bakery.errors import BakeryError
+
+    with pytest.raises(BakeryError) as e:
+        Settings.from_env({name: value})
+    assert e.value.message.startswith(f"{name}={value!r}") and "\n" not in e.value.message
