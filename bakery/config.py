@@ -21,6 +21,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "BAKERY_REGISTRY": ("the embedded registry", "registry HOST[:PORT] when a command names none"),
     "BAKERY_ENGINE": ("buildah if installed, else a Docker socket", "container engine: buildah, docker, or none (bake IMAGE, serve)"),
     "BAKERY_REGISTRY_TIMEOUT": ("60", "seconds each registry request may take (two retries follow)"),
+    "BAKERY_REGISTRY_TOKEN": ("none: the auth files' logins", "a bearer token, sent as it is to a registry that asks for one"),
     "BAKERY_LLVM_VERSION": (str(DEFAULT_LLVM), "the LLVM major that captures and bakes"),
     "BAKERY_LLVM_BINDIR": ("/usr/lib/llvm-<major>/bin", "where that LLVM's tools are"),
     "BAKERY_LLVM_MAJORS": ("BAKERY_LLVM_VERSION", "LLVM majors a host-side bake may use; a plan needing another is refused"),
@@ -44,6 +45,13 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise BakeryError(f"{name}={text!r}: expected seconds > 0")
     return value
+
+
+def _token(env: Mapping[str, str], name: str) -> str | None:
+    text = env.get(name, "").strip()
+    if any(c.isspace() or not c.isprintable() for c in text):  # it goes into a header as it is
+        raise BakeryError(f"{name}: not a token (it has spaces or control characters)")
+    return text or None
 
 
 def _major(env: Mapping[str, str]) -> int:
@@ -78,6 +86,7 @@ class Settings:
     registry: str | None = None
     engine: str | None = None
     registry_timeout: float = 60.0
+    registry_token: str | None = None
     llvm_version: int = DEFAULT_LLVM
     llvm_bindir: Path | None = None
     llvm_majors: tuple[int, ...] = (DEFAULT_LLVM,)
@@ -98,6 +107,7 @@ class Settings:
             registry=env.get("BAKERY_REGISTRY", "").strip() or None,
             engine=_choice(env, "BAKERY_ENGINE", ("buildah", "docker", "none")),
             registry_timeout=_float(env, "BAKERY_REGISTRY_TIMEOUT", 60.0),
+            registry_token=_token(env, "BAKERY_REGISTRY_TOKEN"),
             llvm_version=major,
             llvm_bindir=Path(bindir) if bindir else None,
             llvm_majors=_majors(env, major),
