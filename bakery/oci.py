@@ -1,24 +1,36 @@
 """OCI registry side: references, manifests, and the bake plan as an artifact.
 
-The plan is pushed with oras as an OCI artifact whose ``subject`` is the IR
-image manifest. CNCF distribution has no referrers API, so the OCI 1.1
+The plan is pushed as an OCI artifact (as ``oras attach`` would) whose ``subject``
+is the IR image manifest. CNCF distribution has no referrers API, so the OCI 1.1
 referrers *tag schema* fallback is kept up to date as well: an image index at
 tag ``sha256-<hex of the subject digest>`` listing the referrers. Lookups try
 the referrers API first and fall back to that tag, as ``oras discover`` does.
+
+The client (``Registry``) speaks the distribution API with the standard library alone: it runs in
+bakery's own container image too, where only Debian's python3 is installed.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
+import email.message
 import hashlib
+import http.client
 import json
+import logging
 import os
 import re
+import socket
+import ssl
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, NoReturn
+from urllib.parse import urlencode, urljoin, urlsplit
 
-from bakery import PLAN_MEDIA_TYPE
+from bakery import PLAN_MEDIA_TYPE, __version__
 from bakery.config import Settings
 from bakery.errors import BakeryError, PlanRefused
 
@@ -29,6 +41,8 @@ DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 EMPTY = "application/vnd.oci.empty.v1+json"
 EMPTY_BLOB = b"{}"
 ACCEPT = ", ".join([MANIFEST, INDEX, DOCKER_MANIFEST, DOCKER_LIST])
+
+log = logging.getLogger(__name__)
 
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
@@ -110,16 +124,120 @@ def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
+# -- credentials -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Login:
+    """A registry login from an auth file. ``identity_token`` is docker's OAuth2 refresh token: it is
+    exchanged at the token server (never sent to the registry itself)."""
+
+    username: str
+    password: str
+    identity_token: str | None = None
+
+    def __repr__(self) -> str:  # never shown, not even in a traceback's locals
+        return f"Login(username={self.username!r}, password=<hidden>)"
+
+
 def _auth_files() -> list[str]:
-    """The standard containers auth file, then the docker config (read by oras)."""
+    """Where logins are, in the order podman/skopeo read them, then the docker config."""
     candidates = [os.environ.get("REGISTRY_AUTH_FILE")]
     runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/run/containers/{os.getuid()}"
     candidates.append(os.path.join(runtime, "containers", "auth.json"))
     candidates.append(os.path.expanduser("~/.config/containers/auth.json"))
-    return [c for c in candidates if c and os.path.exists(c)]
+    docker = os.environ.get("DOCKER_CONFIG")
+    candidates.append(os.path.join(docker, "config.json") if docker else os.path.expanduser("~/.docker/config.json"))
+    return [c for c in candidates if c and os.path.isfile(c)]
 
+
+_DOCKER_HUB = {"docker.io", "index.docker.io", "registry-1.docker.io"}
+
+
+def _auth_key(key: str) -> str:
+    """An ``auths`` key as the host it is for: ``https://host/v1/`` and ``host`` alike."""
+    key = key.strip().lower()
+    for scheme in ("https://", "http://"):
+        key = key.removeprefix(scheme)
+    for suffix in ("/v1/", "/v1", "/v2/", "/v2", "/"):
+        key = key.removesuffix(suffix)
+    return key
+
+
+def login_for(host: str) -> Login | None:
+    """The login for ``host`` from the first auth file that has one, else None.
+
+    An entry is ``{"auth": base64("user:password")}`` (or ``username``/``password``), with docker's
+    ``identitytoken`` when there is one. Keys scoped to a namespace (``host/org``, which podman
+    allows) are not used: logins here are per host. Docker credential helpers (``credsStore``,
+    ``credHelpers``) are not run."""
+    want = {host.lower()} | (_DOCKER_HUB if host.lower() in _DOCKER_HUB else set())
+    for path in _auth_files():
+        try:
+            doc = json.loads(Path(path).read_bytes())
+        except (OSError, ValueError, RecursionError):
+            log.warning(f"{path}: not a readable JSON auth file: skipped")
+            continue
+        auths = doc.get("auths") if isinstance(doc, dict) else None
+        if not isinstance(auths, dict):
+            continue
+        for key, entry in auths.items():
+            if not isinstance(key, str) or _auth_key(key) not in want or not isinstance(entry, dict):
+                continue
+            user, password = entry.get("username"), entry.get("password")
+            if isinstance(entry.get("auth"), str) and entry["auth"]:
+                try:
+                    user, _, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+                except (ValueError, UnicodeDecodeError):
+                    log.warning(f"{path}: the login for {key} is not base64 of user:password: skipped")
+                    continue
+            ident = entry.get("identitytoken")
+            ident = ident if isinstance(ident, str) and ident else None
+            if isinstance(user, str) and isinstance(password, str) and (user or password or ident):
+                return Login(user, password, ident)
+    return None
+
+
+_TOKEN_CHARS = r"[A-Za-z0-9!#$%&'*+.^_`|~-]+"
+_SCHEME = re.compile(_TOKEN_CHARS)
+_PARAM = re.compile(rf'({_TOKEN_CHARS})[ \t]*=[ \t]*("(?:[^"\\]|\\.)*"|[^,\s]*)')
+
+
+def challenges(values: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """``WWW-Authenticate`` headers as (scheme in lower case, its parameters), in order:
+    ``Bearer realm="https://auth/token",service="reg",scope="repository:a:pull,push"``."""
+    out: list[tuple[str, dict[str, str]]] = []
+    params: dict[str, str] | None
+    for text in values:
+        pos, params = 0, None  # the parameters of the challenge being read
+        while pos < len(text):
+            if text[pos] in " \t,":
+                pos += 1
+                continue
+            m = _PARAM.match(text, pos)
+            if m and params is not None:
+                value = m.group(2)
+                if value.startswith('"'):
+                    value = re.sub(r"\\(.)", r"\1", value[1:-1])
+                params[m.group(1).lower()] = value
+                pos = m.end()
+                continue
+            m = _SCHEME.match(text, pos)
+            if not m:
+                break  # not a challenge: what was read so far stands
+            params = {}
+            out.append((m.group(0).lower(), params))
+            pos = m.end()
+    return out
+
+
+# -- the transport -----------------------------------------------------------------------------------
 
 RETRIES = 2  # after the first attempt, for timeouts, refused connections and 502/503/504
+MAX_REDIRECTS = 5
+MAX_ERROR_BYTES = 64 << 10
+MAX_TOKEN_BYTES = 1 << 20
+_REDIRECT = (301, 302, 303, 307, 308)
+_USER_AGENT = f"bakery/{__version__}"
 
 
 def request_timeout() -> float:
@@ -127,137 +245,378 @@ def request_timeout() -> float:
     return Settings.from_env().registry_timeout
 
 
-def _with_timeout(request, timeout: float):
-    def bounded(method, url, **kw):
-        kw.setdefault("timeout", timeout)
-        return request(method, url, **kw)
-    return bounded
+class Response:
+    """One HTTP answer: its status, its headers (an ``email.message.Message``: ``get`` ignores case,
+    ``get_all`` gives repeated ones) and its body, read once with ``read``. ``content`` holds the
+    body when the client read it whole (every answer not asked for as a stream)."""
+
+    def __init__(self, status: int, headers: Mapping[str, str] | email.message.Message,
+                 body: BinaryIO | None = None, release: Callable[[bool], None] | None = None):
+        self.status = status
+        if isinstance(headers, email.message.Message):
+            self.headers = headers
+        else:
+            self.headers = email.message.Message()
+            for k, v in headers.items():
+                self.headers[k] = v
+        self.content: bytes | None = None
+        self._body, self._release = body, release
+
+    def read(self, n: int) -> bytes:
+        if self._body is None:
+            return b""
+        chunk = self._body.read(n)
+        if not chunk:
+            self._finish(True)
+        return chunk
+
+    def close(self) -> None:
+        """Done with the answer: its connection is reused only if its body was read to the end."""
+        closed = getattr(self._body, "isclosed", None)
+        self._finish(bool(closed and closed()))
+
+    def _finish(self, whole: bool) -> None:
+        release, self._release, self._body = self._release, None, None
+        if release:
+            release(whole)
+
+
+def _origin(url: str) -> tuple[str, str]:
+    u = urlsplit(url)
+    return u.scheme.lower(), u.netloc.lower()
+
+
+def _where(url: str) -> str:
+    """A URL as an error message shows it: the path after /v2/, no query (it may hold a signature)."""
+    return urlsplit(url).path.split("/v2/", 1)[-1]
 
 
 class Registry:
-    """A thin client over oras-py's provider: auth and blob uploads are oras's."""
+    """A client of the OCI distribution API over the standard library alone (``http.client``): it runs
+    on the host and inside bakery's own container image alike.
+
+    Every request is first sent anonymously; a ``401`` names what the registry wants: HTTP Basic
+    (distribution with htpasswd) gets the host's login from the auth files, a ``Bearer`` challenge a
+    token from the token server it names (or BAKERY_REGISTRY_TOKEN as it is), cached per repository
+    and scope. Connections are kept alive and reused. Redirects of GET and HEAD (a blob served from
+    storage elsewhere) are followed, without the registry's ``Authorization`` on another host."""
 
     def __init__(self, registry: str, tls_verify: bool | None = None):
-        import oras.provider  # host-side only: not needed inside the IR image
-
         self.host = registry
         if tls_verify is None:
             tls_verify = not is_loopback(registry)
         self.insecure = not tls_verify
-        self.oras = oras.provider.Registry(hostname=registry, insecure=self.insecure, tls_verify=tls_verify)
         self.prefix = "http" if self.insecure else "https"
-        self.timeout = request_timeout()  # every request, oras's own uploads included
-        self.oras.session.request = _with_timeout(self.oras.session.request, self.timeout)
-        self._authed: set[str] = set()
+        self.timeout = request_timeout()  # every request: connecting, and each read
+        self._checked = False
+        self._origin = (self.prefix, registry.lower())
+        self._ssl: ssl.SSLContext | None = None
+        self._idle: dict[tuple[str, str], list[http.client.HTTPConnection]] = {}
+        self._basic: str | None = None  # "Basic ..." once the registry asked for it
+        self._tokens: dict[tuple[str, str], tuple[str, float]] = {}  # (repo, actions) -> (token, good until)
+        self._login: Login | None = None
+        self._login_read = False
 
-    def _container(self, repo: str, ref: str = "latest"):
-        import oras.container
-
-        c = oras.container.Container(f"{self.host}/{repo}:{ref}" if not ref.startswith("sha256:")
-                                     else f"{self.host}/{repo}@{ref}")
-        if not getattr(self, "_checked", False):
-            self._reachable()
-            self._basic_if_asked()
-        if repo not in self._authed:
-            self.oras.auth.load_configs(c, configs=_auth_files() or None)
-            self._authed.add(repo)
-        return c
+    def close(self) -> None:
+        """Close the idle connections (the client stays usable: it connects again when needed)."""
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
 
     def _reachable(self) -> None:
-        """Fail fast: oras-py retries a refused connection with backoff for minutes."""
-        import socket
-
-        host, _, port_text = self.host.rpartition(":") if self.host.count(":") == 1 else (self.host, "", "")
-        port = int(port_text) if port_text.isdigit() else (80 if self.insecure else 443)
+        """Fail fast, before any request, when nothing listens at the registry's address."""
+        u = urlsplit(f"//{self.host}")
         try:
-            socket.create_connection((host or self.host, port), timeout=5).close()
-        except OSError as e:
-            raise BakeryError(f"registry {self.host} is unreachable ({e.strerror or e})",
+            port = u.port or (80 if self.insecure else 443)
+            socket.create_connection((u.hostname or self.host, port), timeout=5).close()
+        except (OSError, ValueError) as e:
+            raise BakeryError(f"registry {self.host} is unreachable ({getattr(e, 'strerror', None) or e})",
                               "start the embedded one with 'bakery registry start', or check the address") from None
         self._checked = True
 
-    def _basic_if_asked(self) -> None:
-        """A registry that asks for HTTP Basic auth (distribution with htpasswd, as `bakery k8s serve`
-        deploys it): oras's token backend would take the Basic realm for a token server's address."""
-        import oras.auth
-        import requests
+    # -- one exchange --
 
-        try:
-            r = self.oras.session.get(f"{self.prefix}://{self.host}/v2/", timeout=self.timeout,
-                                      verify=self.oras._tls_verify)
-        except requests.exceptions.RequestException:
-            return  # the request itself will say what is wrong
-        if r.status_code == 401 and r.headers.get("WWW-Authenticate", "").lower().startswith("basic"):
-            backend = oras.auth.get_auth_backend("basic", self.oras.session, insecure=self.insecure,
-                                                 tls_verify=self.oras._tls_verify)
-            backend._basic_auth = getattr(backend, "_basic_auth", None)  # no login: a 401, not an AttributeError
-            self.oras.auth = backend
-            self._authed.clear()  # credentials are loaded again, into the basic backend
+    def _context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            ctx = ssl.create_default_context()
+            if self.insecure:  # asked for (--tls-verify=false): an https URL is not verified either
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            self._ssl = ctx
+        return self._ssl
 
-    def _request(self, method: str, url: str, **kw):
-        """One registry request with a time limit and a short retry of transient failures.
+    def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        u = urlsplit(f"//{netloc}")
+        host, port = u.hostname or netloc, u.port
+        if scheme == "https":
+            return http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self._context(),
+                                               blocksize=1 << 16)
+        return http.client.HTTPConnection(host, port, timeout=self.timeout, blocksize=1 << 16)
 
-        oras-py's own retry (5 attempts, 2 minutes of backoff, no time limit per request) would let
-        a registry that accepts connections and never answers hang a bake for ever."""
-        import requests
+    def _send(self, method: str, url: str, headers: dict[str, str], body: bytes | Path | None) -> Response:
+        """One HTTP exchange (no retry, auth or redirect): the transport, which tests may answer
+        instead of a network. A ``Path`` body is streamed from the file."""
+        u = urlsplit(url)
+        if u.scheme not in ("http", "https") or not u.netloc:
+            raise BakeryError(f"registry {self.host}: {url.split('?')[0]!r} is not an http(s) address")
+        key = (u.scheme, u.netloc)
+        target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        idle = self._idle.get(key)
+        conn = idle.pop() if idle else None
+        reused = conn is not None
+        while True:
+            if conn is None:
+                conn = self._connect(*key)
+            try:
+                if isinstance(body, Path):  # sent as read, of the length it has (never chunked)
+                    with body.open("rb") as f:
+                        size = os.fstat(f.fileno()).st_size
+                        conn.request(method, target, body=f, headers={**headers, "Content-Length": str(size)})
+                else:
+                    conn.request(method, target, body=body, headers=headers)
+                resp = conn.getresponse()
+            except (ConnectionResetError, BrokenPipeError):  # http.client.RemoteDisconnected among them
+                conn.close()
+                conn = None
+                if reused:  # an idle connection the server closed meanwhile: once more on a fresh one
+                    reused = False
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            break
+        used = conn
 
-        if not getattr(self, "_checked", False):
-            self._reachable()
+        def release(whole: bool) -> None:
+            if whole and not resp.will_close:
+                self._idle.setdefault(key, []).append(used)
+            else:
+                used.close()
+
+        return Response(resp.status, resp.headers, resp, release)
+
+    def _exchange(self, method: str, url: str, headers: dict[str, str], body: bytes | Path | None) -> Response:
+        """One request with a time limit and a short retry of transient failures."""
         timeout = self.timeout
-        once = getattr(type(self.oras).do_request, "__wrapped__", type(self.oras).do_request)
         for attempt in range(RETRIES + 1):
             try:
-                r = once(self.oras, url, method, **kw)
-            except requests.exceptions.Timeout:
+                r = self._send(method, url, headers, body)
+            except TimeoutError:
                 if attempt < RETRIES:
                     time.sleep(2 ** attempt)
                     continue
-                raise BakeryError(f"registry {self.host} did not answer {method} {url.split('/v2/', 1)[-1]} "
+                raise BakeryError(f"registry {self.host} did not answer {method} {_where(url)} "
                                   f"within {timeout:g} s ({RETRIES + 1} attempts)",
                                   "check the registry; BAKERY_REGISTRY_TIMEOUT sets the limit in seconds") from None
-            except requests.exceptions.ConnectionError:
+            except ssl.SSLCertVerificationError as e:  # no retry makes a certificate good
+                raise BakeryError(f"registry {self.host} is unreachable: the certificate of "
+                                  f"{urlsplit(url).hostname} is not trusted ({e.verify_message})",
+                                  "install its CA certificate, or pass --tls-verify=false") from None
+            except (OSError, http.client.HTTPException):
                 if attempt < RETRIES:
                     time.sleep(2 ** attempt)
                     continue
-                raise BakeryError(f"registry {self.host} is unreachable",
+                where = urlsplit(url).netloc
+                raise BakeryError(f"registry {self.host} is unreachable" if where.lower() == self.host.lower()
+                                  else f"registry {self.host}: {urlsplit(url).hostname}, where it sent the "
+                                       f"request, is unreachable",
                                   "start the embedded one with 'bakery registry start', or check the address") from None
-            if r.status_code in (502, 503, 504) and attempt < RETRIES:
+            if r.status in (502, 503, 504) and attempt < RETRIES:
+                r.close()
                 time.sleep(2 ** attempt)
                 continue
+            return r
+        raise AssertionError("unreachable")
+
+    def _chunks(self, r: Response, size: int, what: str) -> Iterator[bytes]:
+        """The body of ``r``, a timeout or a broken answer on the way an error of one line."""
+        while True:
+            try:
+                chunk = r.read(size)
+            except TimeoutError:
+                r.close()
+                raise BakeryError(f"registry {self.host} did not send {what} within {self.timeout:g} s",
+                                  "check the registry; BAKERY_REGISTRY_TIMEOUT sets the limit in seconds") from None
+            except (OSError, http.client.HTTPException) as e:
+                r.close()
+                raise BakeryError(f"registry {self.host}: {what} broke off ({type(e).__name__})") from None
+            if not chunk:
+                return
+            yield chunk
+
+    def _load(self, r: Response, limit: int, what: str) -> bytes:
+        """The body of ``r``, at most ``limit`` + 1 bytes of it (more is left unread)."""
+        if r.content is None:
+            buf = bytearray()
+            try:
+                for chunk in self._chunks(r, 1 << 16, what):
+                    buf += chunk
+                    if len(buf) > limit:
+                        break
+            finally:
+                r.close()
+            r.content = bytes(buf[:limit + 1])
+        return r.content
+
+    # -- auth, redirects --
+
+    def _credentials(self) -> Login | None:
+        if not self._login_read:
+            self._login, self._login_read = login_for(self.host), True
+        return self._login
+
+    def _auth_for(self, repo: str, write: bool) -> str | None:
+        if self._basic:
+            return self._basic
+        now = time.monotonic()
+        for actions in (("pull,push",) if write else ("pull", "pull,push")):
+            token, until = self._tokens.get((repo, actions), ("", 0.0))
+            if token and now < until:
+                return f"Bearer {token}"
+        return None
+
+    def _authenticate(self, values: list[str], repo: str, write: bool, sent: str | None) -> bool:
+        """After a 401: credentials the registry's challenge asks for, when there are any (and they are
+        not the ones just refused)."""
+        for scheme, params in challenges(values):
+            if scheme == "bearer":
+                actions = "pull,push" if write else "pull"
+                got = self._bearer(params, repo, actions)
+                if got is None or f"Bearer {got[0]}" == sent:
+                    return False
+                self._tokens[(repo, actions)] = got
+                return True
+            if scheme == "basic":
+                login = self._credentials()
+                if login is None or not (login.username or login.password):
+                    return False
+                basic = "Basic " + base64.b64encode(f"{login.username}:{login.password}".encode()).decode()
+                if basic == sent:
+                    return False
+                self._basic = basic
+                return True
+        return False
+
+    def _bearer(self, params: dict[str, str], repo: str, actions: str) -> tuple[str, float] | None:
+        """A token for ``repository:<repo>:<actions>``: BAKERY_REGISTRY_TOKEN as it is, else one from
+        the token server the challenge names (with the host's login, if there is one)."""
+        given = Settings.from_env().registry_token
+        if given:
+            return given, float("inf")
+        realm = params.get("realm", "")
+        u = urlsplit(realm)
+        if u.scheme not in ("http", "https") or not u.netloc:
+            return None
+        login = self._credentials()
+        if login and u.scheme == "http" and not (self.insecure or is_loopback(u.netloc)):
+            raise BakeryError(f"registry {self.host}: its token server {u.hostname} is plain http: "
+                              "the login is not sent over it", "check the registry's auth configuration")
+        form = ([("service", params["service"])] if params.get("service") else []) + \
+            [("scope", f"repository:{repo}:{actions}")]
+        headers = {"User-Agent": _USER_AGENT, "Accept": "application/json"}
+        body: bytes | None = None
+        if login and login.identity_token:  # docker's OAuth2 refresh token
+            method, url = "POST", realm
+            form += [("grant_type", "refresh_token"), ("refresh_token", login.identity_token),
+                     ("client_id", "bakery")]
+            body = urlencode(form).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        else:
+            method, url = "GET", realm + ("&" if u.query else "?") + urlencode(form)
+            if login:
+                headers["Authorization"] = "Basic " + base64.b64encode(
+                    f"{login.username}:{login.password}".encode()).decode()
+        r = self._exchange(method, url, headers, body)
+        data = self._load(r, MAX_TOKEN_BYTES, "a token")
+        if r.status != 200:
+            self._fail(r, f"token for {repo} from {u.hostname}")
+        try:
+            doc = json.loads(data)
+        except (ValueError, RecursionError):
+            doc = None
+        token = (doc.get("token") or doc.get("access_token")) if isinstance(doc, dict) else None
+        if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
+            raise BakeryError(f"registry {self.host}: its token server {u.hostname} answered no token")
+        expires = doc.get("expires_in") if isinstance(doc, dict) else None
+        life = float(expires) if isinstance(expires, (int, float)) and expires > 0 else 60.0
+        return token, time.monotonic() + max(life - 5, 1.0)
+
+    def _request(self, method: str, url: str, *, repo: str, headers: dict[str, str] | None = None,
+                 data: bytes | Path | None = None, stream: bool = False) -> Response:
+        """A registry request, authenticated as the registry asks, redirects of GET and HEAD
+        followed. Unless ``stream``, the body is read (``content``, at most MAX_MANIFEST_BYTES + 1)."""
+        if not self._checked:
+            self._reachable()
+        write = method not in ("GET", "HEAD")
+        base = {"User-Agent": _USER_AGENT, **(headers or {})}
+        retried, hops = False, 0
+        while True:
+            send = dict(base)
+            mine = _origin(url) == self._origin
+            auth = self._auth_for(repo, write) if mine else None  # never the registry's login elsewhere
+            if auth:
+                send["Authorization"] = auth
+            r = self._exchange(method, url, send, data)
+            if r.status == 401 and mine and not retried:
+                values = r.headers.get_all("WWW-Authenticate") or []
+                self._load(r, MAX_ERROR_BYTES, f"the answer to {method} {_where(url)}")
+                if self._authenticate(values, repo, write, auth):
+                    retried = True
+                    continue
+                return r
+            location = r.headers.get("Location")
+            if r.status in _REDIRECT and method in ("GET", "HEAD") and location:
+                r.close()
+                hops += 1
+                if hops > MAX_REDIRECTS:
+                    raise BakeryError(f"registry {self.host}: {method} {_where(url)} was redirected more "
+                                      f"than {MAX_REDIRECTS} times")
+                url = urljoin(url, location)
+                continue
+            if not stream:
+                self._load(r, MAX_MANIFEST_BYTES, f"the answer to {method} {_where(url)}")
             return r
 
     def _url(self, repo: str, kind: str, ref: str) -> str:
         return f"{self.prefix}://{self.host}/v2/{repo}/{kind}/{ref}"
 
-    def _fail(self, r, what: str):
+    def _fail(self, r: Response, what: str) -> NoReturn:
+        body = self._load(r, MAX_ERROR_BYTES, "the error")
         try:
-            errs = r.json().get("errors", [])
+            errs = json.loads(body).get("errors", [])
             detail = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errs)[:300]
         except (ValueError, AttributeError, TypeError, RecursionError):  # an error body of another shape
-            detail = r.text[:300].splitlines()[0] if r.text.strip() else ""
+            text = body.decode("utf-8", "replace")
+            detail = text[:300].splitlines()[0] if text.strip() else ""
+        detail = re.sub(r"[\x00-\x1f\x7f]+", " ", detail)  # one line, whatever the registry says
         hint = (f"log in to {self.host}: its credentials are read from $REGISTRY_AUTH_FILE, the containers "
-                "auth file or the docker config (e.g. 'skopeo login')") if r.status_code == 401 else None
-        raise BakeryError(f"registry {self.host}: {what} failed (HTTP {r.status_code}) {detail}".rstrip(), hint)
+                "auth file or the docker config (e.g. 'skopeo login'), or BAKERY_REGISTRY_TOKEN") \
+            if r.status == 401 else None
+        raise BakeryError(f"registry {self.host}: {what} failed (HTTP {r.status}) {detail}".rstrip(), hint)
+
+    # -- the API --
 
     def head_manifest(self, repo: str, ref: str) -> str | None:
         """The digest a tag points to, or None when there is no such manifest."""
-        self._container(repo, ref)
-        r = self._request("HEAD", self._url(repo, "manifests", ref), headers={"Accept": ACCEPT})
-        if r.status_code == 404:
+        r = self._request("HEAD", self._url(repo, "manifests", ref), repo=repo, headers={"Accept": ACCEPT})
+        if r.status == 404:
             return None
-        if r.status_code != 200:
+        if r.status != 200:
             self._fail(r, f"HEAD {repo}:{ref}")
         return r.headers.get("Docker-Content-Digest")
 
     def get_manifest(self, repo: str, ref: str) -> tuple[bytes, str, str]:
         """(bytes, media type, digest); the digest is recomputed, never trusted."""
-        self._container(repo, ref)
-        r = self._request("GET", self._url(repo, "manifests", ref), headers={"Accept": ACCEPT})
-        if r.status_code == 404:
+        r = self._request("GET", self._url(repo, "manifests", ref), repo=repo, headers={"Accept": ACCEPT})
+        if r.status == 404:
             raise BakeryError(f"{self.host}/{repo}:{ref} not found", "check the reference with 'skopeo list-tags'")
-        if r.status_code != 200:
+        if r.status != 200:
             self._fail(r, f"GET manifest {repo}:{ref}")
-        data = r.content
+        data = r.content or b""
+        if len(data) > MAX_MANIFEST_BYTES:  # read no further: refused as json_object refuses it
+            json_object(data, f"manifest {repo}@{ref}", BakeryError)
         digest = sha256(data)
         if ref.startswith("sha256:") and digest != ref:
             raise PlanRefused(f"manifest {repo}@{ref} does not match its digest (got {digest})")
@@ -267,24 +626,43 @@ class Registry:
         return data, mt, digest
 
     def put_manifest(self, repo: str, ref: str, data: bytes, media_type: str) -> str:
-        self._container(repo, ref)
-        r = self._request("PUT", self._url(repo, "manifests", ref), data=data,
+        r = self._request("PUT", self._url(repo, "manifests", ref), repo=repo, data=data,
                           headers={"Content-Type": media_type})
-        if r.status_code not in (200, 201):
+        if r.status not in (200, 201):
             self._fail(r, f"PUT manifest {repo}:{ref}")
         return sha256(data)
 
-    def get_blob(self, repo: str, digest: str, max_size: int = 64 << 20) -> bytes:
-        self._container(repo, digest)
-        r = self._request("GET", self._url(repo, "blobs", digest), stream=True)
-        if r.status_code != 200:
+    def blob_exists(self, repo: str, digest: str) -> bool:
+        """Whether the registry has the blob ``digest`` in ``repo`` (HEAD on it)."""
+        _check_digest(digest)
+        r = self._request("HEAD", self._url(repo, "blobs", digest), repo=repo)
+        if r.status == 404:
+            return False
+        if r.status != 200:
+            self._fail(r, f"HEAD blob {digest[:19]}")
+        return True
+
+    def _blob(self, repo: str, digest: str, max_size: int) -> Response:
+        _check_digest(digest)
+        r = self._request("GET", self._url(repo, "blobs", digest), repo=repo, stream=True)
+        if r.status != 200:
             self._fail(r, f"GET blob {digest[:19]}")
+        length = r.headers.get("Content-Length", "")
+        if length.isdigit() and int(length) > max_size:  # said at once: nothing read
+            r.close()
+            raise PlanRefused(f"blob {digest} is larger than {max_size} bytes")
+        return r
+
+    def get_blob(self, repo: str, digest: str, max_size: int = 64 << 20) -> bytes:
+        r = self._blob(repo, digest, max_size)
         buf = bytearray()
-        for chunk in r.iter_content(1 << 16):  # never more than max_size in memory
-            buf += chunk
-            if len(buf) > max_size:
-                r.close()
-                raise PlanRefused(f"blob {digest} is larger than {max_size} bytes")
+        try:
+            for chunk in self._chunks(r, 1 << 16, f"blob {digest[:19]}"):  # never more than max_size in memory
+                buf += chunk
+                if len(buf) > max_size:
+                    raise PlanRefused(f"blob {digest} is larger than {max_size} bytes")
+        finally:
+            r.close()
         data = bytes(buf)
         if sha256(data) != digest:
             raise PlanRefused(f"blob {digest} does not match its digest: refused")
@@ -292,40 +670,54 @@ class Registry:
 
     def download_blob(self, repo: str, digest: str, out, max_size: int) -> int:
         """Stream a blob into the binary file ``out``, checking its size bound and its digest."""
-        self._container(repo, digest)
-        r = self._request("GET", self._url(repo, "blobs", digest), stream=True)
-        if r.status_code != 200:
-            self._fail(r, f"GET blob {digest[:19]}")
+        r = self._blob(repo, digest, max_size)
         h, n = hashlib.sha256(), 0
-        for chunk in r.iter_content(1 << 20):
-            n += len(chunk)
-            if n > max_size:
-                r.close()
-                raise PlanRefused(f"blob {digest} is larger than {max_size} bytes")
-            h.update(chunk)
-            out.write(chunk)
+        try:
+            for chunk in self._chunks(r, 1 << 20, f"blob {digest[:19]}"):
+                n += len(chunk)
+                if n > max_size:
+                    raise PlanRefused(f"blob {digest} is larger than {max_size} bytes")
+                h.update(chunk)
+                out.write(chunk)
+        finally:
+            r.close()
         if "sha256:" + h.hexdigest() != digest:
             raise PlanRefused(f"blob {digest} does not match its digest: refused")
         return n
 
     def push_blob(self, repo: str, path: Path, media_type: str) -> dict:
-        data = path.read_bytes()
-        desc = {"mediaType": media_type, "digest": sha256(data), "size": len(data)}
-        c = self._container(repo)
-        if not self.oras.blob_exists(desc, c):
-            r = self.oras.upload_blob(str(path), c, desc)
-            if r.status_code not in (200, 201, 202):
-                self._fail(r, "blob upload")
+        """Upload the file ``path`` as a blob (unless the registry has it); returns its descriptor.
+
+        A monolithic upload: POST opens it, one PUT to the ``Location`` answered, with the digest,
+        sends the whole file."""
+        h, size = hashlib.sha256(), 0
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+                size += len(chunk)
+        digest = "sha256:" + h.hexdigest()
+        desc = {"mediaType": media_type, "digest": digest, "size": size}
+        if self.blob_exists(repo, digest):
+            return desc
+        start = f"{self.prefix}://{self.host}/v2/{repo}/blobs/uploads/"
+        r = self._request("POST", start, repo=repo, data=b"")
+        location = r.headers.get("Location")
+        if r.status != 202 or not location:
+            self._fail(r, "blob upload")
+        url = urljoin(start, location)
+        url += ("&" if urlsplit(url).query else "?") + urlencode({"digest": digest})
+        r = self._request("PUT", url, repo=repo, data=path, headers={"Content-Type": "application/octet-stream"})
+        if r.status not in (200, 201, 202):
+            self._fail(r, "blob upload")
         return desc
 
     def referrers(self, repo: str, subject: str, artifact_type: str | None = None) -> list[dict]:
         """Referrers of ``subject``: the referrers API, else the tag-schema fallback."""
         if not _DIGEST.match(subject or ""):
             raise BakeryError(f"{subject!r} is not a sha256 digest")
-        self._container(repo, subject)
-        r = self._request("GET", self._url(repo, "referrers", subject), headers={"Accept": INDEX})
-        if r.status_code == 200 and "json" in r.headers.get("Content-Type", ""):
-            index = json_object(r.content, f"referrers of {repo}@{subject}", PlanRefused)
+        r = self._request("GET", self._url(repo, "referrers", subject), repo=repo, headers={"Accept": INDEX})
+        if r.status == 200 and "json" in r.headers.get("Content-Type", ""):
+            index = json_object(r.content or b"", f"referrers of {repo}@{subject}", PlanRefused)
         else:
             tag = subject.replace(":", "-")
             if self.head_manifest(repo, tag) is None:
@@ -334,6 +726,12 @@ class Registry:
             index = json_object(data, f"referrers index {repo}:{tag}", PlanRefused)
         manifests = descriptors(index.get("manifests", []), f"referrers of {repo}@{subject}")
         return [m for m in manifests if artifact_type is None or m.get("artifactType") == artifact_type]
+
+
+def _check_digest(digest: str) -> None:
+    """A digest goes into a URL path: a sha256 one, nothing else (it may come from an untrusted manifest)."""
+    if not isinstance(digest, str) or not _DIGEST.match(digest):
+        raise PlanRefused(f"{digest!r} is not a sha256 digest")
 
 
 def push_plan(reg: Registry, repo: str, subject: dict, plan_path: Path, annotations: dict | None = None) -> str:

@@ -100,7 +100,7 @@ def push_node(reg: oci.Registry, repo: str, base_repo: str, base_digest: str, fi
         layer_file.write_bytes(blob)
         if base_reg is not reg or base_repo != repo:  # a slim base from elsewhere: its blobs come along
             for d in manifest["layers"]:
-                if not reg.oras.blob_exists(d, reg._container(repo)):
+                if not reg.blob_exists(repo, d["digest"]):
                     blob_file = Path(tmp) / "base-layer"
                     with blob_file.open("wb") as fh:
                         base_reg.download_blob(base_repo, d["digest"], fh, max_size=MAX_LAYER)

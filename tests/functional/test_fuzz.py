@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import math
 import textwrap
@@ -312,40 +313,30 @@ SUBJECT = "sha256:" + "5" * 64
 
 
 class _Answer:
-    """What a requests.Response gives the client: status, headers, body."""
+    """What the transport gives the client (``Registry._send``): status, headers, body."""
 
     def __init__(self, status: int, body: bytes = b"", content_type: str = "application/json", headers=None):
-        self.status_code, self.content = status, body
+        self.status, self.body = status, body
         self.headers = {"Content-Type": content_type, **(headers or {})}
 
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-    def json(self):
-        return json.loads(self.content)
-
-    def iter_content(self, n: int):
-        for i in range(0, len(self.content), n):
-            yield self.content[i:i + n]
-
-    def close(self) -> None:
-        pass
+    def response(self) -> oci.Response:
+        return oci.Response(self.status, self.headers, io.BytesIO(self.body))
 
 
 class HostileRegistry(oci.Registry):
     """The real client over a content-addressed store of hostile answers, without a network:
-    manifests and blobs are served by the digest of their bytes, as a registry would."""
+    manifests and blobs are served by the digest of their bytes, as a registry would. Only the
+    transport (one HTTP exchange) is answered here: retries, auth and redirects are the client's."""
 
     def __init__(self, referrers: _Answer, fallback: bytes | None, store: dict[str, bytes]):
-        self.host, self.prefix, self.insecure, self.timeout = "registry.invalid", "http", True, 1.0
-        self._authed, self._checked = set(), True
+        super().__init__("registry.invalid", tls_verify=False)
+        self._checked = True  # no reachability check: there is no network
         self.answers, self.fallback, self.store = referrers, fallback, store
 
-    def _container(self, repo, ref="latest"):
-        return None
+    def _send(self, method, url, headers, body):
+        return self._answer(url).response()
 
-    def _request(self, method, url, **kw):
+    def _answer(self, url) -> _Answer:
         kind, ref = url.rsplit("/", 2)[-2:]
         if kind == "referrers":
             return self.answers
