@@ -72,8 +72,12 @@ class Embedded:
         config.write_text(templates.render_file("registry/config.yml.j2", storage=str(storage), addr=addr,
                                                 log_level="warn"))
         logf = open(self.root / "registry.log", "ab")
+        # distribution reads every REGISTRY_* variable as a config override (REGISTRY_AUTH=htpasswd
+        # ... works so); REGISTRY_AUTH_FILE, the containers tools' login file, is not one of its own
+        # and made it exit at start.
+        env = {k: v for k, v in os.environ.items() if k != "REGISTRY_AUTH_FILE"}
         p = subprocess.Popen([exe, "serve", str(config)], stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
-                             start_new_session=True)
+                             start_new_session=True, env=env)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if p.poll() is not None:
