@@ -18,7 +18,7 @@ DEFAULT_LLVM = 16
 
 # name -> (default as text, what it does): the README's table.
 VARIABLES: dict[str, tuple[str, str]] = {
-    "BAKERY_REGISTRY": ("the embedded registry", "registry HOST[:PORT] when a command names none"),
+    "BAKERY_REGISTRY": ("the embedded registry", "registry HOST[:PORT] when a command names none, and the launcher's for node tags (http://HOST[:PORT]: plain HTTP)"),
     "BAKERY_ENGINE": ("buildah if installed, else a Docker socket", "container engine: buildah, docker, or none (bake IMAGE, serve)"),
     "BAKERY_REGISTRY_TIMEOUT": ("60", "seconds each registry request may take (two retries follow)"),
     "BAKERY_REGISTRY_TOKEN": ("none: the auth files' logins", "a bearer token, sent as it is to a registry that asks for one"),
@@ -31,6 +31,10 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "BUILDAH_ISOLATION": ("chroot", "buildah's isolation for image builds (the capture stage)"),
     "BAKERY_DEBIAN_MIRROR": ("the mirror apt uses", "Debian mirror for debootstrap"),
     "BAKERY_DATA_DIR": ("$XDG_DATA_HOME/bakery", "where the embedded registry keeps its storage"),
+    "BAKERY_TARGET": ("archspec's detection", "launcher: the target to run (an archspec name) instead of the detected one"),
+    "BAKERY_CACHE": ("/var/cache/bakery", "launcher: the folder baked binaries are kept in, one entry per plan and target"),
+    "BAKERY_PUSH": ("0", "launcher: 1 pushes a node tag after a bake in the container (needs credentials)"),
+    "BAKERY_QUIET": ("0", "launcher: 1 prints nothing, not even the line saying it bakes"),
 }
 
 
@@ -74,6 +78,29 @@ def _majors(env: Mapping[str, str], default: int) -> tuple[int, ...]:
     return tuple(majors)
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    text = env.get(name, "").strip().lower()
+    if text in ("", "0", "false", "no"):
+        return False
+    if text in ("1", "true", "yes"):
+        return True
+    raise BakeryError(f"{name}={text!r}: expected 1 or 0")
+
+
+def _registry(env: Mapping[str, str]) -> tuple[str | None, bool]:
+    """BAKERY_REGISTRY as HOST[:PORT]; ``http://HOST[:PORT]`` says the registry speaks plain HTTP
+    (a `bakery serve` Service in a cluster), ``https://`` is the default written out."""
+    text = env.get("BAKERY_REGISTRY", "").strip()
+    plain = text.startswith("http://")
+    for scheme in ("http://", "https://"):
+        if text.startswith(scheme):
+            text = text[len(scheme):]
+    text = text.rstrip("/")
+    if text and ("/" in text or " " in text):
+        raise BakeryError(f"BAKERY_REGISTRY={env['BAKERY_REGISTRY'].strip()!r}: expected HOST[:PORT] or http://HOST[:PORT]")
+    return text or None, plain
+
+
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str | None:
     value = env.get(name, "").strip() or None
     if value is not None and value not in choices:
@@ -96,6 +123,11 @@ class Settings:
     build_isolation: str = "chroot"
     debian_mirror: str | None = None
     data_dir: Path | None = None
+    registry_plain_http: bool = False
+    launch_target: str | None = None
+    launch_cache: Path | None = None
+    push: bool = False
+    quiet: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -103,8 +135,10 @@ class Settings:
         major = _major(env)
         bindir = env.get("BAKERY_LLVM_BINDIR", "").strip()
         data = env.get("BAKERY_DATA_DIR", "").strip()
+        registry, plain_http = _registry(env)
+        cache = env.get("BAKERY_CACHE", "").strip()
         return cls(
-            registry=env.get("BAKERY_REGISTRY", "").strip() or None,
+            registry=registry,
             engine=_choice(env, "BAKERY_ENGINE", ("buildah", "docker", "none")),
             registry_timeout=_float(env, "BAKERY_REGISTRY_TIMEOUT", 60.0),
             registry_token=_token(env, "BAKERY_REGISTRY_TOKEN"),
@@ -117,5 +151,10 @@ class Settings:
             build_isolation=env.get("BUILDAH_ISOLATION", "").strip() or "chroot",
             debian_mirror=env.get("BAKERY_DEBIAN_MIRROR", "").strip() or None,
             data_dir=Path(data) if data else None,
+            registry_plain_http=plain_http,
+            launch_target=env.get("BAKERY_TARGET", "").strip() or None,
+            launch_cache=Path(cache) if cache else None,
+            push=_flag(env, "BAKERY_PUSH"),
+            quiet=_flag(env, "BAKERY_QUIET"),
         )
 
