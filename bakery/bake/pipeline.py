@@ -24,6 +24,7 @@ from bakery import proc
 from bakery.bake.retarget import asm_problem, retarget_ir
 from bakery.errors import BakeryError, PlanRefused
 from bakery.plan.model import Archive, FileRef, Flag, LinkRef, Module, ModuleRef, ObjectRef, Plan
+from bakery.platforms import usable_cpus
 from bakery.target import Target
 from bakery.toolchain import Toolchain
 
@@ -61,7 +62,7 @@ def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output:
         raise BakeryError(f"--lto {lto!r}: choose one of {', '.join(LTO_MODES)}")
     toolchain = toolchain.for_triple(plan.toolchain.triple)  # off-node: bake another ISA's IR
     check_toolchain(plan, toolchain, target)
-    jobs = jobs or os.cpu_count() or 1
+    jobs = jobs or usable_cpus()
     t0 = time.monotonic()
     for note in target.notes:
         log.info(f"bake: {note}")

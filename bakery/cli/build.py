@@ -40,10 +40,14 @@ def run(args) -> int:
         registry = args.registry or "REGISTRY"
         from bakery.images import base as basemod
         bases = basemod.names(registry, llvm, recipe.runtime_base)
-        for platform in _platforms(args) or [imagemod.host_platform()]:
+        platforms = _platforms(args) or [imagemod.host_platform()]
+        from bakery import oci
+        ref = str(oci.Ref.parse(args.tag or f"{recipe.name}:{recipe.version}", default_registry=registry))
+        for platform in platforms:
             print(imagemod.render_containerfile(recipe, bases, args.jobs, platform,
                                                 f"localhost/bakery/debian:bookworm-{platform.split('/')[1]}"
-                                                if platform != imagemod.host_platform() else None), end="")
+                                                if platform != imagemod.host_platform() else None,
+                                                ref=ref, platforms=platforms), end="")
         return 0
     registry = args.registry or registrymod.default_registry()
     res = imagemod.build(recipe, enginemod.get(args.engine), registry, tag=args.tag, push=args.push, llvm=llvm,

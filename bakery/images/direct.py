@@ -51,21 +51,28 @@ def export_bundle(reg: oci.Registry, repo: str, digest: str, path: str, dest: Pa
     prefix = PurePosixPath(path.strip("/"))
     manifest = _manifest(reg, repo, digest, f"the IR image {repo}@{digest[:19]}")
     for layer in reversed(manifest["layers"]):
-        mt = layer.get("mediaType", LAYER_GZIP)
-        if mt not in _GZIP_TYPES | _TAR_TYPES:
-            raise PlanRefused(f"the IR image's layer {layer['digest'][:19]} is {mt}: only tar and tar+gzip are read")
-        with tempfile.TemporaryFile(prefix="bakery-layer-") as f:
-            reg.download_blob(repo, layer["digest"], f, max_size=MAX_LAYER)
-            f.seek(0)
-            try:
-                written = safefs.extract_tar(gzip.GzipFile(fileobj=f) if mt in _GZIP_TYPES else f, dest,
-                                             strip=str(prefix), others="skip", limits=limits, what="the IR image")
-            except (tarfile.TarError, OSError, EOFError) as e:  # a broken tar or gzip stream
-                raise PlanRefused(f"an IR image layer is not a readable tar archive ({e})") from None
-        if written is not None:
+        if extract_layer(reg, repo, layer, dest, str(prefix), limits=limits, what="the IR image") is not None:
             return
         dest.rmdir()  # nothing of the bundle in this layer: the next one down
     raise PlanRefused(f"the IR image has no {path}")
+
+
+def extract_layer(reg: oci.Registry, repo: str, layer: dict, dest: Path, strip: str, *,
+                  limits: safefs.Limits = safefs.Limits(), what: str = "the image") -> int | None:
+    """The files below ``strip`` of one layer (a descriptor) into ``dest`` (must not exist), the
+    blob's digest and size checked: regular files and folders only (:func:`safefs.extract_tar`).
+    Returns the bytes written, or None when nothing of the layer lay below ``strip``."""
+    mt = layer.get("mediaType", LAYER_GZIP)
+    if mt not in _GZIP_TYPES | _TAR_TYPES:
+        raise PlanRefused(f"{what}'s layer {layer['digest'][:19]} is {mt}: only tar and tar+gzip are read")
+    with tempfile.TemporaryFile(prefix="bakery-layer-") as f:
+        reg.download_blob(repo, layer["digest"], f, max_size=MAX_LAYER)
+        f.seek(0)
+        try:
+            return safefs.extract_tar(gzip.GzipFile(fileobj=f) if mt in _GZIP_TYPES else f, dest,
+                                      strip=strip, others="skip", limits=limits, what=what)
+        except (tarfile.TarError, OSError, EOFError) as e:  # a broken tar or gzip stream
+            raise PlanRefused(f"{what}'s layer {layer['digest'][:19]} is not a readable tar archive ({e})") from None
 
 
 def layer_of(files: list[Path], bindir: str) -> tuple[bytes, str]:

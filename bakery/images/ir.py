@@ -34,7 +34,10 @@ def _copy_package(name: str, dest: Path) -> None:
 
 
 def render_containerfile(recipe, bases: basemod.Bases, jobs: int = 0, platform: str | None = None,
-                         runtime_image: str | None = None, inputs: str | None = None) -> str:
+                         runtime_image: str | None = None, inputs: str | None = None, *, ref: str = "",
+                         platforms: list[str] | None = None) -> str:
+    """The IR image's Containerfile. ``ref`` (REGISTRY/REPO:TAG) is where the launcher looks for
+    node tags; ``platforms`` are all the platforms built under that reference."""
     host = host_platform()
     platform = platform or host
     labels = {
@@ -59,7 +62,13 @@ def render_containerfile(recipe, bases: basemod.Bases, jobs: int = 0, platform: 
         "Containerfiles/ir.Containerfile.j2", name=recipe.name, version=recipe.version, build_image=bases.build,
         llvm_image=bases.llvm, packages=recipe.runtime_packages, recipe_file=recipe.path.name,
         bundle_dir=BUNDLE_DIR, jobs=jobs, labels=labels, entrypoint=entry, platform=platform, cross=cross,
-        runtime_image=runtime_image or bases.runtime)
+        runtime_image=runtime_image or bases.runtime, launch=launch_argv(ref, platform, platforms or [platform]))
+
+
+def launch_argv(ref: str, platform: str, platforms: list[str]) -> list[str]:
+    """The last step of the IR image: the launcher and its stubs (bakery.launch.install)."""
+    return ["python3", "-m", "bakery.launch.install", BUNDLE_DIR, "--ref", ref, "--platform", platform,
+            "--platforms", ",".join(platforms)]
 
 
 
@@ -112,7 +121,8 @@ def build(recipe, engine: ContainerEngine, registry: str, *, tag: str | None = N
             ctx = Path(ctx_dir)
             _context(recipe, ctx)
             cf = ctx / "Containerfile"
-            cf.write_text(render_containerfile(recipe, bases, jobs, platform, runtime, inputs))
+            cf.write_text(render_containerfile(recipe, bases, jobs, platform, runtime, inputs,
+                                               ref=f"{ref.registry}/{ref.repository}:{ref.tag}", platforms=platforms))
             log.info(f"build: {ref} for {platform} (capture inside the build)")
             engine.build(containerfile=cf, context=ctx, tag=image, tls_verify=tls,
                          annotations=_annotations(recipe, bases, llvm, inputs) | {f"{ANN}.platform": platform},

@@ -75,7 +75,12 @@ def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tu
 
 
 def node_tag(ref: oci.Ref, plan: planmod.Plan, target: targetmod.Target) -> str:
-    return f"{ref.tag or plan.app.version}-{target.name}"
+    return tag_for(ref.tag or plan.app.version, target.name)
+
+
+def tag_for(ir_tag: str, target_name: str) -> str:
+    """The node tag of an IR image's tag for a target: ``1.0`` -> ``1.0-zen4``."""
+    return f"{ir_tag}-{target_name}"
 
 
 # -- what a host-side bake trusts ------------------------------------------------
@@ -341,25 +346,33 @@ def _write_outputs(job: _Job, staged: list[Path], output: Path) -> BakeImageResu
 
 
 @dataclass(frozen=True)
-class _NodeConfig:
+class NodeConfig:
     entrypoint: list[str] | None
     annotations: dict[str, str]
     labels: dict[str, str]
 
 
-def _node_config(job: _Job, tool_id: str) -> _NodeConfig:
-    entry = job.plan.recipe.entrypoint
-    return _NodeConfig(
+def _node_config(job: _Job, tool_id: str) -> NodeConfig:
+    return node_config(job.ref, job.digest, job.plan, job.plan_bytes, job.target, tool_id)
+
+
+def node_config(ref: oci.Ref, ir_digest: str, plan: planmod.Plan, plan_bytes: bytes, target: targetmod.Target,
+                tool_id: str) -> NodeConfig:
+    """A node tag's entrypoint, annotations and labels. ``dev.bakery.plan.digest`` (annotation
+    and label) is what the launcher checks before it takes a node tag for its own plan."""
+    entry = plan.recipe.entrypoint
+    made_for = {f"{ANN}.target": target.name, f"{ANN}.plan.digest": oci.sha256(plan_bytes)}
+    return NodeConfig(
         entrypoint=[f"{BIN_DIR}/{entry[0]}", *entry[1:]] if entry else None,
-        annotations={f"{ANN}.target": job.target.name, f"{ANN}.target.flags": " ".join(job.target.flags),
-                     f"{ANN}.ir.digest": job.digest, f"{ANN}.toolchain.image": tool_id,
-                     "org.opencontainers.image.base.name": str(job.ref),
-                     "org.opencontainers.image.base.digest": job.digest},
-        labels={f"{ANN}.target": job.target.name})
+        annotations={**made_for, f"{ANN}.target.flags": " ".join(target.flags),
+                     f"{ANN}.ir.digest": ir_digest, f"{ANN}.toolchain.image": tool_id,
+                     "org.opencontainers.image.base.name": str(ref),
+                     "org.opencontainers.image.base.digest": ir_digest},
+        labels=made_for)
 
 
 def _push_through_registry(job: _Job, staged: list[Path], base_image: str | None,
-                           config: _NodeConfig) -> BakeImageResult:
+                           config: NodeConfig) -> BakeImageResult:
     """``--engine none``: the node layer pushed through the registry's API."""
     from bakery.images import direct
 
@@ -378,7 +391,7 @@ def _push_through_registry(job: _Job, staged: list[Path], base_image: str | None
 
 
 def _commit(job: _Job, engine: ContainerEngine, image: str, base_image: str | None, stage: Path,
-            config: _NodeConfig, *, push: bool) -> BakeImageResult:
+            config: NodeConfig, *, push: bool) -> BakeImageResult:
     """One new layer of the staged outputs on the IR image (or the slim base), pushed as the tag."""
     if base_image is not None:
         if not engine.exists(base_image):

@@ -12,7 +12,7 @@ from helpers import REPO
 PKG = REPO / "bakery"
 SHARED = {"errors", "proc", "platforms", "target", "toolchain", "templates", "safefs", "oci", "__init__"}
 RANK = {"shared": 0, "recipe": 1, "plan": 2, "capture": 3, "bake": 3, "engines": 4, "images": 5, "bench": 5,
-        "serve": 6, "scale": 6, "cli": 7}
+        "serve": 6, "scale": 6, "launch": 6, "cli": 7}
 
 
 def group(module: str) -> str:
