@@ -9,7 +9,8 @@ DESCRIPTION = """\
 Render Kubernetes manifests (YAML on stdout, from the templates in bakery/data/k8s/) and map
 node-feature-discovery (NFD) CPU labels to archspec targets. No cluster is contacted.
 
-  bakery k8s job REG/pi:1.0                  # init container bakes for the node it lands on
+  bakery k8s job REG/pi:1.0                  # the IR image finishes itself on the node (launcher)
+  bakery k8s job REG/pi:1.0 --serve http://bakery:5001 --cache-host-path /var/cache/bakery
   bakery k8s job REG/pi:1.0 --target zen3    # pulls REG/pi:1.0-zen3, pinned to zen3-capable nodes
   bakery k8s serve --image REG/bakery:0.1    # registry + `bakery serve` (bakes node tags on first pull)
   bakery k8s target --labels node.json       # kubectl get node NAME -o json > node.json
@@ -30,23 +31,30 @@ def setup_parser(sub, parent):
     ks = p.add_subparsers(dest="k8s_command", metavar="SUBCOMMAND")
 
     j = ks.add_parser("job", parents=[parent], help="a Job that runs an app from its IR image",
-                      description="A Job for the IR image REF. --target auto (default): an init container runs "
-                                  "`python3 -m bakery bake /bakery/bundle --target native --output /bakery/bin` "
-                                  "inside the IR image on the node the pod landed on; the app container (the IR "
-                                  "image too) gets the binaries at /usr/local/bin and runs the image's entrypoint. "
-                                  "--target T: the pod pulls the node tag REF-T and is pinned by node affinity to "
-                                  "nodes whose NFD labels have T's features.")
+                      description="A Job for the IR image REF. --target auto (default): the pod runs the IR "
+                                  "image, whose launcher finishes the app for the node's CPU once per CPU type: "
+                                  "from the cache volume at /var/cache/bakery (--cache-host-path: one per node, "
+                                  "shared by its pods), else the node tag REF-<target> (from --serve, which bakes "
+                                  "a missing one once for all nodes), else a bake in the container "
+                                  "(docs/launcher.md). --target T: the pod pulls the node tag REF-T and is pinned "
+                                  "by node affinity to nodes whose NFD labels have T's features.")
     j.add_argument("ref", metavar="REF", help="IR image, REGISTRY/REPO:TAG (a registry the nodes can pull from)")
-    j.add_argument("-t", "--target", default="auto", help="'auto' (bake in an init container) or an archspec name")
+    j.add_argument("-t", "--target", default="auto", help="'auto' (the image's launcher, default) or an archspec name")
     j.add_argument("--name", help="Job name (default: <app>-<tag>-<target>)")
     j.add_argument("-n", "--namespace")
     j.add_argument("--image-pull-policy", default="IfNotPresent", choices=["Always", "IfNotPresent", "Never"])
     j.add_argument("--command", help="app container command, a shell-quoted string (default: the image's entrypoint)")
     j.add_argument("--args", help="app container arguments, a shell-quoted string")
     j.add_argument("--slim", action="store_true", help="--target T: pull REF-T-slim (runtime base + binaries)")
-    j.add_argument("--bake-jobs", type=int, default=0, help="auto: compile jobs in the init container")
-    j.add_argument("--bake-cpu", help="auto: CPU request and limit of the init container, e.g. 2")
-    j.add_argument("--bake-memory", help="auto: memory request and limit of the init container, e.g. 2Gi")
+    j.add_argument("--cpu", help="CPU request and limit of the app container, e.g. 2 (a bake uses as many)")
+    j.add_argument("--memory", help="memory request and limit of the app container, e.g. 2Gi")
+    j.add_argument("--cache-host-path", metavar="PATH",
+                   help="auto: the node's folder PATH as the launcher's cache (hostPath), so a node's later "
+                        "pods start with no fetch and no bake (default: an emptyDir per pod)")
+    j.add_argument("--serve", metavar="URL", help="auto: BAKERY_REGISTRY for the launcher, e.g. "
+                                                  "http://bakery.NS.svc:5001 (`bakery k8s serve`)")
+    j.add_argument("--push", action="store_true", help="auto: push a bake made in the pod as the node tag "
+                                                       "(BAKERY_PUSH=1; the pod needs registry credentials)")
     j.add_argument("--backoff-limit", type=int, default=0)
     j.add_argument("--registry", help="registry for a REF that names none (default: $BAKERY_REGISTRY)")
 
@@ -105,8 +113,8 @@ def run(args) -> int:
         sys.stdout.write(k8s.render_job(
             ref, target=args.target, name=args.name, namespace=args.namespace, pull_policy=args.image_pull_policy,
             command=shlex.split(args.command) if args.command else None,
-            args=shlex.split(args.args) if args.args else None, slim=args.slim, bake_jobs=args.bake_jobs,
-            bake_cpu=args.bake_cpu, bake_memory=args.bake_memory, backoff_limit=args.backoff_limit))
+            args=shlex.split(args.args) if args.args else None, slim=args.slim, cpu=args.cpu, memory=args.memory,
+            cache_host_path=args.cache_host_path, serve=args.serve, push=args.push, backoff_limit=args.backoff_limit))
         return 0
     if cmd == "serve":
         policy = None

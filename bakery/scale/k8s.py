@@ -349,14 +349,17 @@ def dns_name(text: str) -> str:
 
 def render_job(ref: str, *, target: str = "auto", name: str | None = None, pull_policy: str = "IfNotPresent",
                command: list[str] | None = None, args: list[str] | None = None, slim: bool = False,
-               bake_jobs: int = 0, bake_cpu: str | None = None, bake_memory: str | None = None,
-               backoff_limit: int = 0, namespace: str | None = None) -> str:
+               cpu: str | None = None, memory: str | None = None, cache_host_path: str | None = None,
+               serve: str | None = None, push: bool = False, backoff_limit: int = 0,
+               namespace: str | None = None) -> str:
     """A Job for an app's IR image.
 
-    target "auto": an init container bakes the bundle for the node it landed on
-    (archspec detection inside the IR image) into an emptyDir; the app container
-    (the IR image too) sees it at /usr/local/bin, where a node tag has its
-    binaries, so the image's own entrypoint runs. Nothing is written to a registry.
+    target "auto": the pod runs the IR image itself. Its launcher (bakery.launch) finishes the
+    binary for the node's CPU once: a cache volume at /var/cache/bakery (an emptyDir, or with
+    ``cache_host_path`` a hostPath shared by every pod of the node), then the node tag
+    REF-<target> from the registry (``serve``: a `bakery serve` address, which bakes a missing
+    one once for every node that asks), then a bake in the container. With ``push`` that
+    bake is pushed as the node tag (the pod needs registry credentials).
 
     target T: the pod pulls the node tag REF-T (made by `bakery matrix`,
     `bakery bake` or `bakery serve`) and is pinned to nodes whose NFD labels
@@ -366,23 +369,29 @@ def render_job(ref: str, *, target: str = "auto", name: str | None = None, pull_
 
     parsed = oci.Ref.parse(ref)
     app = parsed.repository.rsplit("/", 1)[-1]
+    resources = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v}
     ctx: dict[str, Any] = dict(name=dns_name(name or f"{app}-{parsed.tag or 'pinned'}-{target}"), namespace=namespace,
                app=dns_name(app), pull_policy=pull_policy, command=command, args=args,
-               backoff_limit=backoff_limit, target=target, ref=str(parsed))
+               backoff_limit=backoff_limit, target=target, ref=str(parsed), resources=resources)
     if target == "auto":
-        init = ["python3", "-m", "bakery", "bake", "/bakery/bundle", "--target", "native", "--output", "/bakery/bin"]
-        if bake_jobs:
-            init += ["--jobs", str(bake_jobs)]
-        resources = {k: v for k, v in (("cpu", bake_cpu), ("memory", bake_memory)) if v}
-        ctx.update(image=str(parsed), init=init, bake_resources=resources, affinity=None, unchecked=[])
+        env = {}
+        if serve:
+            env["BAKERY_REGISTRY"] = serve
+        if push:
+            env["BAKERY_PUSH"] = "1"
+        ctx.update(image=str(parsed), affinity=None, unchecked=[], env=env, cache_host_path=cache_host_path,
+                   serve=serve)
     else:
         if parsed.digest or not parsed.tag:
             raise BakeryError(f"{ref}: a node tag needs the IR image's tag, not a digest",
                               "name the IR image as REPO:TAG")
+        if cache_host_path or serve or push:
+            raise BakeryError("--cache-host-path, --serve and --push are for --target auto (the IR image's launcher)",
+                              "a node tag has its binaries already")
         req = requirement(target)
         tag = f"{parsed.tag}-{target}" + ("-slim" if slim else "")
-        ctx.update(image=str(parsed.with_tag(tag)), init=None, bake_resources={}, affinity=req.expressions,
-                   unchecked=req.unchecked)
+        ctx.update(image=str(parsed.with_tag(tag)), affinity=req.expressions, unchecked=req.unchecked, env={},
+                   cache_host_path=None, serve=None)
     return _render("job.yaml.j2", **ctx)
 
 

@@ -180,19 +180,25 @@ def test_node_lists_from_kubectl(tmp_path, capsys):
 
 # -- manifests ------------------------------------------------------------------------------------
 
-def test_auto_job_bakes_in_an_init_container_into_a_shared_empty_dir():
-    (job,) = validate(k8s.render_job(REF, bake_cpu="2", bake_memory="2Gi", bake_jobs=2))
+def test_auto_job_runs_the_ir_image_with_a_cache_volume_and_no_init_container():
+    (job,) = validate(k8s.render_job(REF, cpu="2", memory="2Gi"))
     assert job["kind"] == "Job"
     spec = job["spec"]["template"]["spec"]
-    (init,), (app,) = spec["initContainers"], spec["containers"]
-    assert init["image"] == app["image"] == REF
-    assert init["command"] == ["python3", "-m", "bakery", "bake", "/bakery/bundle", "--target", "native",
-                               "--output", "/bakery/bin", "--jobs", "2"]
-    assert init["resources"]["limits"] == {"cpu": "2", "memory": "2Gi"}
-    assert init["volumeMounts"][0]["mountPath"] == "/bakery/bin"
-    assert app["volumeMounts"][0] == {"name": "bakery-bin", "mountPath": "/usr/local/bin", "readOnly": True}
-    assert spec["volumes"] == [{"name": "bakery-bin", "emptyDir": {}}]
-    assert "command" not in app and "affinity" not in spec  # the image's entrypoint; any node
+    assert "initContainers" not in spec and "affinity" not in spec  # any node: the launcher finishes it there
+    (app,) = spec["containers"]
+    assert app["image"] == REF and "command" not in app and "env" not in app  # the image's entrypoint
+    assert app["resources"]["limits"] == {"cpu": "2", "memory": "2Gi"}
+    assert app["volumeMounts"] == [{"name": "bakery-cache", "mountPath": "/var/cache/bakery"}]
+    assert spec["volumes"] == [{"name": "bakery-cache", "emptyDir": {}}]
+    (node,) = validate(k8s.render_job(REF, cache_host_path="/var/cache/bakery", serve="http://bakery.hpc.svc:5001",
+                                      push=True))
+    spec = node["spec"]["template"]["spec"]
+    assert spec["volumes"] == [{"name": "bakery-cache",
+                                "hostPath": {"path": "/var/cache/bakery", "type": "DirectoryOrCreate"}}]
+    assert spec["containers"][0]["env"] == [{"name": "BAKERY_REGISTRY", "value": "http://bakery.hpc.svc:5001"},
+                                            {"name": "BAKERY_PUSH", "value": "1"}]
+    with pytest.raises(BakeryError, match="for --target auto"):
+        k8s.render_job(REF, target="zen3", serve="http://bakery:5001")
 
 
 def test_target_job_pulls_the_node_tag_on_nodes_with_the_targets_features():
@@ -251,7 +257,7 @@ def test_selector_fragment_fits_a_pod_spec():
 
 def test_a_wrong_field_is_caught_by_the_schema():
     (job,) = k8s.documents(k8s.render_job(REF))
-    job["spec"]["template"]["spec"]["initContainers"][0]["comand"] = ["x"]
+    job["spec"]["template"]["spec"]["containers"][0]["comand"] = ["x"]
     with pytest.raises(kv.ValidationError):
         kv.validate(job, K8S_VERSION, strict=True)
 
