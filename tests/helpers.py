@@ -3,7 +3,13 @@ disassembly. Fixtures are in conftest.py."""
 
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,3 +88,103 @@ def in_process_services(registry: str, tmp_path: Path):
         srv.server_close()
     for f in logs:
         f.close()
+
+
+# -- bakery serve as its users start it, and registry chores -------------------------------------
+
+def podman_containers_conf(path: Path) -> Path:
+    """A containers.conf for `podman run` here: containers keep podman's own rlimits (raising one
+    needs CAP_SYS_RESOURCE, which this sandbox does not give; podman's default nofile is 1048576),
+    cgroupfs and a file events log (no systemd). The limits are read from a podman process."""
+    limits = {}
+    p = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{path.parent}/limits.sock"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 20
+        while not (path.parent / "limits.sock").exists() and time.monotonic() < deadline and p.poll() is None:
+            time.sleep(0.1)  # the service has set its limits once it listens
+        if p.poll() is None:
+            for line in Path(f"/proc/{p.pid}/limits").read_text().splitlines():
+                for key, name in (("Max open files", "nofile"), ("Max processes", "nproc")):
+                    if line.startswith(key):
+                        soft, hard = line[len(key):].split()[:2]
+                        if "unlimited" not in (soft, hard):
+                            limits[name] = (soft, hard)
+    finally:
+        p.terminate()
+        p.wait(15)
+    ulimits = ", ".join(f'"{k}={s}:{h}"' for k, (s, h) in sorted(limits.items()))
+    runtime = 'runtime = "runc"\n' if subprocess.run(["sh", "-c", "command -v runc"], capture_output=True).returncode == 0 else ""
+    path.write_text(f"[containers]\ndefault_ulimits = [{ulimits}]\n[engine]\ncgroup_manager = \"cgroupfs\"\n"
+                    f"events_logger = \"file\"\n{runtime}")
+    return path
+
+
+def request(addr: str, method: str, path: str, headers: dict | None = None, body: bytes | None = None,
+            timeout: float = 300) -> tuple[int, dict, bytes]:
+    host, port = addr.rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
+
+
+def fresh(registry: str, repo: str, tag: str) -> None:
+    """Make sure ``repo:tag`` is not in the registry (another module may have baked it)."""
+    from bakery import oci
+
+    reg = oci.Registry(registry)
+    digest = reg.head_manifest(repo, tag)
+    if digest:
+        r = reg._request("DELETE", reg._url(repo, "manifests", digest))
+        assert r.status_code == 202, r.text
+    assert reg.head_manifest(repo, tag) is None
+
+
+class Service:
+    """``bakery serve`` as a subprocess of its own session (so kill -9 takes its bakes too)."""
+
+    def __init__(self, registry: str, log_path, *extra: str):
+        self.registry, self.log_path, self.extra = registry, log_path, extra
+        from bakery.images import registry as registrymod
+
+        self.addr = f"127.0.0.1:{registrymod.free_port()}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Service:
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "bakery", "serve", "--upstream", f"http://{self.registry}",
+                                      "--listen", self.addr, *self.extra],
+                                     stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()
+            try:
+                if request(self.addr, "GET", "/healthz", timeout=2)[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"bakery serve did not come up:\n{self.log()}")
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def bakes(self) -> list[dict]:
+        return [rec for line in self.log_path.read_text().splitlines()
+                if line.startswith("{") and (rec := json.loads(line)).get("event") == "bake"]

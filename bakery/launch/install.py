@@ -24,7 +24,7 @@ from bakery import plan as planmod
 
 INFO = Path("/bakery/launch.json")
 CACHE = Path("/var/cache/bakery")
-STUB = """#!/usr/bin/python3 -IS
+STUB = """#!/usr/bin/python3 -I
 # bakery's launcher for {name}: finishes {name} for this CPU at its first start (once per
 # CPU type, cached in /var/cache/bakery), then runs it with these arguments. docs/launcher.md
 import sys

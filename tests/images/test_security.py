@@ -288,7 +288,8 @@ def test_serve_as_k8s_serve_deploys_it(images, registry, tmp_path, monkeypatch):
     import base64
     import crypt  # bcrypt, as distribution's htpasswd wants: Debian's libxcrypt has it
 
-    from test_serve import Service, get_manifest
+    from helpers import Service
+    from test_serve import get_manifest
 
     from bakery.images import registry as registrymod
 

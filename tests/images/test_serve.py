@@ -13,20 +13,17 @@ import hashlib
 import http.client
 import json
 import os
-import signal
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from helpers import in_process_services
+from helpers import Service, fresh, in_process_services, request
 from prometheus_client.parser import text_string_to_metric_families
 
 from bakery import oci
 from bakery.errors import BakeryError
-from bakery.images import registry as registrymod
 from bakery.serve.policy import Policy
 
 pytestmark = pytest.mark.slow
@@ -35,18 +32,6 @@ ACCEPT = ", ".join([oci.MANIFEST, oci.INDEX, oci.DOCKER_MANIFEST, oci.DOCKER_LIS
 
 
 # -- helpers ---------------------------------------------------------------------
-
-def request(addr: str, method: str, path: str, headers: dict | None = None, body: bytes | None = None,
-            timeout: float = 300) -> tuple[int, dict, bytes]:
-    host, port = addr.rsplit(":", 1)
-    c = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    try:
-        c.request(method, path, body=body, headers=headers or {})
-        r = c.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        c.close()
-
 
 def get_manifest(addr: str, repo: str, tag: str, method: str = "GET"):
     return request(addr, method, f"/v2/{repo}/manifests/{tag}", {"Accept": ACCEPT})
@@ -68,16 +53,6 @@ def oci_error(body: bytes) -> dict:
     return errs[0]
 
 
-def fresh(registry: str, repo: str, tag: str) -> None:
-    """Make sure ``repo:tag`` is not in the registry (another module may have baked it)."""
-    reg = oci.Registry(registry)
-    digest = reg.head_manifest(repo, tag)
-    if digest:
-        r = reg._request("DELETE", reg._url(repo, "manifests", digest))
-        assert r.status_code == 202, r.text
-    assert reg.head_manifest(repo, tag) is None
-
-
 def buildah_in_session(sid: int) -> bool:
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -86,50 +61,6 @@ def buildah_in_session(sid: int) -> bool:
         except OSError:
             pass
     return False
-
-
-class Service:
-    """``bakery serve`` as a subprocess of its own session (so kill -9 takes its bakes too)."""
-
-    def __init__(self, registry: str, log_path, *extra: str):
-        self.registry, self.log_path, self.extra = registry, log_path, extra
-        self.addr = f"127.0.0.1:{registrymod.free_port()}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> Service:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "bakery", "serve", "--upstream", f"http://{self.registry}",
-                                      "--listen", self.addr, *self.extra],
-                                     stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log()
-            try:
-                if request(self.addr, "GET", "/healthz", timeout=2)[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"bakery serve did not come up:\n{self.log()}")
-
-    def kill9(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill9()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def bakes(self) -> list[dict]:
-        return [rec for line in self.log_path.read_text().splitlines()
-                if line.startswith("{") and (rec := json.loads(line)).get("event") == "bake"]
 
 
 @pytest.fixture(scope="module")
