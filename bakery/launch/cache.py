@@ -29,10 +29,7 @@ import hashlib
 import json
 import os
 import re
-import secrets
-import shutil
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,6 +56,26 @@ def sha256_file(path: Path | int) -> str:
         if not isinstance(path, int):
             os.close(fd)
     return "sha256:" + h.hexdigest()
+
+
+_CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags", "Features",
+               "CPU implementer", "CPU architecture", "CPU variant", "CPU part", "isa", "uarch")
+
+
+def host_key(*parts: str, cpuinfo: str = "/proc/cpuinfo") -> str:
+    """A digest of what names this CPU (the first processor's identity and flags, not its clock)
+    and of ``parts`` (the target asked for, the toolchain that clamps it)."""
+    h = hashlib.sha256("\0".join(parts).encode())
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first processor is enough: a node's CPUs are one type
+                if line.split(":", 1)[0].strip() in _CPU_FIELDS:
+                    h.update(line.encode())
+    except OSError:
+        h.update(b"no cpuinfo")
+    return h.hexdigest()[:32]
 
 
 def entry_key(app: str, version: str, plan_digest: str, target: str) -> str:
@@ -89,6 +106,8 @@ def choose_root(wanted: Path, *, home_fallback: Path | None = None) -> Root:
     why = f"{wanted} is {'read-only' if wanted.is_dir() else 'missing and cannot be made'}"
     if home_fallback is not None and writable(home_fallback):
         return Root(home_fallback, private=False, note=f"{why}: caching in {home_fallback}")
+    import tempfile
+
     tmp = Path(tempfile.mkdtemp(prefix="bakery-cache-"))
     return Root(tmp, private=True,
                 note=f"{why}: baking into the private folder {tmp} (mount a volume at {wanted} to keep bakes)")
@@ -139,12 +158,35 @@ class Cache:
 
     def drop(self, key: str) -> None:
         """Move a failed entry aside (atomic), then remove it."""
+        import secrets
+        import shutil
+
         aside = self.dir / f".bad-{key}-{os.getpid()}-{secrets.token_hex(4)}"
         try:
             os.rename(self.entry(key), aside)
         except FileNotFoundError:
             return
         shutil.rmtree(aside, ignore_errors=True)
+
+    # -- the node's target, remembered --------------------------------------------------------------
+
+    def remembered_target(self, key: str) -> str | None:
+        """The target detected before on this CPU (``key``: see :func:`host_key`), or None."""
+        try:
+            name = (self.dir / "targets" / key).read_text().strip()
+        except OSError:
+            return None
+        return name if _UNSAFE.sub("", name) == name and name else None
+
+    def remember_target(self, key: str, name: str) -> None:
+        folder = self.dir / "targets"
+        try:
+            folder.mkdir(exist_ok=True)
+            tmp = folder / f".{key}.{os.getpid()}"
+            tmp.write_text(name + "\n")
+            os.rename(tmp, folder / key)
+        except OSError:
+            pass  # remembering is an optimization only
 
     # -- making ----------------------------------------------------------------------------------
 
@@ -174,6 +216,9 @@ class Cache:
     def install(self, key: str, files: dict[str, Path], record: dict) -> dict:
         """Copy ``files`` (name -> path) into a new entry, write its record, rename it into place.
         Call under :meth:`locked`. Returns the record written."""
+        import secrets
+        import shutil
+
         for stale in self.dir.glob(f".tmp-{key}-*"):  # a maker killed mid-way: only the lock holder writes these
             shutil.rmtree(stale, ignore_errors=True)
         tmp = self.dir / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"

@@ -24,7 +24,7 @@ from typing import NoReturn
 
 from bakery.config import Settings
 from bakery.errors import BakeryError
-from bakery.launch.cache import Cache, EntryInvalid, choose_root, entry_key
+from bakery.launch.cache import Cache, EntryInvalid, choose_root, entry_key, host_key
 
 INFO = Path("/bakery/launch.json")
 DEFAULT_CACHE = Path("/var/cache/bakery")
@@ -84,11 +84,24 @@ def binary(name: str, info: dict, settings: Settings, say: Say) -> Path:
     if name not in info["executables"]:
         raise BakeryError(f"this image has no executable {name!r}",
                           f"it has: {', '.join(info['executables']) or 'none'}")
-    target = detect(info, settings.launch_target)
     root = cache_root(settings)
     if root.note:
         say(root.note)
     cache = Cache(root.path)
+    # archspec's detection costs more than the rest of a start: what it said on this CPU is kept,
+    # for hits only. A miss detects again, so a stale or edited memo never decides a bake.
+    cpu = host_key(settings.launch_target or "native", info["family"], info["compiler"])
+    remembered = cache.remembered_target(cpu)
+    if remembered is not None:
+        key = entry_key(info["app"], info["version"], info["plan"], remembered)
+        try:
+            if cache.check(key, info["plan"], remembered):
+                return cache.entry(key) / name
+        except EntryInvalid:
+            pass  # checked again below, once the target is detected
+    target = detect(info, settings.launch_target)
+    if target.name != remembered:
+        cache.remember_target(cpu, target.name)
     key = entry_key(info["app"], info["version"], info["plan"], target.name)
     try:
         if cache.check(key, info["plan"], target.name):

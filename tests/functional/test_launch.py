@@ -47,7 +47,7 @@ def test_first_start_bakes_once_and_later_starts_run_at_once(wordstat_info, buil
     assert first.stdout == want.stdout and "words: 3" in first.stdout
     again = _start(wordstat_info, cache, "-", stdin="a b a\n")
     assert (again.returncode, again.stderr, again.stdout) == (0, "", want.stdout)
-    entries = [p for p in (cache / "v1").iterdir() if not p.name.startswith(".") and p.is_dir()]
+    entries = [p for p in (cache / "v1").iterdir() if (p / "entry.json").exists()]
     assert len(entries) == 1 and json.loads((entries[0] / "entry.json").read_text())["source"] == "bake"
     # argv[0] as the stub was started, the exit code as the binary's own
     usage = _start(wordstat_info, cache, "x", "y")
@@ -58,7 +58,7 @@ def test_quiet_says_nothing_and_a_tampered_entry_is_made_again(wordstat_info, tm
     cache = tmp_path / "cache"
     first = _start(wordstat_info, cache, "-", stdin="x\n", BAKERY_QUIET="1")
     assert first.returncode == 0 and first.stderr == ""
-    entry = next(p for p in (cache / "v1").iterdir() if p.is_dir() and not p.name.startswith("."))
+    entry = next(p for p in (cache / "v1").iterdir() if (p / "entry.json").exists())
     lib = entry / "libwordstat.so.1"
     data = lib.read_bytes()
     lib.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # one bit of one byte: a stray edit
@@ -73,7 +73,7 @@ def test_another_isa_is_one_line_and_exit_126(wordstat_info, tmp_path):
     assert cp.returncode == 126
     assert cp.stderr.splitlines()[0] == ("bakery: this image is linux/amd64 (x86_64) and BAKERY_TARGET=neoverse_v1 "
                                          "is aarch64 (neoverse_v1); the image has linux/amd64")
-    assert not (tmp_path / "cache" / "v1").exists() or not any((tmp_path / "cache" / "v1").iterdir())
+    assert not (tmp_path / "cache" / "v1").exists() or not list((tmp_path / "cache" / "v1").glob("*/entry.json"))
 
 
 def test_launcher_errors_are_one_line_and_exit_125(wordstat_info, tmp_path):
@@ -92,3 +92,16 @@ def test_install_writes_stubs_for_executables_only(builds, tmp_path):
     assert not (tmp_path / "usr/local/bin/libwordstat.so.1").exists()
     assert oct((tmp_path / "var/cache/bakery").stat().st_mode & 0o7777) == "0o1777"
     assert json.loads((tmp_path / "bakery/launch.json").read_text())["platforms"] == ["linux/amd64", "linux/arm64"]
+
+
+def test_the_detected_target_is_remembered_per_cpu_and_request(wordstat_info, tmp_path):
+    cache = tmp_path / "cache"
+    assert _start(wordstat_info, cache, "-", stdin="x\n", BAKERY_TARGET="haswell").returncode == 0
+    (memo,) = (cache / "v1" / "targets").iterdir()
+    assert memo.read_text() == "haswell\n"
+    memo.write_text("zen4\n")  # a memo that is wrong (edited, or another CPU's) never decides a bake:
+    cp = _start(wordstat_info, cache, "-", stdin="x\n", BAKERY_TARGET="haswell")
+    assert (cp.returncode, cp.stderr) == (0, "")  # no zen4 entry: detected again, the haswell one taken
+    assert memo.read_text() == "haswell\n"
+    other = _start(wordstat_info, cache, "-", stdin="x\n", BAKERY_TARGET="broadwell")  # another request: its own
+    assert other.returncode == 0 and "for broadwell" in other.stderr

@@ -65,8 +65,7 @@ def bake_lines(stderr: str) -> list[str]:
 
 def entries(cache: Path) -> list[dict]:
     v1 = cache / "v1"
-    return [json.loads((p / "entry.json").read_text()) for p in sorted(v1.iterdir())
-            if p.is_dir() and not p.name.startswith(".")] if v1.exists() else []
+    return [json.loads(p.read_text()) for p in sorted(v1.glob("*/entry.json"))] if v1.exists() else []
 
 
 def test_the_ir_image_runs_its_app_and_bakes_once_per_cache(podman, wordstat, expected, tmp_path):
