@@ -62,7 +62,8 @@ def render_containerfile(recipe, bases: basemod.Bases, jobs: int = 0, platform: 
         "Containerfiles/ir.Containerfile.j2", name=recipe.name, version=recipe.version, build_image=bases.build,
         llvm_image=bases.llvm, packages=recipe.runtime_packages, recipe_file=recipe.path.name,
         bundle_dir=BUNDLE_DIR, jobs=jobs, labels=labels, entrypoint=entry, platform=platform, cross=cross,
-        runtime_image=runtime_image or bases.runtime, launch=launch_argv(ref, platform, platforms or [platform]))
+        runtime_image=runtime_image or bases.runtime,
+        debian_sources=any(src.kind == "debian" for src in recipe.sources), launch=launch_argv(ref, platform, platforms or [platform]))
 
 
 def launch_argv(ref: str, platform: str, platforms: list[str]) -> list[str]:
