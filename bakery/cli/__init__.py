@@ -32,6 +32,9 @@ With images, the same two steps meet users through a registry:
   bake     IMAGE commits the binaries as one thin layer on the IR image and
            pushes it as the node tag <tag>-<target> (reused when it exists);
   serve    bakes a node tag the first time anybody pulls it.
+The IR image runs as it is: `podman run IMAGE ARGS` finishes the app for the
+CPU it starts on (a cache volume at /var/cache/bakery, else the node tag, else
+a bake in the container; once per CPU type), then runs it (docs/launcher.md).
 Without --registry (or $BAKERY_REGISTRY), bakery starts its own registry on
 127.0.0.1:5000.
 
@@ -44,6 +47,7 @@ examples:
   bakery build examples/pi/recipe.yaml            # -> 127.0.0.1:5000/pi:1.0
   bakery bake 127.0.0.1:5000/pi:1.0 --target native
   bakery serve --upstream http://127.0.0.1:5000 --listen 127.0.0.1:5080
+  podman run -v bakery-cache:/var/cache/bakery 127.0.0.1:5000/pi:1.0 1000000
 
 Each command has its own --help.
 """
