@@ -245,6 +245,22 @@ def request_timeout() -> float:
     return Settings.from_env().registry_timeout
 
 
+class RegistryError(BakeryError):
+    """A registry's answer other than success: its HTTP status, and Retry-After in seconds when
+    it sent one (``bakery serve`` does while it bakes: 503, and 429 with a full queue)."""
+
+    def __init__(self, message: str, hint: str | None = None, *, status: int, retry_after: float | None = None):
+        super().__init__(message, hint)
+        self.status, self.retry_after = status, retry_after
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: the caller's own pause applies
+
+
 class Response:
     """One HTTP answer: its status, its headers (an ``email.message.Message``: ``get`` ignores case,
     ``get_all`` gives repeated ones) and its body, read once with ``read``. ``content`` holds the
@@ -594,7 +610,8 @@ class Registry:
         hint = (f"log in to {self.host}: its credentials are read from $REGISTRY_AUTH_FILE, the containers "
                 "auth file or the docker config (e.g. 'skopeo login'), or BAKERY_REGISTRY_TOKEN") \
             if r.status == 401 else None
-        raise BakeryError(f"registry {self.host}: {what} failed (HTTP {r.status}) {detail}".rstrip(), hint)
+        raise RegistryError(f"registry {self.host}: {what} failed (HTTP {r.status}) {detail}".rstrip(), hint,
+                            status=r.status, retry_after=_seconds(r.headers.get("Retry-After")))
 
     # -- the API --
 

@@ -134,14 +134,13 @@ def _manifest_waiting(reg: oci.Registry, repo: str, tag: str, settings: Settings
                 raise NotThere
             data, mt, _ = reg.get_manifest(repo, tag)
             return data, mt
-        except BakeryError as e:
-            status = getattr(e, "status", None)
-            if status not in (429, 503) or time.monotonic() > deadline:
+        except oci.RegistryError as e:
+            if e.status not in (429, 503) or time.monotonic() > deadline:
                 raise
             if not told:
                 told = True
                 say(f"waiting for {reg.host} to bake {repo}:{tag}")
-            time.sleep(min(WAIT_CAP, max(1.0, float(getattr(e, "retry_after", 0) or 5))))
+            time.sleep(min(WAIT_CAP, max(1.0, e.retry_after or 5.0)))
 
 
 # -- a bake here ------------------------------------------------------------------------------------

@@ -105,3 +105,48 @@ def test_the_detected_target_is_remembered_per_cpu_and_request(wordstat_info, tm
     assert memo.read_text() == "haswell\n"
     other = _start(wordstat_info, cache, "-", stdin="x\n", BAKERY_TARGET="broadwell")  # another request: its own
     assert other.returncode == 0 and "for broadwell" in other.stderr
+
+
+def test_a_registry_that_is_baking_is_waited_for_and_said_once(tmp_path):
+    """bakery serve answers 503 + Retry-After while it bakes (past its --deadline): the launcher
+    asks again until the registry answers, and says once that it waits."""
+    import http.server
+    import threading
+
+    from bakery import oci
+    from bakery.config import Settings
+    from bakery.launch import finish
+
+    asked = []
+
+    class Baking(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            asked.append(self.command)
+            if self.path == "/v2/":
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+            elif len(asked) <= 4:
+                self.send_response(503)
+                self.send_header("Retry-After", "1")
+                self.send_header("Content-Length", "0")
+            else:
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD = _answer  # noqa: N815
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Baking)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    said: list[str] = []
+    try:
+        reg = oci.Registry(f"127.0.0.1:{srv.server_address[1]}", tls_verify=False)
+        with pytest.raises(finish.NotThere):
+            finish._manifest_waiting(reg, "app", "1.0-zen4", Settings.from_env({}), said.append)
+    finally:
+        srv.shutdown()
+    assert said == [f"waiting for 127.0.0.1:{srv.server_address[1]} to bake app:1.0-zen4"]
+    assert asked.count("HEAD") >= 5
