@@ -649,6 +649,17 @@ class Registry:
             self._fail(r, f"PUT manifest {repo}:{ref}")
         return sha256(data)
 
+    def delete_manifest(self, repo: str, digest: str) -> bool:
+        """Delete the manifest ``digest`` (every tag on it goes with it); False when there was none.
+        The registry must allow deletes (the embedded one does)."""
+        _check_digest(digest)
+        r = self._request("DELETE", self._url(repo, "manifests", digest), repo=repo)
+        if r.status == 404:
+            return False
+        if r.status != 202:
+            self._fail(r, f"DELETE manifest {repo}@{digest[:19]}")
+        return True
+
     def blob_exists(self, repo: str, digest: str) -> bool:
         """Whether the registry has the blob ``digest`` in ``repo`` (HEAD on it)."""
         _check_digest(digest)

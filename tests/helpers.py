@@ -139,8 +139,7 @@ def fresh(registry: str, repo: str, tag: str) -> None:
     reg = oci.Registry(registry)
     digest = reg.head_manifest(repo, tag)
     if digest:
-        r = reg._request("DELETE", reg._url(repo, "manifests", digest))
-        assert r.status_code == 202, r.text
+        assert reg.delete_manifest(repo, digest)
     assert reg.head_manifest(repo, tag) is None
 
 

@@ -518,3 +518,30 @@ def test_node_tags_are_reused_across_engines(images, engine, docker_images, dock
     node_layers = skopeo_raw(f"{registry}/pi:1.0-haswell")["layers"]
     assert [l["digest"] for l in node_layers[:-1]] == [l["digest"] for l in ir_layers]
     assert len(node_layers) == len(ir_layers) + 1
+
+
+@pytest.mark.slow
+def test_the_ir_image_runs_through_the_docker_api(docker_host, images, registry, tmp_path):
+    """What `docker run IR args` does: the Docker API (podman's service here) creates and starts the
+    IR image with its own entrypoint and the app's arguments; the launcher bakes once into the
+    mounted cache and runs the app, and the next container just runs it."""
+    images.ir("wordstat")
+    client = docker.DockerClient(base_url=docker_host, version="auto", timeout=300)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+
+    def start() -> tuple[int, str, str]:
+        ctr = client.containers.run(f"{registry}/wordstat:1.0", ["/etc/os-release"], detach=True,
+                                    environment={"BAKERY_TARGET": "x86_64_v3"}, network_mode="none",
+                                    volumes={str(cache): {"bind": "/var/cache/bakery", "mode": "rw"}})
+        try:
+            code = ctr.wait(timeout=300)["StatusCode"]
+            return code, ctr.logs(stdout=True, stderr=False).decode(), ctr.logs(stdout=False, stderr=True).decode()
+        finally:
+            ctr.remove(force=True)
+
+    code, out, err = start()
+    assert code == 0 and out.startswith("words: "), err
+    assert err.startswith("bakery: baking wordstat 1.0 for x86_64_v3: the first start on this CPU type")
+    again = start()
+    assert again == (0, out, "")
