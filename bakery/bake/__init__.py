@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bakery.bake.pipeline import (  # noqa: F401
     LTO_MODES,
+    PHASES,
     BakeResult,
     bake,
     check_toolchain,

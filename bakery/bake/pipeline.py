@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -40,10 +41,46 @@ class BakeResult:
     modules: int = 0
     lto: str = "none"
     variants: dict[str, str] = field(default_factory=dict)  # source -> level of the capture used
+    timings: Timings | None = None
 
     def to_json(self) -> dict:
-        return {"target": self.target.to_json(), "outputs": self.outputs, "seconds": round(self.seconds, 3),
-                "modules": self.modules, "lto": self.lto, "variants": self.variants}
+        out = {"target": self.target.to_json(), "outputs": self.outputs, "seconds": round(self.seconds, 3),
+               "modules": self.modules, "lto": self.lto, "variants": self.variants}
+        if self.timings is not None:
+            out["timings"] = self.timings.to_json()
+        return out
+
+
+PHASES = ("verify", "disassemble", "rewrite", "compile", "cached")
+
+
+class Timings:
+    """Where a bake's time goes: per phase summed over modules (CPU-seconds of the workers),
+    the wall time of the module stage and of the links, the slowest modules, the object cache."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.phases = dict.fromkeys(PHASES, 0.0)
+        self.per_module: dict[str, float] = {}
+        self.wall: dict[str, float] = {"modules": 0.0, "links": 0.0}
+        self.links: dict[str, float] = {}
+        self.cache: dict[str, int] | None = None
+
+    def add(self, label: str, spent: dict[str, float]) -> None:
+        with self.lock:
+            for k, v in spent.items():
+                self.phases[k] += v
+            self.per_module[label] = sum(spent.values())
+
+    def to_json(self) -> dict:
+        slowest = sorted(self.per_module.items(), key=lambda kv: -kv[1])[:5]
+        out = {"phases": {k: round(v, 3) for k, v in self.phases.items()},
+               "wall": {k: round(v, 3) for k, v in self.wall.items()},
+               "links": {k: round(v, 3) for k, v in self.links.items()},
+               "slowest_modules": [{"module": k, "seconds": round(v, 3)} for k, v in slowest]}
+        if self.cache is not None:
+            out["object_cache"] = self.cache
+        return out
 
 
 def check_toolchain(plan: Plan, toolchain: Toolchain, target: Target) -> None:
@@ -57,7 +94,10 @@ def check_toolchain(plan: Plan, toolchain: Toolchain, target: Target) -> None:
 
 
 def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output: Path, *,
-         jobs: int = 0, lto: str = "none", keep: bool = False) -> BakeResult:
+         jobs: int = 0, lto: str = "none", keep: bool = False, cache: Path | None = None) -> BakeResult:
+    """Bake ``bundle`` for ``target`` into ``output``. ``cache``: a folder whose object cache
+    (:mod:`bakery.bake.objcache`) gives modules compiled before with the same bitcode, flags,
+    target and toolchain, and keeps the new ones."""
     if lto not in LTO_MODES:
         raise BakeryError(f"--lto {lto!r}: choose one of {', '.join(LTO_MODES)}")
     toolchain = toolchain.for_triple(plan.toolchain.triple)  # off-node: bake another ISA's IR
@@ -71,10 +111,23 @@ def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output:
     work = Path(tempfile.mkdtemp(prefix="bakery-bake-"))
     try:
         variants: dict[str, str] = {}
-        objs = _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, variants)
-        outs = _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto)
+        timings = Timings()
+        objects = None
+        if cache is not None:
+            from bakery.bake.objcache import ObjectCache
+
+            objects = ObjectCache(cache, toolchain)
+        t1 = time.monotonic()
+        objs = _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, variants, timings, objects)
+        t2 = time.monotonic()
+        outs = _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, timings)
+        timings.wall = {"modules": t2 - t1, "links": time.monotonic() - t2}
+        if objects is not None:
+            timings.cache = {"hits": objects.hits, "misses": objects.misses}
+            log.info(f"bake: object cache {cache}: {objects.hits} modules reused, {objects.misses} compiled")
         output.mkdir(parents=True, exist_ok=True)
-        result = BakeResult(target, seconds=0.0, modules=len(plan.modules), lto=lto, variants=variants)
+        result = BakeResult(target, seconds=0.0, modules=len(plan.modules), lto=lto, variants=variants,
+                            timings=timings)
         for link in plan.links:
             dest = output / link.install
             tmp = dest.with_name(f".{dest.name}.tmp")
@@ -100,7 +153,8 @@ def choose_variant(module: Module, target: Target) -> str | None:
     return best_level(target.name, levels) if levels else None
 
 
-def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, work: Path, jobs: int, lto: str, variants: dict[str, str]) -> dict[str, Path]:
+def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, work: Path, jobs: int, lto: str,
+                  variants: dict[str, str], timings: Timings, objects=None) -> dict[str, Path]:
     (work / "obj").mkdir()
     dis = toolchain.tool("llvm-dis")
     preserve = plan.preserve.flags
@@ -113,16 +167,35 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
             v = m.variant(level)
             path, digest = v.path, v.sha256
             chosen[m.label] = level
+        spent: dict[str, float] = {}
+        t = time.perf_counter()
         bc = planmod.verify_file(bundle, path, digest)
+        spent["verify"] = time.perf_counter() - t
+        out = work / "obj" / f"{sha}.o"
+        flags = [*toolchain.cross_flags, "-w", *m.flags, *preserve, *target.flags, *lto_flag]
+        key = objects.key(digest, [target.tune or "", *flags]) if objects is not None else ""
+        if objects is not None:
+            t = time.perf_counter()
+            if objects.get(key, out):
+                spent["cached"] = time.perf_counter() - t
+                timings.add(m.label, spent)
+                return out
         # cwd: the work tree, so that nothing relative resolves against the caller's folder.
+        t = time.perf_counter()
         text = proc.run([dis, str(bc), "-o", "-"], cwd=work).stdout
+        spent["disassemble"] = time.perf_counter() - t
+        t = time.perf_counter()
         why = asm_problem(text)  # the very text clang compiles below
         if why:
             raise PlanRefused(f"plan refused: module {m.label}: {why}")
         text, _ = retarget_ir(text, target.tune)
-        out = work / "obj" / f"{sha}.o"
-        proc.run([toolchain.clang, *toolchain.cross_flags, "-c", "-x", "ir", "-", "-o", str(out), "-w",
-                  *m.flags, *preserve, *target.flags, *lto_flag], input=text, cwd=work)
+        spent["rewrite"] = time.perf_counter() - t
+        t = time.perf_counter()
+        proc.run([toolchain.clang, "-c", "-x", "ir", "-", "-o", str(out), *flags], input=text, cwd=work)
+        spent["compile"] = time.perf_counter() - t
+        if objects is not None:
+            objects.put(key, out)
+        timings.add(m.label, spent)
         return out
 
     results: dict[str, Path] = {}
@@ -150,7 +223,7 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
 
 
 def _link_all(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, work: Path, objs: dict[str, Path],
-              jobs: int, lto: str) -> dict[str, Path]:
+              jobs: int, lto: str, timings: Timings | None = None) -> dict[str, Path]:
     ar = toolchain.tool("llvm-ar")
     outs: dict[str, Path] = {}
     preserve_libs = plan.preserve.libs
@@ -196,7 +269,10 @@ def _link_all(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, wo
         if link.kind == "shared" and not link.soname:
             argv.append(f"-Wl,-soname,{link.install}")
         log.info(f"bake: linking {link.install}")
+        t = time.perf_counter()
         proc.run(argv, cwd=work)
+        if timings is not None:
+            timings.links[link.install] = time.perf_counter() - t
         outs[link.id] = out
     return outs
 

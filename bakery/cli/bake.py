@@ -36,6 +36,10 @@ def setup_parser(sub, parent):
     p.add_argument("--no-push", dest="push", action="store_false", default=True,
                    help="image: commit locally, do not push the node tag")
     p.add_argument("--keep", action="store_true", help="bundle: keep the bake's work tree")
+    p.add_argument("--cache", type=Path, metavar="DIR",
+                   help="bundle: an object cache in DIR/objects; modules baked before with the same bitcode, "
+                        "flags, target and toolchain are reused (a re-capture after one changed file bakes "
+                        "one module and the links)")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="image: stop a bake that runs longer (default $BAKERY_BAKE_TIMEOUT, else 7200)")
     common.registry_options(p)
@@ -63,7 +67,8 @@ def _bake_bundle(args, bundle: Path) -> int:
     plan = planmod.load(bundle)
     tc = toolchainmod.find()
     target = targetmod.resolve(args.target, compiler_version=tc.version, family=plan.toolchain.family)
-    result = bakemod.bake(bundle, plan, tc, target, args.output.resolve(), jobs=args.jobs, lto=args.lto, keep=args.keep or args.debug)
+    result = bakemod.bake(bundle, plan, tc, target, args.output.resolve(), jobs=args.jobs, lto=args.lto,
+                          keep=args.keep or args.debug, cache=args.cache.resolve() if args.cache else None)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:

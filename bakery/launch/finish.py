@@ -76,7 +76,7 @@ def make(info: dict, target, cache: Cache, key: str, settings: Settings, say: Ca
     say(f"baking {info['app']} {info['version']} for {target.name}: the first start on this CPU type "
         f"({reason}); kept in {where_cache}")
     with tempfile.TemporaryDirectory(prefix=".bake-", dir=cache.dir) as tmp:
-        files = bake_here(info, target, Path(tmp), say)
+        files = bake_here(info, target, Path(tmp), say, objects=cache.dir)
         cache.install(key, files, {**record, "source": "bake"})
     if settings.push and found is not None:
         push(info, found[0], found[1], target, {n: cache.entry(key) / n for n in files}, say)
@@ -145,8 +145,9 @@ def _manifest_waiting(reg: oci.Registry, repo: str, tag: str, settings: Settings
 
 # -- a bake here ------------------------------------------------------------------------------------
 
-def bake_here(info: dict, target, work: Path, say: Callable[[str], None]) -> dict[str, Path]:
-    """The outputs baked in this container with its toolchain, in ``work``/out."""
+def bake_here(info: dict, target, work: Path, say: Callable[[str], None], objects: Path | None = None) -> dict[str, Path]:
+    """The outputs baked in this container with its toolchain, in ``work``/out; ``objects``: the
+    folder of an object cache (a new version of the image reuses its unchanged modules)."""
     from bakery import bake as bakemod
     from bakery import plan as planmod
     from bakery import toolchain as toolchainmod
@@ -161,7 +162,7 @@ def bake_here(info: dict, target, work: Path, say: Callable[[str], None]) -> dic
         raise BakeryError(f"this image cannot bake here: {e.message}",
                           "give it a registry with the node tag, or bakery serve, in BAKERY_REGISTRY") from None
     with Progress(info["app"], target.name, say):
-        result = bakemod.bake(bundle, plan, tc, target, work / "out")
+        result = bakemod.bake(bundle, plan, tc, target, work / "out", cache=objects)
     return {name: Path(path) for name, path in result.outputs.items()}
 
 
