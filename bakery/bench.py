@@ -105,6 +105,7 @@ def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs:
         "bake_vs_build": round(bakes[f"baked-{target.name}"].seconds / src_target["seconds"], 3),
         "baked_vs_source_runtime": round(baked_t["run_s"] / source_t["run_s"], 3),
         "outputs_agree": len(outputs) == 1,
+        "bake_timings": timings.to_json() if (timings := bakes[f"baked-{target.name}"].timings) else None,
         "rows": rows,
         "checks": {
             _width_check(target.name, symbol, source_t): _widths(baked_t) == _widths(source_t),
@@ -150,6 +151,11 @@ def render(result: dict) -> str:
         "   (<= 1.00 means the bake is at least as fast)",
         f"all four binaries print the same output: {'yes' if result['outputs_agree'] else 'NO'}",
     ]
+    if result.get("bake_timings"):
+        bt = result["bake_timings"]
+        lines.append(f"where the {t['name']} bake's time went: modules {bt['wall']['modules']:.2f} s wall "
+                     f"({', '.join(f'{k} {v:.2f}' for k, v in bt['phases'].items() if v)} CPU-s), "
+                     f"links {bt['wall']['links']:.2f} s")
     for name, ok in result["checks"].items():
         lines.append(f"check: {name}: {'ok' if ok else 'FAILED'}")
     return "\n".join(lines)

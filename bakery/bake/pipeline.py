@@ -203,7 +203,8 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
     total = len(plan.modules)
     last = time.monotonic()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(one, sha, m): sha for sha, m in plan.modules.items()}
+        # The largest modules first: the last worker to finish is not the one that drew the biggest last.
+        futures = {pool.submit(one, sha, m): sha for sha, m in _largest_first(bundle, plan)}
         for n, fut in enumerate(as_completed(futures), 1):
             try:
                 results[futures[fut]] = fut.result()
@@ -220,6 +221,15 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
         log.info(f"bake: {source}: target-sensitive, using its {level} capture")
     variants.update(chosen)
     return results
+
+
+def _largest_first(bundle: Path, plan: Plan) -> list[tuple[str, Module]]:
+    def size(item: tuple[str, Module]) -> int:
+        try:
+            return (bundle / item[1].path).stat().st_size  # a size to order by: the digest is checked later
+        except OSError:
+            return 0
+    return sorted(plan.modules.items(), key=size, reverse=True)
 
 
 def _link_all(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, work: Path, objs: dict[str, Path],
