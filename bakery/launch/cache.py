@@ -213,14 +213,26 @@ class Cache:
         finally:
             os.close(fd)  # releases the lock
 
+    def clean(self, key: str) -> None:
+        """Remove what makers of ``key`` killed mid-way left (``.tmp-<key>-*``). Call under
+        :meth:`locked`: only the lock's holder writes these."""
+        import shutil
+
+        for stale in self.dir.glob(f".tmp-{key}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def workdir(self, key: str, what: str):
+        """A temporary folder for making ``key`` (a fetch, a bake), removed on exit."""
+        import tempfile
+
+        return tempfile.TemporaryDirectory(prefix=f".tmp-{key}-{what}-", dir=self.dir)
+
     def install(self, key: str, files: dict[str, Path], record: dict) -> dict:
         """Copy ``files`` (name -> path) into a new entry, write its record, rename it into place.
         Call under :meth:`locked`. Returns the record written."""
         import secrets
         import shutil
 
-        for stale in self.dir.glob(f".tmp-{key}-*"):  # a maker killed mid-way: only the lock holder writes these
-            shutil.rmtree(stale, ignore_errors=True)
         tmp = self.dir / f".tmp-{key}-{os.getpid()}-{secrets.token_hex(4)}"
         tmp.mkdir()
         try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -56,6 +55,7 @@ def make(info: dict, target, cache: Cache, key: str, settings: Settings, say: Ca
     """Make the cache entry ``key``: from the node tag when there is one, else by a bake here."""
     from bakery.images.node import tag_for
 
+    cache.clean(key)
     record = {"app": info["app"], "version": info["version"], "plan": info["plan"], "target": target.name}
     found = image_ref(info, settings)
     reason = "the image names no registry"
@@ -63,7 +63,7 @@ def make(info: dict, target, cache: Cache, key: str, settings: Settings, say: Ca
         ref, tls = found
         tag = tag_for(ref.tag or info["version"], target.name)
         where = f"{ref.registry}/{ref.repository}:{tag}"
-        with tempfile.TemporaryDirectory(prefix=".fetch-", dir=cache.dir) as tmp:
+        with cache.workdir(key, "fetch") as tmp:
             try:
                 files = fetch(ref, tls, tag, info, target.name, Path(tmp) / "out", settings, say)
                 cache.install(key, files, {**record, "source": where})
@@ -75,7 +75,7 @@ def make(info: dict, target, cache: Cache, key: str, settings: Settings, say: Ca
     where_cache = "this container's own cache" if private or not _mounted(cache.dir.parent) else str(cache.dir.parent)
     say(f"baking {info['app']} {info['version']} for {target.name}: the first start on this CPU type "
         f"({reason}); kept in {where_cache}")
-    with tempfile.TemporaryDirectory(prefix=".bake-", dir=cache.dir) as tmp:
+    with cache.workdir(key, "bake") as tmp:
         files = bake_here(info, target, Path(tmp), say, objects=cache.dir)
         cache.install(key, files, {**record, "source": "bake"})
     if settings.push and found is not None:
