@@ -92,11 +92,23 @@ def in_process_services(registry: str, tmp_path: Path):
 
 # -- bakery serve as its users start it, and registry chores -------------------------------------
 
+def process_limits(pid: int) -> dict[str, tuple[str, str]]:
+    """The nofile and nproc rlimits (soft, hard) of a process, where they are not unlimited."""
+    out = {}
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        for key, name in (("Max open files", "nofile"), ("Max processes", "nproc")):
+            if line.startswith(key):
+                soft, hard = line[len(key):].split()[:2]
+                if "unlimited" not in (soft, hard):
+                    out[name] = (soft, hard)
+    return out
+
+
 def podman_containers_conf(path: Path) -> Path:
     """A containers.conf for `podman run` here: containers keep podman's own rlimits (raising one
     needs CAP_SYS_RESOURCE, which this sandbox does not give; podman's default nofile is 1048576),
     cgroupfs and a file events log (no systemd). The limits are read from a podman process."""
-    limits = {}
+    limits: dict[str, tuple[str, str]] = {}
     p = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{path.parent}/limits.sock"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -104,12 +116,7 @@ def podman_containers_conf(path: Path) -> Path:
         while not (path.parent / "limits.sock").exists() and time.monotonic() < deadline and p.poll() is None:
             time.sleep(0.1)  # the service has set its limits once it listens
         if p.poll() is None:
-            for line in Path(f"/proc/{p.pid}/limits").read_text().splitlines():
-                for key, name in (("Max open files", "nofile"), ("Max processes", "nproc")):
-                    if line.startswith(key):
-                        soft, hard = line[len(key):].split()[:2]
-                        if "unlimited" not in (soft, hard):
-                            limits[name] = (soft, hard)
+            limits = process_limits(p.pid)
     finally:
         p.terminate()
         p.wait(15)

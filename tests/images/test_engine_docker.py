@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import EXAMPLES, run_verify
+from helpers import EXAMPLES, process_limits, run_verify
 
 from bakery import engines as enginemod
 from bakery import images as imagemod
@@ -200,17 +200,6 @@ def test_automatic_choice(tmp_path, monkeypatch):
 
 # -- podman's API service -------------------------------------------------------------------------
 
-def _limits(pid: int) -> dict[str, tuple[str, str]]:
-    out = {}
-    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
-        for key, name in (("Max open files", "nofile"), ("Max processes", "nproc")):
-            if line.startswith(key):
-                soft, hard = line[len(key):].split()[:2]
-                if "unlimited" not in (soft, hard):
-                    out[name] = (soft, hard)
-    return out
-
-
 def _answers(url: str) -> bool:
     path = url[len("unix://"):]
     with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as s:
@@ -260,7 +249,7 @@ def docker_host(tmp_path_factory):
     # raising a limit needs CAP_SYS_RESOURCE, which a sandbox may not give (podman's default is 1048576).
     conf.write_text(CONTAINERS_CONF.format(ulimits="", runtime=runtime))
     p = _start_service(exe, url, conf, log)
-    limits = _limits(p.pid)
+    limits = process_limits(p.pid)
     _stop(p)
     ulimits = ", ".join(f'"{k}={s}:{h}"' for k, (s, h) in sorted(limits.items()))
     conf.write_text(CONTAINERS_CONF.format(ulimits=f"default_ulimits = [{ulimits}]", runtime=runtime))
