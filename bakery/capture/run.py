@@ -146,7 +146,11 @@ def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdi
             extra_flags: list[str] | None = None) -> dict:
     """Build the recipe with wrappers and write the bundle; returns the plan."""
     jobs = jobs or recipe.build.jobs or os.cpu_count() or 1
-    work = Path(workdir or tempfile.mkdtemp(prefix=f"bakery-{recipe.name}-")).resolve()
+    lock = None
+    if workdir is None:
+        work, lock = _stable_workdir(recipe)
+    else:
+        work = Path(workdir).resolve()
     root, store, shimdir = work / "src", work / "store", work / "shims"
     for d in ("bc", "objs", "native", "files", "tmp"):
         (store / d).mkdir(parents=True, exist_ok=True)
@@ -188,6 +192,38 @@ def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdi
     finally:
         if not keep and workdir is None and mode == "capture":
             shutil.rmtree(work, ignore_errors=True)
+        if lock is not None:
+            os.close(lock)
+
+
+def _stable_workdir(recipe) -> tuple[Path, int | None]:
+    """The capture's work tree at the same path every time for this recipe and version
+    (``$TMPDIR/bakery-capture-<name>-<version>``, under a lock), so that a build that writes
+    absolute paths into the code (CMake's compile lines become ``source_filename``, ``__FILE__``
+    becomes strings) gives the same bitcode for the same source: a re-capture after one changed
+    file changes one module, and the object cache reuses the others. A capture of the same
+    recipe already running here holds the lock: this one takes a fresh folder."""
+    import fcntl
+    import re
+
+    name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{recipe.name}-{recipe.version}")[:100]
+    stable = Path(tempfile.gettempdir()).resolve() / f"bakery-capture-{name}"
+    fd = os.open(f"{stable}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        log.info(f"capture: another capture of {recipe.name} {recipe.version} is running here: "
+                 "working in a fresh folder (its absolute paths differ, so fewer cached objects are reused)")
+        return Path(tempfile.mkdtemp(prefix=f"bakery-{recipe.name}-")).resolve(), None
+    if stable.is_symlink() or stable.exists():
+        if stable.is_symlink() or not stable.is_dir() or stable.stat().st_uid != os.getuid():
+            os.close(fd)
+            raise BakeryError(f"{stable} is in the way of the capture (not a folder of this user)",
+                              "remove it, or set TMPDIR to a private folder")
+        shutil.rmtree(stable)  # a kept or killed capture's tree
+    stable.mkdir(mode=0o700)
+    return stable, fd
 
 
 def _level_config(recipe, toolchain: Toolchain, mode: str) -> dict:

@@ -88,3 +88,13 @@ def test_bake_json_says_where_the_time_goes(builds, tmp_path, capsys):
     assert timings["wall"]["modules"] > 0 and set(timings["links"]) == {"wordstat", "libwordstat.so.1"}
     assert timings["object_cache"] == {"hits": 0, "misses": len(planmod.load(bundle).modules)}
     assert timings["slowest_modules"][0]["seconds"] >= timings["slowest_modules"][-1]["seconds"]
+
+
+def test_a_cmake_project_captured_twice_gives_the_same_bitcode(builds, toolchain, tmp_path):
+    """CMake compiles by absolute path, and the path becomes the module's source_filename: the
+    capture works in the same folder each time, so the same source gives the same modules (and
+    every object is reused; in a fresh folder per capture, none was: LAMMPS re-baked all 491)."""
+    recipe = builds.recipe("shapes")
+    one = capturemod.capture(recipe, tmp_path / "b1", toolchain)
+    two = capturemod.capture(recipe, tmp_path / "b2", toolchain)
+    assert one["modules"] and set(one["modules"]) == set(two["modules"])
