@@ -25,17 +25,10 @@ import os
 import shutil
 from pathlib import Path
 
+from bakery.capture.flags import sha256_file
 from bakery.toolchain import Toolchain
 
 KEY_VERSION = 1  # bump when what happens between the bitcode and the object changes
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @functools.lru_cache(maxsize=8)
@@ -88,7 +81,7 @@ class ObjectCache:
         except OSError:
             self.misses += 1
             return False
-        if _sha256(tmp) != want:
+        if sha256_file(str(tmp)) != want:
             tmp.unlink()
             for p in (rec, obj):
                 p.unlink(missing_ok=True)
@@ -107,7 +100,7 @@ class ObjectCache:
             shutil.copyfile(obj_file, tmp_obj)
             os.replace(tmp_obj, obj)
             tmp_rec = rec.with_name(rec.name + suffix)
-            tmp_rec.write_text(json.dumps({"sha256": _sha256(obj), "size": obj.stat().st_size}))
+            tmp_rec.write_text(json.dumps({"sha256": sha256_file(str(obj)), "size": obj.stat().st_size}))
             os.replace(tmp_rec, rec)
         except OSError:
             pass  # a full or read-only cache costs a compile next time, never the bake

@@ -25,9 +25,10 @@ LINKER_VALUE_OPTIONS = (RPATH_OPTIONS | SONAME_OPTIONS | {"-z", "--hash-style", 
 LINKER_EQ_OPTIONS = frozenset({"--build-id", "--icf", "-O"})
 
 
-def sha256_file(path: str) -> str:
+def sha256_file(path: str | int) -> str:
+    """The hex sha256 of a file, by path or of an open descriptor (read from its offset, left open)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(path, "rb", closefd=not isinstance(path, int)) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

@@ -36,6 +36,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bakery.capture import flags
+
 LAYOUT = "v1"
 ENTRY_FILE = "entry.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
@@ -46,16 +48,8 @@ class EntryInvalid(Exception):
 
 
 def sha256_file(path: Path | int) -> str:
-    """sha256 of a file, by path or of an open descriptor (read from its current offset)."""
-    fd = path if isinstance(path, int) else os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    h = hashlib.sha256()
-    try:
-        while chunk := os.read(fd, 1 << 20):
-            h.update(chunk)
-    finally:
-        if not isinstance(path, int):
-            os.close(fd)
-    return "sha256:" + h.hexdigest()
+    """``sha256:<hex>`` of a file, by path or of an open descriptor."""
+    return "sha256:" + flags.sha256_file(path if isinstance(path, int) else str(path))
 
 
 _CPU_FIELDS = ("vendor_id", "cpu family", "model", "model name", "stepping", "flags", "Features",
