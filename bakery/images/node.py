@@ -381,7 +381,7 @@ def _push_through_registry(job: _Job, staged: list[Path], base_image: str | None
         bref = oci.Ref.parse(base_image)
         base_reg = job.reg if bref.registry == job.ref.registry else \
             oci.Registry(bref.registry, tls_verify=job.tls and oci.tls_default(bref.registry))
-        base_repo, base_digest = bref.repository, _platform_manifest(base_reg, bref.repository, bref.reference,
+        base_repo, base_digest = bref.repository, platform_manifest(base_reg, bref.repository, bref.reference,
                                                                      f"the runtime base {bref}")[0]
     log.info(f"bake: pushing {job.node} (one layer, through the registry API)")
     new_digest = direct.push_node(job.reg, job.ref.repository, base_repo, base_digest, staged, job.tag,
@@ -462,7 +462,7 @@ def slim_missing_libraries(engine: ContainerEngine, base_image: str, outdir: Pat
     return sorted(n for n in needed - shipped if n.encode() + b"\0" not in cache)
 
 
-def _platform_manifest(reg: oci.Registry, repo: str, ref: str, what: str) -> tuple[str, dict]:
+def platform_manifest(reg: oci.Registry, repo: str, ref: str, what: str) -> tuple[str, dict]:
     """(digest, manifest) of ``repo:ref`` for this host's platform (an index: its entry)."""
     data, mt, digest = reg.get_manifest(repo, ref)
     doc = oci.json_object(data, what)
@@ -471,7 +471,7 @@ def _platform_manifest(reg: oci.Registry, repo: str, ref: str, what: str) -> tup
     arch = ARCH_OF_PLATFORM[host_platform()]
     for m in oci.descriptors(doc.get("manifests"), what):
         if isinstance(m.get("platform"), dict) and m["platform"].get("architecture") == arch:
-            return _platform_manifest(reg, repo, m["digest"], what)
+            return platform_manifest(reg, repo, m["digest"], what)
     raise BakeryError(f"{what} has no {arch} image")
 
 
@@ -487,7 +487,7 @@ def _slim_base(reg: oci.Registry, ref: oci.Ref, digest: str, tls: bool) -> str:
     """The runtime base a slim node tag sits on, as named by the IR image, accepted only when
     the IR image's own layers begin with the base's layers: the image already holds that base,
     so naming another (a private image serve's credentials can read) copies nothing out."""
-    _, manifest = _platform_manifest(reg, ref.repository, digest, f"the IR image {ref}")
+    _, manifest = platform_manifest(reg, ref.repository, digest, f"the IR image {ref}")
     ann = manifest.get("annotations")
     base = ann.get(f"{ANN}.runtime.base") if isinstance(ann, dict) else None
     config = manifest.get("config")
@@ -506,7 +506,7 @@ def _slim_base(reg: oci.Registry, ref: oci.Ref, digest: str, tls: bool) -> str:
     breg = reg if bref.registry == ref.registry else \
         oci.Registry(bref.registry, tls_verify=tls and oci.tls_default(bref.registry))
     try:
-        base_layers = _layers_of(_platform_manifest(breg, bref.repository, bref.reference,
+        base_layers = _layers_of(platform_manifest(breg, bref.repository, bref.reference,
                                                     f"the runtime base {base}")[1], f"the runtime base {base}")
     except BakeryError:
         base_layers = []

@@ -88,20 +88,13 @@ def fetch(ref: oci.Ref, tls: bool, tag: str, info: dict, target: str, dest: Path
           say: Callable[[str], None]) -> dict[str, Path]:
     """The node tag's outputs, checked, in ``dest``; NotThere when the registry has no such tag."""
     from bakery.images import direct
+    from bakery.images.node import platform_manifest
 
     reg = oci.Registry(ref.registry, tls_verify=tls)
     repo = ref.repository
-    data, mt = _manifest_waiting(reg, repo, tag, settings, say)
+    _wait_for(reg, repo, tag, settings, say)
     what = f"the node tag {repo}:{tag}"
-    doc = oci.json_object(data, what)
-    if mt in (oci.INDEX, oci.DOCKER_LIST):
-        arch = info["platform"].split("/")[1]
-        chosen = [m for m in oci.descriptors(doc.get("manifests"), what)
-                  if isinstance(m.get("platform"), dict) and m["platform"].get("architecture") == arch]
-        if not chosen:
-            raise BakeryError(f"{what} has no {info['platform']} image")
-        data, mt, _ = reg.get_manifest(repo, chosen[0]["digest"])
-        doc = oci.json_object(data, what)
+    _, doc = platform_manifest(reg, repo, tag, what)  # this node's platform is the image's (checked)
     layers = oci.descriptors(doc.get("layers"), what)
     made_for = dict(doc.get("annotations") or {})
     if "dev.bakery.plan.digest" not in made_for and isinstance(doc.get("config"), dict):
@@ -122,18 +115,17 @@ def fetch(ref: oci.Ref, tls: bool, tag: str, info: dict, target: str, dest: Path
     return {name: dest / name for name in sorted(want)}
 
 
-def _manifest_waiting(reg: oci.Registry, repo: str, tag: str, settings: Settings,
-                      say: Callable[[str], None]) -> tuple[bytes, str]:
-    """The manifest; a registry that answers 503/429 with Retry-After (bakery serve, baking
-    it) is asked again until it has it, for at most BAKERY_BAKE_TIMEOUT seconds."""
+def _wait_for(reg: oci.Registry, repo: str, tag: str, settings: Settings, say: Callable[[str], None]) -> None:
+    """Return when the registry has ``repo:tag``; NotThere when it has none. A registry that
+    answers 503/429 with Retry-After (bakery serve, baking it) is asked again until it has it,
+    for at most BAKERY_BAKE_TIMEOUT seconds."""
     deadline = time.monotonic() + settings.bake_timeout
     told = False
     while True:
         try:
             if reg.head_manifest(repo, tag) is None:
                 raise NotThere
-            data, mt, _ = reg.get_manifest(repo, tag)
-            return data, mt
+            return
         except oci.RegistryError as e:
             if e.status not in (429, 503) or time.monotonic() > deadline:
                 raise

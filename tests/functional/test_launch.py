@@ -145,7 +145,7 @@ def test_a_registry_that_is_baking_is_waited_for_and_said_once(tmp_path):
     try:
         reg = oci.Registry(f"127.0.0.1:{srv.server_address[1]}", tls_verify=False)
         with pytest.raises(finish.NotThere):
-            finish._manifest_waiting(reg, "app", "1.0-zen4", Settings.from_env({}), said.append)
+            finish._wait_for(reg, "app", "1.0-zen4", Settings.from_env({}), said.append)
     finally:
         srv.shutdown()
     assert said == [f"waiting for 127.0.0.1:{srv.server_address[1]} to bake app:1.0-zen4"]
