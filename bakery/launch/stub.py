@@ -92,22 +92,26 @@ def binary(name: str, info: dict, settings: Settings, say: Say) -> Path:
     # for hits only. A miss detects again, so a stale or edited memo never decides a bake.
     cpu = host_key(settings.launch_target or "native", info["family"], info["compiler"])
     remembered = cache.remembered_target(cpu)
+    problem: EntryInvalid | None = None
     if remembered is not None:
         key = entry_key(info["app"], info["version"], info["plan"], remembered)
         try:
             if cache.check(key, info["plan"], remembered):
                 return cache.entry(key) / name
-        except EntryInvalid:
-            pass  # checked again below, once the target is detected
+        except EntryInvalid as e:
+            problem = e
     target = detect(info, settings.launch_target)
     if target.name != remembered:
         cache.remember_target(cpu, target.name)
-    key = entry_key(info["app"], info["version"], info["plan"], target.name)
-    try:
-        if cache.check(key, info["plan"], target.name):
-            return cache.entry(key) / name
-    except EntryInvalid as e:
-        say(f"the cached {key} failed its check ({e}): making it again")
+        key = entry_key(info["app"], info["version"], info["plan"], target.name)
+        problem = None
+        try:
+            if cache.check(key, info["plan"], target.name):
+                return cache.entry(key) / name
+        except EntryInvalid as e:
+            problem = e
+    if problem is not None:
+        say(f"the cached {key} failed its check ({problem}): making it again")
     with cache.locked(key, on_wait=lambda: say(f"waiting for another container that is making {key}")):
         try:
             if cache.check(key, info["plan"], target.name):
