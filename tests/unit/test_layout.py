@@ -100,7 +100,9 @@ def test_the_readme_lists_every_setting_and_code_reads_none_elsewhere():
 @pytest.mark.parametrize("name, value", [("BAKERY_LLVM_MAJORS", "16,x"), ("BAKERY_LLVM_MAJORS", "0"),
                                          ("BAKERY_BAKE_TIMEOUT", "soon"), ("BAKERY_BAKE_TIMEOUT", "-1"),
                                          ("BAKERY_REGISTRY_TIMEOUT", "0"), ("BAKERY_LLVM_VERSION", "sixteen"),
-                                         ("BAKERY_BAKE_ISOLATION", "vm"), ("BAKERY_ENGINE", "lxc")])
+                                         ("BAKERY_BAKE_ISOLATION", "vm"), ("BAKERY_ENGINE", "lxc"),
+                                         ("BAKERY_PUSH", "maybe"), ("BAKERY_QUIET", "2"),
+                                         ("BAKERY_REGISTRY", "http://reg.example:5000/v2")])
 def test_a_bad_setting_is_one_line_naming_it(name, value):
     from bakery.config import Settings
     from bakery.errors import BakeryError
