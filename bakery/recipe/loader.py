@@ -22,7 +22,9 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator, ValidationError
 
+from bakery.capture.flags import HOST_CPU_PREFIXES
 from bakery.errors import RecipeError
+from bakery.plan.trust import compile_flag_problem, link_flag_problem
 
 KeyPath = tuple[str | int, ...]
 # (path whose line is reported, path shown to the user, text, hint)
@@ -369,6 +371,8 @@ def _semantic_problems(data: dict, recipe_dir: Path) -> Iterator[Problem]:
     for i, out in enumerate(data["outputs"]):
         yield from _relative(("outputs", i), out)
 
+    yield from _preserve_problems(data.get("preserve", {}))
+
     bench = data.get("bench")
     if bench:
         names = sorted({PurePosixPath(o).name for o in data["outputs"]})
@@ -381,6 +385,38 @@ def _semantic_problems(data: dict, recipe_dir: Path) -> Iterator[Problem]:
             except (re.error, RecursionError, OverflowError) as e:  # deep groups exhaust sre's stack
                 re_at: tuple = ("bench", "compare")
                 yield re_at, re_at, f"not a regular expression: {e}", None
+
+
+# Preprocessor flags act when the build compiles: the bitcode the bake starts from is past them.
+_PREPROCESSOR = ("-D", "-U", "-I", "-include", "-imacros", "-isystem", "-iquote", "-idirafter")
+_CODEGEN_EXAMPLES = "-O3, -ffast-math, -fno-strict-aliasing, -fopenmp"
+
+
+def _preserve_problems(preserve: dict) -> Iterator[Problem]:
+    """What the bake would refuse in the plan (trust.validate), said before the capture runs."""
+    for i, flag in enumerate(preserve.get("flags", [])):
+        why = compile_flag_problem(flag)
+        if why:
+            yield ("preserve", "flags", i), ("preserve", "flags"), f"{flag!r}: {why}", _flag_hint(flag)
+    for i, lib in enumerate(preserve.get("libs", [])):
+        why = link_flag_problem(lib)
+        if why:
+            yield (("preserve", "libs", i), ("preserve", "libs"), f"{lib!r}: {why}",
+                   "preserve.libs is what the bake adds to every link: system libraries (e.g. -lm, -lpthread), "
+                   "-L of a system library directory, link flags such as -pthread or -Wl,--as-needed; anything "
+                   "else goes in the build's own options (LDFLAGS in build.options or build.env), whose link "
+                   "lines the bake replays")
+
+
+def _flag_hint(flag: str) -> str:
+    codegen = f"preserve.flags is for code-generation flags the bake applies, e.g. {_CODEGEN_EXAMPLES}"
+    if flag.startswith(_PREPROCESSOR):
+        return ("-D, -U, -I and -include are preprocessor flags: they go in the build's own options, where "
+                f"they act when the sources are compiled (build.options: [\"CPPFLAGS={flag}\"] for make, "
+                "CPPFLAGS or CFLAGS in build.env, or the build.script commands); " + codegen)
+    if flag.startswith(HOST_CPU_PREFIXES):
+        return "drop it: each bake chooses the CPU (bakery bake --target); " + codegen
+    return codegen + "; other flags go in the build's own options (CFLAGS in build.options or build.env)"
 
 
 def _relative(at: KeyPath, value: str) -> Iterator[Problem]:

@@ -29,6 +29,19 @@ def test_bad_recipe_is_one_line_no_traceback(tmp_path, capsys):
     assert "Traceback" not in err
 
 
+def test_refused_preserved_flag_fails_validate_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "r.yaml"
+    bad.write_text("name: x\nversion: '1'\nsources: [{path: .}]\nbuild: {system: make}\noutputs: [x]\n"
+                   'preserve:\n  flags: ["-O2", "-D_FILE_OFFSET_BITS=64"]\n')
+    assert main(["validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    error, hint = err.splitlines()
+    assert error == (f"bakery: error: {bad}:7: preserve.flags: '-D_FILE_OFFSET_BITS=64': "
+                     "not in the allow-list of codegen flags")
+    assert hint.startswith("bakery: hint: ") and "preprocessor" in hint
+    assert "Traceback" not in err
+
+
 def test_debug_shows_traceback(tmp_path, capsys):
     assert main(["--debug", "validate", str(tmp_path / "missing.yaml")]) == 2
     assert "Traceback" in capsys.readouterr().err

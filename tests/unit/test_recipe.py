@@ -206,6 +206,61 @@ def test_float_debian_version_hint_says_quote(tmp_path):
     assert exc.value.hint == 'quote it so YAML keeps it as text: version: "1.0"'
 
 
+# --- preserve: checked with the bake's own allow-lists when the recipe loads ----------
+
+PRESERVE_D = VALID + 'preserve:\n  flags: ["-O2", "-D_FILE_OFFSET_BITS=64"]\n'
+
+
+def test_preprocessor_flag_in_preserve_is_refused_at_load(tmp_path):
+    p = write(tmp_path, PRESERVE_D)
+    with pytest.raises(RecipeError) as exc:
+        recipe.load(p)
+    assert str(exc.value) == f"{p}:10: preserve.flags: '-D_FILE_OFFSET_BITS=64': not in the allow-list of codegen flags"
+    hint = exc.value.hint
+    assert "preprocessor" in hint and "build's own options" in hint and "CPPFLAGS=-D_FILE_OFFSET_BITS=64" in hint
+    assert "preserve.flags is for code-generation flags" in hint
+
+
+def test_refused_preserved_flag_is_reported_on_its_own_line(tmp_path):
+    p = write(tmp_path, VALID + "preserve:\n  flags:\n    - -O2\n    - -D_FILE_OFFSET_BITS=64\n")
+    with pytest.raises(RecipeError, match=r":12: preserve.flags: '-D_FILE_OFFSET_BITS=64': "):
+        recipe.load(p)
+
+
+def test_the_hint_names_flags_the_bake_allows(tmp_path):
+    from bakery.plan.trust import compile_flag_problem
+
+    for flag in ("-D_FILE_OFFSET_BITS=64", "-Wall", "-march=native"):
+        with pytest.raises(RecipeError) as exc:
+            recipe.load(write(tmp_path, VALID + f'preserve:\n  flags: ["{flag}"]\n'))
+        examples = exc.value.hint.split("e.g. ")[1].split("; ")[0].split(", ")
+        assert "-ffast-math" in examples and "-fno-strict-aliasing" in examples
+        assert all(compile_flag_problem(f) is None for f in examples), examples
+
+
+def test_host_cpu_flag_in_preserve_says_the_bake_chooses_the_cpu(tmp_path):
+    with pytest.raises(RecipeError) as exc:
+        recipe.load(write(tmp_path, VALID + 'preserve:\n  flags: ["-march=native"]\n'))
+    assert "preserve.flags: '-march=native': the target is chosen at bake time" in str(exc.value)
+    assert "bakery bake --target" in exc.value.hint
+
+
+def test_codegen_flags_and_system_libs_in_preserve_load(tmp_path):
+    r = recipe.load(write(tmp_path, VALID + 'preserve:\n  flags: ["-O2", "-ffast-math", "-fno-strict-aliasing"]\n'
+                          '  libs: ["-lm", "-lpthread", "-L/usr/lib/x86_64-linux-gnu", "-Wl,--as-needed"]\n'))
+    assert r.preserve_flags == ["-O2", "-ffast-math", "-fno-strict-aliasing"]
+    assert r.preserve_libs == ["-lm", "-lpthread", "-L/usr/lib/x86_64-linux-gnu", "-Wl,--as-needed"]
+
+
+def test_refused_preserved_lib_is_refused_at_load(tmp_path):
+    p = write(tmp_path, VALID + 'preserve:\n  flags: ["-O2"]\n  libs:\n    - -lm\n    - -L/home/me/lib\n')
+    with pytest.raises(RecipeError) as exc:
+        recipe.load(p)
+    assert str(exc.value) == (f"{p}:13: preserve.libs: '-L/home/me/lib': library directory '/home/me/lib' "
+                              "is outside the system library directories")
+    assert exc.value.hint.startswith("preserve.libs is what the bake adds to every link")
+
+
 # --- the debian source kind, against stand-ins for apt-get and dpkg-source -----------
 
 FAKE_APT = """\
