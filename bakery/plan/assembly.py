@@ -11,15 +11,17 @@ from pathlib import Path
 
 from bakery import PLAN_MEDIA_TYPE, __version__
 from bakery.capture.flags import sha256_file
-from bakery.errors import BakeryError
+from bakery.errors import BakeryError, PlanRefused
 from bakery.plan.model import SCHEMA_VERSION, FileRef
 from bakery.plan.trust import (
     _LINKER_VALUE,
     FILE_OPTIONS,
+    MAX_PLAN_BYTES,
     _linker_tokens_problem,
     compile_flag_problem,
     file_tokens,
     link_flag_problem,
+    validate,
 )
 
 # -- reading the capture's events ------------------------------------------------
@@ -234,8 +236,14 @@ def _file_item_problem(a: dict) -> str | None:
 
 
 def save(plan: dict, bundle: Path) -> Path:
+    """Write the bundle's plan.json, checked first as every bake checks it (trust.load): a plan
+    the bake would refuse fails the capture with the bake's message instead of being written."""
     path = bundle / "plan.json"
+    text = json.dumps(plan, indent=1, sort_keys=False) + "\n"
+    if len(text.encode()) > MAX_PLAN_BYTES:
+        raise PlanRefused(f"plan refused: {path} is larger than {MAX_PLAN_BYTES >> 20} MiB")
+    validate(json.loads(text), bundle)  # the JSON the bake will read, not the dict
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(plan, indent=1, sort_keys=False) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, path)
     return path

@@ -131,6 +131,19 @@ def test_preserved_flags_are_checked(bundle, tmp_path, capsys):
     refused(bundle, tmp_path, capsys, "-fplugin=x.so")
 
 
+def test_capture_writes_no_plan_the_bake_refuses(bundle):
+    """The capture's last step (assembly.save) checks the plan as the bake does: a recipe that got
+    past the loader's check of preserve.flags still cannot leave a refused plan.json behind."""
+    before = (bundle / "plan.json").read_bytes()
+    plan = json.loads(before)
+    assembly.save(copy.deepcopy(plan), bundle)  # an accepted plan is written
+    plan["preserve"]["flags"].append("-D_FILE_OFFSET_BITS=64")
+    with pytest.raises(PlanRefused, match="preserved flag '-D_FILE_OFFSET_BITS=64': not in the allow-list"):
+        assembly.save(plan, bundle)
+    assert json.loads((bundle / "plan.json").read_bytes()) == json.loads(before)
+    assert not (bundle / "plan.tmp").exists()
+
+
 @pytest.mark.parametrize("flag", ["-O3", "-ffast-math", "-fPIC", "-mavx2", "-fno-omit-frame-pointer", "-g"])
 def test_allowed_compile_flags(flag):
     assert planmod.compile_flag_problem(flag) is None
