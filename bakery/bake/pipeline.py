@@ -128,12 +128,12 @@ def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output:
         output.mkdir(parents=True, exist_ok=True)
         result = BakeResult(target, seconds=0.0, modules=len(plan.modules), lto=lto, variants=variants,
                             timings=timings)
-        for link in plan.links:
-            dest = output / link.install
+        for name, link in plan.installs():  # a link's "also" names are copies: never a symlink here
+            dest = output / name
             tmp = dest.with_name(f".{dest.name}.tmp")
             shutil.copy2(outs[link.id], tmp)
             os.replace(tmp, dest)  # a reader never sees half a binary
-            result.outputs[link.install] = str(dest)
+            result.outputs[name] = str(dest)
         result.seconds = time.monotonic() - t0
         log.info(f"bake: wrote {', '.join(result.outputs)} to {output} in {result.seconds:.1f}s")
         return result

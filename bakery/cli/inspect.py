@@ -33,7 +33,7 @@ def run(args) -> int:
     info: dict[str, Any] = {
         "ref": str(ref), "digest": digest, "app": plan.app.to_json(), "toolchain": plan.toolchain.to_json(),
         "plan_digest": oci.sha256(plan_bytes), "modules": len(plan.modules), "objects": len(plan.objects),
-        "outputs": [l.install for l in plan.links], "referrers": referrers,
+        "outputs": [name for name, _ in plan.installs()], "referrers": referrers,
         "target_sensitive": {m.label: {"levels": [v.level for v in m.variants], "macros": list(m.macros)}
                              for m in plan.modules.values() if m.variants},
     }

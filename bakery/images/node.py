@@ -254,7 +254,7 @@ class _Job:
 
     @property
     def outputs(self) -> list[str]:
-        return sorted(link.install for link in self.plan.links)
+        return sorted(name for name, _ in self.plan.installs())
 
     def result(self, ref: str, digest: str, *, reused: bool = False) -> BakeImageResult:
         return BakeImageResult(ref, digest, self.target.to_json(), reused, time.monotonic() - self.t0,
@@ -279,7 +279,7 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
     work = Path(tempfile.mkdtemp(prefix="bakery-node-"))
     try:
         image, tool_id = _compile(job, engine, work)
-        staged = safefs.stage_outputs(work / "out", [link.install for link in job.plan.links], work / "stage")
+        staged = safefs.stage_outputs(work / "out", [name for name, _ in job.plan.installs()], work / "stage")
         if output is not None:
             return _write_outputs(job, staged, output)
         config = _node_config(job, tool_id)

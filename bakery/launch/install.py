@@ -41,8 +41,8 @@ def info(bundle: Path, ref: str, platform: str, platforms: list[str]) -> dict:
         "app": plan.app.name, "version": plan.app.version, "plan": digest, "bundle": str(bundle),
         "ref": ref, "platform": platform, "platforms": platforms,
         "family": plan.toolchain.family, "compiler": plan.toolchain.version, "llvm": plan.toolchain.llvm_major,
-        "executables": sorted(link.install for link in plan.links if link.kind == "executable"),
-        "outputs": sorted(link.install for link in plan.links),
+        "executables": sorted(name for name, link in plan.installs() if link.kind == "executable"),
+        "outputs": sorted(name for name, _ in plan.installs()),
     }
 
 

@@ -21,6 +21,7 @@ from bakery.plan.trust import (
     compile_flag_problem,
     file_tokens,
     link_flag_problem,
+    safe_name,
     validate,
 )
 
@@ -104,23 +105,27 @@ class _Assembly:
             if e.get("event") == "compile":
                 self.compiles.setdefault(e["bc"], e)
         self.chosen: dict[str, dict] = {}                     # output path -> link event, deps first
+        self.names: dict[str, dict[str, str]] = {}            # output path -> {declared name: as declared}
         self.ids: dict[str, str] = {}
         self.modules: dict[str, dict] = {}
         self.objects: dict[str, dict] = {}
         self.files: dict[str, dict] = {}
         self.dropped: list[dict] = []
 
-    def find_output(self, rel: str) -> dict:
+    def find_output(self, rel: str) -> tuple[dict, bool]:
+        """The link that made ``rel`` (symlinks resolved), and whether ``rel`` is that link's
+        output or a copy of it (by content: ``cp``, ``install``, a hard link), not libtool's
+        wrapper script for it."""
         if rel in self.by_output:
-            return self.by_output[rel]
+            return self.by_output[rel], True
         path = self.root / rel
         sha = _sha(path) if path.is_file() else None
         if sha in self.by_sha:                                # copied or installed after the link
-            return self.by_sha[sha]
+            return self.by_sha[sha], True
         d, base = os.path.split(rel)
         for cand in (os.path.join(d, ".libs", base), os.path.join(d, ".libs", "lt-" + base)):
             if cand in self.by_output:                        # libtool's wrapper script
-                return self.by_output[cand]
+                return self.by_output[cand], False
         seen = ", ".join(sorted(self.by_output)) or "none"
         raise BakeryError(f"output {rel!r} was not produced by a link the capture saw", f"links seen: {seen}")
 
@@ -141,12 +146,16 @@ class _Assembly:
         return self.ids[out]
 
     def choose_links(self, outputs, outdir: Path) -> list[str]:
-        """The link of each declared output and what it links; returns the declared link outputs."""
+        """The link of each declared output and what it links; returns the declared link outputs.
+        Each declared output's own name is kept (``names``): one that is a copy, a hard link or a
+        symlink of a linked output is installed under it too, not dropped as the same link."""
         declared = []
         for rel in outputs:
-            ev = self.find_output(os.path.relpath((outdir / rel).resolve(), self.root.resolve()))
+            ev, same_file = self.find_output(os.path.relpath((outdir / rel).resolve(), self.root.resolve()))
             self.visit(ev)
             declared.append(ev["output"])
+            if same_file:
+                self.names.setdefault(ev["output"], {})[os.path.basename(os.path.normpath(rel))] = rel
         return declared
 
     def convert(self, a):
@@ -190,9 +199,28 @@ class _Assembly:
             kind = "shared" if ev.get("shared") else "executable"
             install = os.path.basename(out) if kind == "executable" or out in declared else \
                 (soname or os.path.basename(out))
-            plan_links.append({"id": self.ids[out], "output": out, "kind": kind, "driver": ev["driver"],
-                               "soname": soname, "install": install, "declared": out in declared, "args": args})
+            link = {"id": self.ids[out], "output": out, "kind": kind, "driver": ev["driver"],
+                    "soname": soname, "install": install}
+            also = sorted(set(self.names.get(out, ())) - {install})
+            if also:
+                link["also"] = also
+            plan_links.append(link | {"declared": out in declared, "args": args})
+        self.check_install_names(plan_links)
         return plan_links
+
+    def check_install_names(self, plan_links: list[dict]) -> None:
+        """What trust.validate would refuse at every bake, said now, naming the declared output."""
+        owner: dict[str, str] = {}
+        for link in plan_links:
+            for name in (link["install"], *link.get("also", ())):
+                declared = self.names.get(link["output"], {}).get(name, link["output"])
+                if not safe_name(name):
+                    raise BakeryError(f"output {declared!r}: {name!r} is not a plain file name "
+                                      "(letters, digits, _ . + -) to install it under")
+                if name in owner:
+                    raise BakeryError(f"outputs {owner[name]!r} and {declared!r} would both be installed as {name!r}",
+                                      "declare outputs whose file names differ")
+                owner[name] = declared
 
     def drop_refused_module_flags(self) -> None:
         for m in self.modules.values():

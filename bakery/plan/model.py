@@ -185,19 +185,22 @@ class Link:
     driver: str        # "c", "c++" or "fortran"
     soname: str | None = None
     install: str
+    also: tuple[str, ...] = ()   # more install names: declared outputs that are copies or links of it
     declared: bool = False
     args: tuple[LinkItem, ...]
 
     @classmethod
     def from_json(cls, link: Json) -> Link:
         return cls(id=link["id"], output=link["output"], kind=link["kind"], driver=link["driver"],
-                   soname=link.get("soname"), install=link["install"], declared=link.get("declared", False),
-                   args=tuple(link_item(a) for a in link["args"]))
+                   soname=link.get("soname"), install=link["install"], also=tuple(link.get("also", ())),
+                   declared=link.get("declared", False), args=tuple(link_item(a) for a in link["args"]))
 
     def to_json(self) -> Json:
-        return {"id": self.id, "output": self.output, "kind": self.kind, "driver": self.driver,
-                "soname": self.soname, "install": self.install, "declared": self.declared,
-                "args": [link_item_json(a) for a in self.args]}
+        doc: Json = {"id": self.id, "output": self.output, "kind": self.kind, "driver": self.driver,
+                     "soname": self.soname, "install": self.install}
+        if self.also:  # as the capture writes it: only for a link installed under more names
+            doc["also"] = list(self.also)
+        return doc | {"declared": self.declared, "args": [link_item_json(a) for a in self.args]}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -261,6 +264,11 @@ class Plan:
     files: Mapping[str, BundleFile]      # by sha256
     links: tuple[Link, ...]              # each after the links it uses
     capture: Mapping[str, Any] | None = None   # what the capture noted (free-form, read by no bake)
+
+    def installs(self) -> list[tuple[str, Link]]:
+        """Every file a bake writes, as (install name, the link that makes it), in the plan's
+        order: each link's ``install``, then its ``also`` names (copies of the same output)."""
+        return [(name, link) for link in self.links for name in (link.install, *link.also)]
 
     @classmethod
     def from_json(cls, doc: Json) -> Plan:

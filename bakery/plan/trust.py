@@ -374,9 +374,12 @@ def validate(plan: dict, bundle: Path | None = None) -> None:
     outputs: set[PurePosixPath] = set()
     for link in plan["links"]:
         _check_output(link["output"], outputs)
-        if not safe_name(link["install"]) or link["install"] in installs:
-            raise PlanRefused(f"plan refused: install name {link['install']!r}")
-        installs.add(link["install"])
+        for name in (link["install"], *link.get("also", ())):  # also: more names of the same output
+            if not safe_name(name):
+                raise PlanRefused(f"plan refused: install name {name!r} is not a plain file name")
+            if name in installs:
+                raise PlanRefused(f"plan refused: install name {name!r} is used twice")
+            installs.add(name)
         if link["id"] in ids:
             raise PlanRefused(f"plan refused: link id {link['id']} is used twice")
         _check_link_args(link["args"], plan, ids, link["output"])

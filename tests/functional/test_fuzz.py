@@ -157,8 +157,8 @@ def _bake_can_run(plan: dict) -> None:
     assert len(set(outs)) == len(outs)                                    # one link would overwrite another
     assert not any(a != b and b.startswith(a + "/") for a in outs for b in outs)  # mkdir over a file
     assert all(len(p.encode()) <= 255 for o in outs for p in o.split("/"))  # ENAMETOOLONG
-    installs = [link["install"] for link in plan["links"]]
-    assert len(set(installs)) == len(installs)
+    installs = [name for link in plan["links"] for name in (link["install"], *link.get("also", ()))]
+    assert len(set(installs)) == len(installs)                            # one output would overwrite another
     for link in plan["links"]:
         for a in link["args"]:
             if isinstance(a, dict) and "file" in a:
