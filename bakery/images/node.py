@@ -426,8 +426,14 @@ _SEQ = itertools.count(1)  # next() on a count is atomic: safe for serve's worke
 
 
 def _remove_stale_containers(engine: ContainerEngine) -> None:
-    """Working containers of bakes that were killed: their process is gone."""
-    for name in engine.containers():
+    """Working containers of bakes that were killed: their process is gone. Tidying only: a
+    daemon that cannot list its containers is noted, and the bake goes on."""
+    try:
+        names = engine.containers()
+    except BakeryError as e:
+        log.warning(f"bake: could not look for working containers of killed bakes: {e}")
+        return
+    for name in names:
         parts = name.split("-")
         if len(parts) >= 5 and parts[0] == "bakery" and parts[2].isdigit():
             pid = int(parts[2])
