@@ -11,6 +11,15 @@ import hashlib
 # The host CPU must not leak into the bitcode: the bake chooses the target.
 HOST_CPU_PREFIXES = ("-march=", "-mcpu=", "-mtune=", "-mnative")
 
+# clang 16 makes these errors in C, where Debian's gcc 12 (the system's C compiler, which
+# configure probes and hand-written build checks were written against) only warns. Under
+# capture they are warnings again, so that `echo 'int main(){ futimens(); }' | $CC -x c -`
+# answers as with gcc, unless the build asks for -Werror (then gcc errors too) or the recipe
+# asks for strict C (capture.strict_c).
+PERMISSIVE_C = ("-Wno-error=implicit-function-declaration", "-Wno-error=implicit-int",
+                "-Wno-error=int-conversion", "-Wno-error=incompatible-function-pointer-types",
+                "-Wno-error=return-type")
+
 RPATH_OPTIONS = frozenset({"-rpath", "--rpath", "-R", "-rpath-link", "--rpath-link"})
 SONAME_OPTIONS = frozenset({"-soname", "-h", "--soname"})
 # Linker options that name a file: the capture copies it into the bundle. A plan may pass only

@@ -20,6 +20,7 @@ from pathlib import Path
 from bakery import plan as planmod
 from bakery import proc
 from bakery.capture import sources
+from bakery.capture.flags import PERMISSIVE_C
 from bakery.errors import BakeryError
 from bakery.toolchain import Toolchain
 
@@ -166,6 +167,7 @@ def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdi
             "languages": recipe.capture_languages, "opt": "-" + recipe.capture_opt,
             "extra_flags": list(extra_flags or []),
             "fortran_link_flags": toolchain.fortran_link_flags,
+            "c_dialect": [] if recipe.capture_strict_c else list(PERMISSIVE_C),
             "target_flags": toolchain.cross_flags,
             **_level_config(recipe, toolchain, mode),
         }

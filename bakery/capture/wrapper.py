@@ -93,10 +93,20 @@ class Capture:
         # -Werror=unused-command-line-argument (its cc.compiles() checks then answer "no").
         self.cross = [f for f in self.cfg.get("target_flags", []) if not f.startswith("-fuse-ld=")]
         self.ld = [f for f in self.cfg.get("target_flags", []) if f.startswith("-fuse-ld=")]
+        # Debian's flang-new does not give the linker its runtime's folder: every call that may
+        # link gets it, probes too (CMake's compiler check links a program).
+        if self.lang == "fortran":
+            self.ld = [*self.ld, *self.cfg.get("fortran_link_flags", [])]
         self.real = [self.cfg["compilers"][self.lang], *self.cross]
 
+    def dialect(self, args: list[str]) -> None:
+        """C compiles (probes too) are as permissive as Debian's gcc 12, unless the call asks for
+        -Werror, as gcc then errors too (flags.PERMISSIVE_C; first, so the build's own -W win)."""
+        if self.role == "cc" and "-Werror" not in args:
+            self.real[1:1] = self.cfg.get("c_dialect", [])
+
     def command(self, parsed: dict) -> list[str]:
-        """The real compiler for this call, with the cross linker when the call may link."""
+        """The real compiler for this call, with the linker flags when the call may link."""
         return [*self.real, *(self.ld if parsed["stage"] not in ("c", "E", "S", "M") else [])]
 
     # -- events ---------------------------------------------------------------
@@ -120,11 +130,9 @@ class Capture:
 
     # -- entry ------------------------------------------------------------------
     def main(self, args: list[str]) -> int:
-        extra = self.cfg.get("extra_flags", [])
+        self.dialect(args)
         if self.mode == "passthrough":
-            if self.lang == "fortran":
-                extra = [*extra, *self.cfg.get("fortran_link_flags", [])]
-            return subprocess.call([*self.command(parse(args)), *args, *extra])
+            return subprocess.call([*self.command(parse(args)), *args, *self.cfg.get("extra_flags", [])])
         parsed = parse(args)
         if parsed["stage"] in ("E", "S", "M") or parsed["stdin"] or not (parsed["inputs"]):
             return subprocess.call([*self.command(parsed), *args])
@@ -311,8 +319,7 @@ class Capture:
 
     # -- linking ----------------------------------------------------------------
     def link(self, parsed: dict, link_args: list[str]) -> int:
-        extra = self.cfg.get("fortran_link_flags", []) if self.lang == "fortran" else []
-        rc = subprocess.call([*self.real, *self.ld, *link_args, *extra])
+        rc = subprocess.call([*self.command(parsed), *link_args])
         if rc:
             return rc
         out = parsed["output"] or "a.out"

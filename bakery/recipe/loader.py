@@ -83,6 +83,7 @@ class Recipe:
     capture_opt: str
     capture_languages: list[str]
     capture_detect: bool
+    capture_strict_c: bool
     capture_levels: list[str]
     entrypoint: list[str]
     test: list[str]
@@ -518,6 +519,7 @@ def _build_recipe(d: dict, path: Path, raw: bytes) -> Recipe:
         capture_opt=d["capture"]["opt"],
         capture_languages=d["capture"]["languages"],
         capture_detect=d["capture"]["detect"],
+        capture_strict_c=d["capture"]["strict_c"],
         capture_levels=d["capture"]["levels"],
         entrypoint=d["entrypoint"],
         test=d["test"],
