@@ -11,7 +11,7 @@ from helpers import REPO
 
 PKG = REPO / "bakery"
 SHARED = {"errors", "proc", "platforms", "target", "toolchain", "templates", "safefs", "oci", "__init__"}
-RANK = {"shared": 0, "recipe": 1, "plan": 2, "capture": 3, "bake": 3, "engines": 4, "images": 5, "bench": 5,
+RANK = {"shared": 0, "plan": 1, "recipe": 2, "capture": 3, "bake": 3, "engines": 4, "images": 5, "bench": 5,
         "serve": 6, "scale": 6, "launch": 6, "cli": 7}
 
 
@@ -45,11 +45,9 @@ def test_imports_run_one_way(path):
         theirs = group(target)
         if theirs == mine or theirs == "shared" or target == "bakery.capture.flags":
             continue  # capture/flags.py is a leaf (stdlib only) that the plan shares with the wrapper
-        if (me, target) == ("bakery.recipe.loader", "bakery.plan.trust"):
-            continue  # preserve.flags/libs are checked with the bake's own allow-lists when a recipe loads
         assert RANK[theirs] < RANK[mine], \
             f"{path.relative_to(PKG)}:{line}: {mine} imports {target} ({theirs}): imports run cli -> scale/serve -> " \
-            "images -> engines -> bake/capture -> plan -> recipe -> shared"
+            "images -> engines -> bake/capture -> recipe -> plan -> shared"
 
 
 def test_the_plan_loads_without_the_capture():
