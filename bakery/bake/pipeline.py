@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bakery import passes, proc
 from bakery import plan as planmod
-from bakery import proc
 from bakery.bake.retarget import asm_problem, retarget_ir
 from bakery.errors import BakeryError, PlanRefused
 from bakery.plan.model import Archive, FileRef, Flag, LinkRef, Module, ModuleRef, ObjectRef, Plan
@@ -51,7 +51,7 @@ class BakeResult:
         return out
 
 
-PHASES = ("verify", "disassemble", "rewrite", "compile", "cached")
+PHASES = ("verify", "disassemble", "rewrite", "optimize", "compile", "cached")
 
 
 class Timings:
@@ -173,7 +173,10 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
         spent["verify"] = time.perf_counter() - t
         out = work / "obj" / f"{sha}.o"
         flags = [*toolchain.cross_flags, "-w", *m.flags, *preserve, *target.flags, *lto_flag]
-        key = objects.key(digest, [target.tune or "", *flags]) if objects is not None else ""
+        halves = passes.halves(toolchain, passes.split_level(m.flags) or "") \
+            if m.stage == "simplified" and not lto_flag else None
+        key = objects.key(digest, [target.tune or "", *flags, *(_split_key(halves) if halves else [])]) \
+            if objects is not None else ""
         if objects is not None:
             t = time.perf_counter()
             if objects.get(key, out):
@@ -191,7 +194,20 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
         text, _ = retarget_ir(text, target.tune)
         spent["rewrite"] = time.perf_counter() - t
         t = time.perf_counter()
-        proc.run([toolchain.clang, "-c", "-x", "ir", "-", "-o", str(out), *flags], input=text, cwd=work)
+        if halves is None:
+            # The whole pipeline and codegen (pre-optimization IR, an LTO bake, or a toolchain
+            # whose halves do not remake -O2/-O3: simplified IR is then simplified again).
+            proc.run([toolchain.clang, "-c", "-x", "ir", "-", "-o", str(out), *flags], input=text, cwd=work)
+        else:
+            # The capture ran the first half: the target's half, then codegen alone.
+            half = out.with_suffix(".bc")
+            machine = passes.machine(toolchain, tuple(f for f in flags if f.startswith("-m")))
+            proc.run(halves.finish_argv(toolchain.tool("opt"), "-", str(half), machine), input=text, cwd=work)
+            spent["optimize"] = time.perf_counter() - t
+            t = time.perf_counter()
+            proc.run([toolchain.clang, "-c", "-x", "ir", str(half), "-o", str(out), "-Xclang", "-disable-llvm-passes",
+                      *flags], cwd=work)
+            half.unlink()
         spent["compile"] = time.perf_counter() - t
         if objects is not None:
             objects.put(key, out)
@@ -221,6 +237,11 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
         log.info(f"bake: {source}: target-sensitive, using its {level} capture")
     variants.update(chosen)
     return results
+
+
+def _split_key(halves: passes.Halves) -> list[str]:
+    """What the object cache keys a split module's compile by, besides its flags: the half run."""
+    return [f"finish={halves.finish}", *halves.options]
 
 
 def _largest_first(bundle: Path, plan: Plan) -> list[tuple[str, Module]]:

@@ -20,6 +20,23 @@ PERMISSIVE_C = ("-Wno-error=implicit-function-declaration", "-Wno-error=implicit
                 "-Wno-error=int-conversion", "-Wno-error=incompatible-function-pointer-types",
                 "-Wno-error=return-type")
 
+# A unit compiled with one of these gets another pipeline than -O2/-O3's, so its optimization is
+# not split between capture and bake (bakery.passes).
+PIPELINE_FLAGS = frozenset({"-fno-vectorize", "-fno-slp-vectorize", "-fno-unroll-loops", "-fno-inline",
+                            "-fno-inline-functions", "-finline-hint-functions", "-fno-builtin", "-ffreestanding"})
+SPLIT_LEVELS = ("-O2", "-O3")
+
+
+def split_level(flags) -> str | None:
+    """The -O level whose pipeline a unit with these flags runs split (capture, then bake), or
+    None: another level (-O1, -Os, -Oz, -Ofast), or a flag that changes the pipeline."""
+    opts = [f for f in flags if f.startswith("-O")]
+    level = {"-O": "-O2"}.get(opts[-1], opts[-1]) if opts else None
+    if level not in SPLIT_LEVELS or any(f in PIPELINE_FLAGS or f.startswith("-fno-builtin-") for f in flags):
+        return None
+    return level
+
+
 RPATH_OPTIONS = frozenset({"-rpath", "--rpath", "-R", "-rpath-link", "--rpath-link"})
 SONAME_OPTIONS = frozenset({"-soname", "-h", "--soname"})
 # Linker options that name a file: the capture copies it into the bundle. A plan may pass only

@@ -17,8 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from bakery import passes, proc
 from bakery import plan as planmod
-from bakery import proc
 from bakery.capture import sources
 from bakery.capture.flags import PERMISSIVE_C
 from bakery.errors import BakeryError
@@ -168,6 +168,7 @@ def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdi
             "extra_flags": list(extra_flags or []),
             "fortran_link_flags": toolchain.fortran_link_flags,
             "c_dialect": [] if recipe.capture_strict_c else list(PERMISSIVE_C),
+            "split": _split_config(recipe, toolchain, mode),
             "target_flags": toolchain.cross_flags,
             **_level_config(recipe, toolchain, mode),
         }
@@ -245,6 +246,14 @@ def _level_config(recipe, toolchain: Toolchain, mode: str) -> dict:
     differing = set.union(*defined) - set.intersection(*defined)
     macros = sorted({line.split()[1] for line in differing if line.startswith("#define ")})
     return {"levels": [{"name": t.name, "flags": list(t.flags)} for t in levels], "level_macros": macros}
+
+
+def _split_config(recipe, toolchain: Toolchain, mode: str) -> dict | None:
+    """The capture's half of -O2/-O3 (bakery.passes), for the wrapper; None: pre-optimization IR."""
+    if mode != "capture" or not recipe.capture_simplify:
+        return None
+    levels = {lvl: h.to_json() for lvl in passes.LEVELS if (h := passes.halves(toolchain, lvl)) is not None}
+    return {"opt": toolchain.tool("opt"), "levels": levels} if levels else None
 
 
 def _flang_or_none(toolchain: Toolchain, recipe) -> str | None:

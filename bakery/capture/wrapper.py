@@ -25,10 +25,24 @@ import sys
 import tempfile
 
 try:  # part of bakery (tests, the plan)
-    from bakery.capture.flags import HOST_CPU_PREFIXES, LINKER_FILE_OPTIONS, LINKER_VALUE_OPTIONS, sha256_file
+    from bakery.capture.flags import (
+        HOST_CPU_PREFIXES,
+        LINKER_FILE_OPTIONS,
+        LINKER_VALUE_OPTIONS,
+        PIPELINE_FLAGS,
+        sha256_file,
+        split_level,
+    )
 except ImportError:  # run as a script, python3 -I -S wrapper.py: the tables from this file's own folder
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from flags import HOST_CPU_PREFIXES, LINKER_FILE_OPTIONS, LINKER_VALUE_OPTIONS, sha256_file  # type: ignore
+    from flags import (  # type: ignore
+        HOST_CPU_PREFIXES,
+        LINKER_FILE_OPTIONS,
+        LINKER_VALUE_OPTIONS,
+        PIPELINE_FLAGS,
+        sha256_file,
+        split_level,
+    )
 
 # Flags followed by a separate value argument.
 TAKES_VALUE = {
@@ -193,28 +207,68 @@ class Capture:
                                   "-Xclang", "-disable-llvm-optzns", src, "-o", out])
         if rc:
             return rc
+        recorded = bake_flags(flags, self.cfg.get("opt", "-O2"))
+        # 2. the target-independent half of -O2/-O3, once, here (bakery.passes)
+        halves = self.halves(recorded, flags) if lang != "fortran" else None
+        if halves and not self.simplify(out, halves):
+            halves = None
         bc_sha = self.store_bitcode(out, move=True)
         bc_path = os.path.join(self.store, "bc", bc_sha + ".bc")
         variants: list[dict] = []
         macros: list[str] = []
         if lang != "fortran" and len(self.cfg.get("levels", [])) > 1:
-            variants, macros = self.target_variants(parsed, src, bc_flags)
-        # 2. the native object the build asked for, from that same bitcode
+            variants, macros = self.target_variants(parsed, src, bc_flags, halves)
+        # 3. the native object the build asked for, from that same bitcode
         #    (clang reads any IR; Fortran's own flags mean nothing to it).
-        native = codegen_flags(flags, self.cfg.get("opt", "-O2")) if lang != "fortran" else \
-            bake_flags(flags, self.cfg.get("opt", "-O2"))
-        rc = subprocess.call([self.cfg["compilers"]["c"], *self.cross, *native, "-w",
-                              "-c", "-x", "ir", bc_path, "-o", out])
+        native = codegen_flags(flags, self.cfg.get("opt", "-O2")) if lang != "fortran" else recorded
+        rc = self.codegen(bc_path, native, out, halves)
         if rc:
             return rc
         obj_sha = sha256_file(out)
         record: dict = {"bc": bc_sha, "src": self.rel(src) or os.path.abspath(src), "lang": lang,
-                  "flags": bake_flags(flags, self.cfg.get("opt", "-O2")), "cwd": self.rel(os.getcwd())}
+                        "flags": recorded, "cwd": self.rel(os.getcwd())}
+        if halves:
+            record["stage"] = "simplified"
         if variants:
             record |= {"variants": variants, "macros": macros}
         self.save_record(obj_sha, record)
         self.emit({"event": "compile", "obj": obj_sha, **record, "out": self.rel(out) or os.path.abspath(out)})
         return 0
+
+    def halves(self, recorded: list[str], flags: list[str]) -> dict | None:
+        """The capture's and the bake's halves of this unit's pipeline, or None (not split)."""
+        split = self.cfg.get("split") or {}
+        level = split_level([*recorded, *(f for f in flags if f in PIPELINE_FLAGS)])
+        return split.get("levels", {}).get(level) if level else None
+
+    def simplify(self, path: str, halves: dict) -> bool:
+        """The first half on the bitcode at ``path``, in place. False (the bitcode left as it was,
+        pre-optimization) if opt fails: the bake then runs the whole pipeline."""
+        tmp = f"{path}.{os.getpid()}.simplified"
+        rc = subprocess.call([self.cfg["split"]["opt"], f"-passes={halves['simplify']}", *halves["options"],
+                              path, "-o", tmp])
+        if rc:
+            self.emit({"event": "error", "what": f"simplifying {path}: opt exited {rc}"})
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            return False
+        os.replace(tmp, path)
+        return True
+
+    def codegen(self, bc_path: str, native: list[str], out: str, halves: dict | None) -> int:
+        """The native object from the stored bitcode: the whole pipeline, or its second half and
+        code generation when the first ran here."""
+        clang = [self.cfg["compilers"]["c"], *self.cross, *native, "-w", "-c", "-x", "ir"]
+        if not halves:
+            return subprocess.call([*clang, bc_path, "-o", out])
+        fd, tmp = tempfile.mkstemp(suffix=".bc", dir=os.path.join(self.store, "tmp"))
+        os.close(fd)
+        try:
+            rc = subprocess.call([self.cfg["split"]["opt"], f"-passes={halves['finish']}", *halves["options"],
+                                  bc_path, "-o", tmp])
+            return rc or subprocess.call([*clang, tmp, "-Xclang", "-disable-llvm-passes", "-o", out])
+        finally:
+            os.unlink(tmp)
 
     def save_record(self, obj_sha: str, record: dict) -> None:
         """Links see only the native object, and two compiles can give byte-identical
@@ -247,7 +301,8 @@ class Capture:
             os.unlink(path)
         return sha
 
-    def target_variants(self, parsed: dict, src: str, bc_flags: list[str]) -> tuple[list[dict], list[str]]:
+    def target_variants(self, parsed: dict, src: str, bc_flags: list[str],
+                        halves: dict | None) -> tuple[list[dict], list[str]]:
         """Does this unit's preprocessed code depend on the target (#ifdef __AVX2__ ...)?
 
         Preprocess it for the generic target and for the highest level; when
@@ -278,7 +333,7 @@ class Capture:
                 os.close(fd)
                 rc = subprocess.call([*self.real, *pp_flags, *level["flags"], *xl, "-c", "-emit-llvm", "-w",
                                       "-Xclang", "-disable-llvm-optzns", src, "-o", tmp])
-                if rc == 0:
+                if rc == 0 and (not halves or self.simplify(tmp, halves)):  # as the unit itself
                     variants.append({"level": level["name"], "bc": self.store_bitcode(tmp, move=True)})
                 else:
                     os.unlink(tmp)

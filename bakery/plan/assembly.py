@@ -166,6 +166,8 @@ class _Assembly:
             c = self.compiles.get(sha, {})
             m = self.modules[sha] = {"path": f"bitcode/{sha}.bc", "sha256": sha, "source": c.get("src", "?"),
                                      "lang": c.get("lang", "c"), "flags": c.get("flags", ["-O2"])}
+            if c.get("stage"):
+                m["stage"] = c["stage"]
             if c.get("variants"):
                 m["variants"] = [{"level": v["level"], "path": f"bitcode/{v['bc']}.bc", "sha256": v["bc"]}
                                  for v in c["variants"]]

@@ -136,6 +136,9 @@ class Module:
     flags: tuple[str, ...]
     variants: tuple[Variant, ...] = ()
     macros: tuple[str, ...] = ()
+    # "simplified": the capture ran the first half of the module's -O2/-O3 (bakery.passes) and
+    # the bake runs the rest; "pre-optimization": the bake runs the whole pipeline.
+    stage: str = "pre-optimization"
 
     @property
     def label(self) -> str:
@@ -149,13 +152,16 @@ class Module:
     def from_json(cls, m: Json) -> Module:
         variants = tuple(Variant(v["level"], v["path"], v["sha256"]) for v in m.get("variants", ()))
         return cls(path=m["path"], sha256=m["sha256"], source=m.get("source"), lang=m["lang"],
-                   flags=tuple(m["flags"]), variants=variants, macros=tuple(m.get("macros", ())))
+                   flags=tuple(m["flags"]), variants=variants, macros=tuple(m.get("macros", ())),
+                   stage=m.get("stage", "pre-optimization"))
 
     def to_json(self) -> Json:
         doc: Json = {"path": self.path, "sha256": self.sha256}
         if self.source is not None:
             doc["source"] = self.source
         doc |= {"lang": self.lang, "flags": list(self.flags)}
+        if self.stage != "pre-optimization":  # plans of pre-optimization IR keep their old shape
+            doc["stage"] = self.stage
         if self.variants or self.macros:  # as the capture writes them: both for a target-sensitive unit
             doc["variants"] = [{"level": v.level, "path": v.path, "sha256": v.sha256} for v in self.variants]
             doc["macros"] = list(self.macros)

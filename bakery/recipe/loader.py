@@ -84,6 +84,7 @@ class Recipe:
     capture_languages: list[str]
     capture_detect: bool
     capture_strict_c: bool
+    capture_simplify: bool
     capture_levels: list[str]
     entrypoint: list[str]
     test: list[str]
@@ -520,6 +521,7 @@ def _build_recipe(d: dict, path: Path, raw: bytes) -> Recipe:
         capture_languages=d["capture"]["languages"],
         capture_detect=d["capture"]["detect"],
         capture_strict_c=d["capture"]["strict_c"],
+        capture_simplify=d["capture"]["simplify"],
         capture_levels=d["capture"]["levels"],
         entrypoint=d["entrypoint"],
         test=d["test"],
