@@ -96,10 +96,11 @@ def halves(toolchain: Toolchain, level: str) -> Halves | None:
     try:
         with tempfile.TemporaryDirectory(prefix="bakery-passes-") as tmp:
             d = Path(tmp)
-            printed = proc.run([toolchain.tool("opt"), level, "-disable-output", "-print-pipeline-passes",
-                                _test_module(toolchain, level, d)], cwd=d).stdout
-        h = split(printed, level)
-        same = remakes(toolchain, h)
+            t = _test_module(toolchain, level, d)
+            printed = proc.run([toolchain.tool("opt"), level, "-disable-output", "-print-pipeline-passes", t],
+                               cwd=d).stdout
+            h = split(printed, level)
+            same = remakes(toolchain, h, t)
     except BakeryError as e:
         log.info(f"passes: {level} is not split ({e.message})")
         return None
@@ -110,13 +111,13 @@ def halves(toolchain: Toolchain, level: str) -> Halves | None:
     return h
 
 
-def remakes(toolchain: Toolchain, h: Halves) -> bool:
+def remakes(toolchain: Toolchain, h: Halves, module: str | None = None) -> bool:
     """Whether the first half, a round trip through bitcode, then the second, make what ``opt
-    <level>`` makes of the test module (local names aside)."""
+    <level>`` makes of the test module (``module``: one made before; local names aside)."""
     opt, dis = toolchain.tool("opt"), toolchain.tool("llvm-dis")
     with tempfile.TemporaryDirectory(prefix="bakery-passes-") as tmp:
         d = Path(tmp)
-        t = _test_module(toolchain, h.level, d)
+        t = module or _test_module(toolchain, h.level, d)
         proc.run([opt, h.level, t, "-o", str(d / "whole.bc")], cwd=d)
         proc.run(h.simplify_argv(opt, t, str(d / "half.bc")), cwd=d)
         proc.run(h.finish_argv(opt, str(d / "half.bc"), str(d / "both.bc"), []), cwd=d)
