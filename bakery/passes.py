@@ -45,6 +45,10 @@ CUT = "elim-avail-extern"
 LEVELS = dict(zip(SPLIT_LEVELS, ((), ("-inline-threshold=250", "-unroll-threshold=300")), strict=True))
 # Dropped from the first half (see the module's docstring).
 DROPPED = ("speculative-execution",)
+# How both halves write bitcode: without the use-list order, which opt keeps by default and which
+# follows the order of its in-memory maps, so that the same unit captured twice gave different
+# bitcode (same IR text) and its objects were not reused.
+WRITE = ("-preserve-bc-uselistorder=false",)
 
 # The self-check: inlining, a vectorizable loop, a fully unrollable loop, a call through a pointer.
 _CHECK_C = r"""
@@ -62,7 +66,7 @@ class Halves:
     level: str                 # -O2 or -O3
     simplify: str              # the capture's half: a -passes= string
     finish: str                # the bake's half
-    options: tuple[str, ...]   # opt options both halves take (the restored parameters)
+    options: tuple[str, ...]   # opt options both halves take (the restored parameters, WRITE)
 
     def simplify_argv(self, opt: str, src: str, dest: str) -> list[str]:
         return [opt, f"-passes={self.simplify}", *self.options, src, "-o", dest]
@@ -84,7 +88,7 @@ def split(pipeline: str, level: str) -> Halves:
         raise BakeryError(f"opt's {level} pipeline has {CUT} inside a pass manager, not at the top")
     first = [p for p in parts[:at] if p not in DROPPED]
     second = [p for p in parts[at:] if p not in ("verify", "BitcodeWriterPass")]
-    return Halves(level, ",".join(first), ",".join(second), LEVELS[level])
+    return Halves(level, ",".join(first), ",".join(second), (*LEVELS[level], *WRITE))
 
 
 @functools.cache

@@ -20,7 +20,7 @@ def test_the_halves_remake_the_whole_pipeline(toolchain, level):
     assert h is not None, f"LLVM {toolchain.major}'s {level} is not split"
     assert "loop-vectorize" in h.finish and "loop-vectorize" not in h.simplify
     assert "inline" in h.simplify.split(",") and "speculative-execution" not in h.simplify
-    assert h.options == passes.LEVELS[level]
+    assert h.options == (*passes.LEVELS[level], *passes.WRITE)
 
 
 def test_the_check_sees_a_half_that_lost_a_pass(toolchain):
