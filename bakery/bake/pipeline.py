@@ -10,6 +10,7 @@ the plan was validated (``plan.load``, which returns it typed) before anything h
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import os
 import shutil
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from bakery import passes, proc
 from bakery import plan as planmod
+from bakery.bake import bitcode as bitcodemod
 from bakery.bake.retarget import asm_problem, retarget_ir
 from bakery.errors import BakeryError, PlanRefused
 from bakery.plan.model import Archive, FileRef, Flag, LinkRef, Module, ModuleRef, ObjectRef, Plan
@@ -51,7 +53,7 @@ class BakeResult:
         return out
 
 
-PHASES = ("verify", "disassemble", "rewrite", "optimize", "compile", "cached")
+PHASES = ("verify", "scan", "disassemble", "rewrite", "optimize", "compile", "cached")
 
 
 class Timings:
@@ -184,25 +186,30 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
                 timings.add(m.label, spent)
                 return out
         # cwd: the work tree, so that nothing relative resolves against the caller's folder.
-        t = time.perf_counter()
-        text = proc.run([dis, str(bc), "-o", "-"], cwd=work).stdout
-        spent["disassemble"] = time.perf_counter() - t
-        t = time.perf_counter()
-        why = asm_problem(text)  # the very text clang compiles below
-        if why:
-            raise PlanRefused(f"plan refused: module {m.label}: {why}")
-        text, _ = retarget_ir(text, target.tune)
-        spent["rewrite"] = time.perf_counter() - t
+        data = _plain_bitcode(m, bc, digest, target, lto_flag, spent)
+        if data is None:  # the text path: llvm-dis, the checks, the attribute rewrite
+            t = time.perf_counter()
+            text = proc.run([dis, str(bc), "-o", "-"], cwd=work).stdout
+            spent["disassemble"] = time.perf_counter() - t
+            t = time.perf_counter()
+            why = asm_problem(text)  # the very text clang compiles below
+            if why:
+                raise PlanRefused(f"plan refused: module {m.label}: {why}")
+            text, _ = retarget_ir(text, target.tune, untargeted=m.untargeted)
+            spent["rewrite"] = time.perf_counter() - t
+        source: str | bytes = text if data is None else data  # IR text, or the very bitcode checked
         t = time.perf_counter()
         if halves is None:
             # The whole pipeline and codegen (pre-optimization IR, an LTO bake, or a toolchain
             # whose halves do not remake -O2/-O3: simplified IR is then simplified again).
-            proc.run([toolchain.clang, "-c", "-x", "ir", "-", "-o", str(out), *flags], input=text, cwd=work)
+            proc.run([toolchain.clang, "-c", "-x", "ir", "-", "-o", str(out), *flags], input=source, cwd=work,
+                     text=data is None)
         else:
             # The capture ran the first half: the target's half, then codegen alone.
             half = out.with_suffix(".bc")
             machine = passes.machine(toolchain, tuple(f for f in flags if f.startswith("-m")))
-            proc.run(halves.finish_argv(toolchain.tool("opt"), "-", str(half), machine), input=text, cwd=work)
+            proc.run(halves.finish_argv(toolchain.tool("opt"), "-", str(half), machine), input=source, cwd=work,
+                     text=data is None)
             spent["optimize"] = time.perf_counter() - t
             t = time.perf_counter()
             proc.run([toolchain.clang, "-c", "-x", "ir", str(half), "-o", str(out), "-Xclang", "-disable-llvm-passes",
@@ -237,6 +244,24 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
         log.info(f"bake: {source}: target-sensitive, using its {level} capture")
     variants.update(chosen)
     return results
+
+
+def _plain_bitcode(m: Module, bc: Path, digest: str, target: Target, lto_flag: list[str],
+                   spent: dict[str, float]) -> bytes | None:
+    """The module's bitcode, to compile as it is, when it may be (bakery.bake.bitcode): the
+    capture took its baseline target attributes out, the target's tuning is its CPU's own (opt
+    has no -mtune: a tune-cpu other than the CPU needs the text path's rewrite), no LTO. None:
+    the text path."""
+    if not m.untargeted or lto_flag or target.tune not in (None, target.cpu):
+        return None
+    t = time.perf_counter()
+    data = bc.read_bytes()
+    why = "its digest changed" if hashlib.sha256(data).hexdigest() != digest else bitcodemod.plain(data)
+    spent["scan"] = time.perf_counter() - t
+    if why:
+        log.debug(f"bake: {m.label}: through llvm-dis ({why})")
+        return None
+    return data
 
 
 def _split_key(halves: passes.Halves) -> list[str]:

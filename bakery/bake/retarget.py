@@ -6,13 +6,13 @@ from __future__ import annotations
 import collections
 import re
 
-_ATTR_LINE = re.compile(r"^attributes #\d+ = \{.*\}$", re.M)
-_TARGET_CPU = re.compile(r' "target-cpu"="[^"]*"')
-_TUNE_CPU = re.compile(r' "tune-cpu"="[^"]*"')
-_FEATURES = re.compile(r' "target-features"="([^"]*)"')
+from bakery.capture.attrs import ATTR_LINE as _ATTR_LINE
+from bakery.capture.attrs import FEATURES as _FEATURES
+from bakery.capture.attrs import TARGET_CPU as _TARGET_CPU
+from bakery.capture.attrs import TUNE_CPU as _TUNE_CPU
 
 
-def retarget_ir(text: str, tune: str | None) -> tuple[str, dict]:
+def retarget_ir(text: str, tune: str | None, *, untargeted: bool = False) -> tuple[str, dict]:
     """Rewrite the target attributes of an LLVM IR module (text form).
 
     * ``target-cpu`` goes: the bake's ``-march``/``-mcpu`` applies instead.
@@ -21,9 +21,11 @@ def retarget_ir(text: str, tune: str | None) -> tuple[str, dict]:
     * ``target-features`` equal to the module's baseline (what the command line
       gave every function) go; any other value is a function's own
       ``__attribute__((target(...)))`` and is kept.
+    * ``untargeted``: the capture took the baseline out already (:mod:`bakery.capture.attrs`),
+      and every ``target-features`` left is a function's own.
     """
     counts = collections.Counter(m.group(1) for m in _FEATURES.finditer(text))
-    baseline = counts.most_common(1)[0][0] if counts else None
+    baseline = counts.most_common(1)[0][0] if counts and not untargeted else None
     stats = {"attribute_groups": 0, "kept_features": 0}
 
     def fix(m: re.Match) -> str:

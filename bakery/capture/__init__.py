@@ -1,7 +1,7 @@
 """Capture: run the app's own build with bakery's wrappers and keep every unit's bitcode.
 
 run (orchestration), sources (fetching), flags (stdlib-only tables, which the plan imports too),
-wrapper (stdlib only: the compiler wrapper itself). ``capture`` and ``from_source`` are loaded
+attrs (stdlib-only patterns of clang's target attributes, which the bake imports too), wrapper (stdlib only: the compiler wrapper itself). ``capture`` and ``from_source`` are loaded
 from run on first use, so that importing ``bakery.capture.flags`` loads nothing else.
 """
 

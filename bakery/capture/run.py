@@ -169,6 +169,7 @@ def capture(recipe, bundle: Path, toolchain: Toolchain, *, jobs: int = 0, workdi
             "fortran_link_flags": toolchain.fortran_link_flags,
             "c_dialect": [] if recipe.capture_strict_c else list(PERMISSIVE_C),
             "split": _split_config(recipe, toolchain, mode),
+            "untarget": {"dis": toolchain.tool("llvm-dis"), "as": toolchain.tool("llvm-as")} if mode == "capture" else None,
             "target_flags": toolchain.cross_flags,
             **_level_config(recipe, toolchain, mode),
         }

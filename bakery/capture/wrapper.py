@@ -25,6 +25,7 @@ import sys
 import tempfile
 
 try:  # part of bakery (tests, the plan)
+    from bakery.capture.attrs import features_of, untarget
     from bakery.capture.flags import (
         HOST_CPU_PREFIXES,
         LINKER_FILE_OPTIONS,
@@ -35,6 +36,7 @@ try:  # part of bakery (tests, the plan)
     )
 except ImportError:  # run as a script, python3 -I -S wrapper.py: the tables from this file's own folder
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from attrs import features_of, untarget  # type: ignore
     from flags import (  # type: ignore
         HOST_CPU_PREFIXES,
         LINKER_FILE_OPTIONS,
@@ -212,13 +214,15 @@ class Capture:
         halves = self.halves(recorded, flags) if lang != "fortran" else None
         if halves and not self.simplify(out, halves):
             halves = None
+        # 3. the baseline target attributes out, once, here: the bake compiles this bitcode as it is
+        untargeted = lang != "fortran" and self.untarget(out, bc_flags)
         bc_sha = self.store_bitcode(out, move=True)
         bc_path = os.path.join(self.store, "bc", bc_sha + ".bc")
         variants: list[dict] = []
         macros: list[str] = []
         if lang != "fortran" and len(self.cfg.get("levels", [])) > 1:
-            variants, macros = self.target_variants(parsed, src, bc_flags, halves)
-        # 3. the native object the build asked for, from that same bitcode
+            variants, macros = self.target_variants(parsed, src, bc_flags, halves, untargeted)
+        # 4. the native object the build asked for, from that same bitcode
         #    (clang reads any IR; Fortran's own flags mean nothing to it).
         native = codegen_flags(flags, self.cfg.get("opt", "-O2")) if lang != "fortran" else recorded
         rc = self.codegen(bc_path, native, out, halves)
@@ -229,6 +233,8 @@ class Capture:
                         "flags": recorded, "cwd": self.rel(os.getcwd())}
         if halves:
             record["stage"] = "simplified"
+        if untargeted:
+            record["untargeted"] = True
         if variants:
             record |= {"variants": variants, "macros": macros}
         self.save_record(obj_sha, record)
@@ -254,6 +260,48 @@ class Capture:
             return False
         os.replace(tmp, path)
         return True
+
+    def untarget(self, path: str, bc_flags: list[str]) -> bool:
+        """The bitcode at ``path`` without its functions' baseline target attributes
+        (bakery.capture.attrs), in place; False (left as it was) if a tool fails."""
+        tools = self.cfg.get("untarget")
+        baseline = self.baseline(bc_flags) if tools else None
+        if baseline is None:
+            return False
+        dis = subprocess.run([tools["dis"], path, "-o", "-"], capture_output=True, text=True)
+        if dis.returncode:
+            return False
+        tmp = f"{path}.{os.getpid()}.untargeted"
+        rc = subprocess.run([tools["as"], "-", "-o", tmp], input=untarget(dis.stdout, baseline), text=True).returncode
+        if rc:
+            self.emit({"event": "error", "what": f"untargeting {path}: llvm-as exited {rc}"})
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            return False
+        os.replace(tmp, path)
+        return True
+
+    def baseline(self, bc_flags: list[str]) -> set[str] | None:
+        """The target-features clang gives a function without target(...) under these flags:
+        a probe's, cached in the store per set of -m and target flags."""
+        key = [f for f in bc_flags if f.startswith(("-m", "--target", "-target"))]
+        cache = os.path.join(self.store, "tmp", "baseline-" + hashlib.sha256(json.dumps(key).encode()).hexdigest())
+        try:
+            with open(cache) as f:
+                return set(json.load(f))
+        except (OSError, ValueError):
+            pass
+        cp = subprocess.run([self.cfg["compilers"]["c"], *self.cross, *key, "-O2", "-Xclang", "-disable-llvm-optzns",
+                             "-S", "-emit-llvm", "-w", "-x", "c", "-", "-o", "-"],
+                            input="int bakery_probe(void) { return 0; }\n", capture_output=True, text=True)
+        if cp.returncode:
+            return None
+        features = features_of(cp.stdout)
+        tmp = f"{cache}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(sorted(features), f)
+        os.replace(tmp, cache)
+        return features
 
     def codegen(self, bc_path: str, native: list[str], out: str, halves: dict | None) -> int:
         """The native object from the stored bitcode: the whole pipeline, or its second half and
@@ -302,7 +350,7 @@ class Capture:
         return sha
 
     def target_variants(self, parsed: dict, src: str, bc_flags: list[str],
-                        halves: dict | None) -> tuple[list[dict], list[str]]:
+                        halves: dict | None, untargeted: bool) -> tuple[list[dict], list[str]]:
         """Does this unit's preprocessed code depend on the target (#ifdef __AVX2__ ...)?
 
         Preprocess it for the generic target and for the highest level; when
@@ -333,7 +381,8 @@ class Capture:
                 os.close(fd)
                 rc = subprocess.call([*self.real, *pp_flags, *level["flags"], *xl, "-c", "-emit-llvm", "-w",
                                       "-Xclang", "-disable-llvm-optzns", src, "-o", tmp])
-                if rc == 0 and (not halves or self.simplify(tmp, halves)):  # as the unit itself
+                if rc == 0 and (not halves or self.simplify(tmp, halves)) \
+                        and (not untargeted or self.untarget(tmp, [*bc_flags, *level["flags"]])):  # as the unit itself
                     variants.append({"level": level["name"], "bc": self.store_bitcode(tmp, move=True)})
                 else:
                     os.unlink(tmp)

@@ -168,6 +168,8 @@ class _Assembly:
                                      "lang": c.get("lang", "c"), "flags": c.get("flags", ["-O2"])}
             if c.get("stage"):
                 m["stage"] = c["stage"]
+            if c.get("untargeted"):
+                m["untargeted"] = True
             if c.get("variants"):
                 m["variants"] = [{"level": v["level"], "path": f"bitcode/{v['bc']}.bc", "sha256": v["bc"]}
                                  for v in c["variants"]]

@@ -139,6 +139,9 @@ class Module:
     # "simplified": the capture ran the first half of the module's -O2/-O3 (bakery.passes) and
     # the bake runs the rest; "pre-optimization": the bake runs the whole pipeline.
     stage: str = "pre-optimization"
+    # The capture took the functions' baseline target-cpu/tune-cpu/target-features out
+    # (bakery.capture.attrs): the bake may compile the bitcode as it is (bakery.bake.bitcode).
+    untargeted: bool = False
 
     @property
     def label(self) -> str:
@@ -153,7 +156,7 @@ class Module:
         variants = tuple(Variant(v["level"], v["path"], v["sha256"]) for v in m.get("variants", ()))
         return cls(path=m["path"], sha256=m["sha256"], source=m.get("source"), lang=m["lang"],
                    flags=tuple(m["flags"]), variants=variants, macros=tuple(m.get("macros", ())),
-                   stage=m.get("stage", "pre-optimization"))
+                   stage=m.get("stage", "pre-optimization"), untargeted=m.get("untargeted", False))
 
     def to_json(self) -> Json:
         doc: Json = {"path": self.path, "sha256": self.sha256}
@@ -162,6 +165,8 @@ class Module:
         doc |= {"lang": self.lang, "flags": list(self.flags)}
         if self.stage != "pre-optimization":  # plans of pre-optimization IR keep their old shape
             doc["stage"] = self.stage
+        if self.untargeted:
+            doc["untargeted"] = True
         if self.variants or self.macros:  # as the capture writes them: both for a target-sensitive unit
             doc["variants"] = [{"level": v.level, "path": v.path, "sha256": v.sha256} for v in self.variants]
             doc["macros"] = list(self.macros)

@@ -84,7 +84,8 @@ def test_bake_json_says_where_the_time_goes(builds, tmp_path, capsys):
                  "--cache", str(tmp_path / "cache")]) == 0
     timings = json.loads(capsys.readouterr().out)["timings"]
     phases = timings["phases"]
-    assert set(phases) == set(bakemod.PHASES) and phases["compile"] > 0 and phases["disassemble"] > 0
+    assert set(phases) == set(bakemod.PHASES) and phases["compile"] > 0
+    assert phases["disassemble"] > 0 or phases["scan"] > 0  # the text path, or the bitcode path
     assert timings["wall"]["modules"] > 0 and set(timings["links"]) == {"wordstat", "libwordstat.so.1"}
     assert timings["object_cache"] == {"hits": 0, "misses": len(planmod.load(bundle).modules)}
     assert timings["slowest_modules"][0]["seconds"] >= timings["slowest_modules"][-1]["seconds"]

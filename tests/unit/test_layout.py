@@ -34,6 +34,9 @@ def imports(path: Path) -> list[tuple[str, int]]:
     return out
 
 
+# Leaves of the capture (stdlib only) that others share with the wrapper: its flag tables (the
+# plan's trust checks) and the target attribute patterns (the bake's text path).
+LEAVES = {"bakery.capture.flags", "bakery.capture.attrs"}
 MODULES = sorted(p for p in PKG.rglob("*.py") if "data" not in p.parts)
 
 
@@ -43,8 +46,8 @@ def test_imports_run_one_way(path):
     mine = group(me)
     for target, line in imports(path):
         theirs = group(target)
-        if theirs == mine or theirs == "shared" or target == "bakery.capture.flags":
-            continue  # capture/flags.py is a leaf (stdlib only) that the plan shares with the wrapper
+        if theirs == mine or theirs == "shared" or target in LEAVES:
+            continue
         assert RANK[theirs] < RANK[mine], \
             f"{path.relative_to(PKG)}:{line}: {mine} imports {target} ({theirs}): imports run cli -> scale/serve -> " \
             "images -> engines -> bake/capture -> recipe -> plan -> shared"
@@ -65,11 +68,14 @@ def test_engine_interface_and_implementations_stay_apart():
         assert not got & forbidden, f"engines/{name}.py imports {got & forbidden}"
 
 
-def test_the_wrapper_imports_only_the_standard_library_and_its_flag_table():
+def test_the_wrapper_imports_only_the_standard_library_and_the_capture_leaves():
     tree = ast.parse((PKG / "capture" / "wrapper.py").read_text())
     mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | \
         {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert {m for m in mods if m and m.startswith("bakery")} <= {"bakery.capture.flags"}
+    assert {m for m in mods if m and m.startswith("bakery")} <= LEAVES
+    for leaf in ("flags", "attrs"):  # and the leaves themselves only the standard library
+        tree = ast.parse((PKG / "capture" / f"{leaf}.py").read_text())
+        assert not any(isinstance(n, ast.ImportFrom) and (n.module or "").startswith("bakery") for n in ast.walk(tree))
 
 
 def test_every_linker_option_that_takes_a_value_is_merged_with_it():

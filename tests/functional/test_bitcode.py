@@ -1,0 +1,124 @@
+"""The bake's bitcode path (bakery.bake.bitcode): what clang makes of real C, and what a bake makes
+of it, against the text path (llvm-dis, the checks, the rewrite)."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import write_project
+
+from bakery import bake as bakemod
+from bakery import capture as capturemod
+from bakery import plan as planmod
+from bakery import recipe as recipemod
+from bakery.bake import bitcode, pipeline
+from bakery.capture.attrs import features_of, untarget
+
+PLAIN_C = r"""
+#include <string.h>
+static double table[64] = {1.5, 2.5, 3.5};
+struct point { double x, y; };
+double norm(const struct point *p, int n) {
+    double s = 0;
+    for (int i = 0; i < n; i++) s += p[i].x * p[i].x + p[i].y * p[i].y + table[i & 63];
+    return s;
+}
+__attribute__((target("avx2"))) int wide(const int *a, int n) { int s = 0; for (int i = 0; i < n; i++) s += a[i]; return s; }
+const char *greet(void) { static char buf[32]; strcpy(buf, "hello"); return buf; }
+"""
+
+
+def _bitcode(toolchain, tmp: Path, source: str, *, strip: bool = True) -> bytes:
+    (tmp / "u.c").write_text(source)
+    bc = tmp / "u.bc"
+    subprocess.run([toolchain.clang, "-O2", "-Xclang", "-disable-llvm-optzns", "-emit-llvm", "-c", str(tmp / "u.c"),
+                    "-o", str(bc)], check=True)
+    if strip:
+        probe = subprocess.run([toolchain.clang, "-O2", "-S", "-emit-llvm", "-x", "c", "-", "-o", "-"],
+                               input="int f(void) { return 0; }\n", capture_output=True, text=True, check=True).stdout
+        text = subprocess.run([toolchain.tool("llvm-dis"), str(bc), "-o", "-"], capture_output=True, text=True,
+                              check=True).stdout
+        subprocess.run([toolchain.tool("llvm-as"), "-", "-o", str(bc)], input=untarget(text, features_of(probe)),
+                       text=True, check=True)
+    return bc.read_bytes()
+
+
+def test_a_module_without_baseline_attributes_is_plain_and_keeps_its_own_features(toolchain, tmp_path):
+    data = _bitcode(toolchain, tmp_path, PLAIN_C)
+    assert bitcode.plain(data) is None
+    text = subprocess.run([toolchain.tool("llvm-dis"), "-", "-o", "-"], input=data, capture_output=True,
+                          check=True).stdout.decode()
+    assert '"target-cpu"' not in text and '"tune-cpu"' not in text
+    own = [line for line in text.splitlines() if '"target-features"' in line]
+    assert len(own) == 1 and "+avx2" in own[0] and "+sse2" not in own[0]  # the function's own, not the baseline
+
+
+@pytest.mark.parametrize("source, why", [
+    ("int f(int x) { return x; }\n", "a target-cpu attribute"),
+])
+def test_baseline_attributes_left_are_not_plain(toolchain, tmp_path, source, why):
+    assert bitcode.plain(_bitcode(toolchain, tmp_path, source, strip=False)) == why
+
+
+@pytest.mark.parametrize("source, why", [
+    ('int f(int x) { __asm__ volatile("nop"); return x; }\n', "inline asm"),
+    ('__asm__(".globl marker\\nmarker:");\nint f(void) { return 1; }\n', "module asm"),
+    ('#pragma comment(lib, "m")\nint f(void) { return 1; }\n', "named metadata llvm.dependent-libraries"),
+])
+def test_what_the_text_path_must_check_is_not_plain(toolchain, tmp_path, source, why):
+    assert bitcode.plain(_bitcode(toolchain, tmp_path, source)) == why
+
+
+def test_damaged_bitcode_llvm_still_reads_is_never_plain_where_llvm_sees_asm(toolchain, tmp_path):
+    """Random damage to a module with inline asm: wherever LLVM's own reader (llvm-dis) still
+    reads it and sees asm, this reader must not call it plain."""
+    data = _bitcode(toolchain, tmp_path, PLAIN_C + 'int g(int x) { __asm__ volatile(".incbin \\"/etc/hostname\\""); '
+                                                   'return x; }\n')
+    assert bitcode.plain(data) == "inline asm"
+    rng = random.Random(1)
+    read_with_asm = 0
+    for _ in range(200):
+        mutant = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            mutant[rng.randrange(4, len(mutant))] ^= 1 << rng.randrange(8)
+        dis = subprocess.run([toolchain.tool("llvm-dis"), "-", "-o", "-"], input=bytes(mutant), capture_output=True)
+        if dis.returncode == 0 and " asm " in dis.stdout.decode(errors="replace"):
+            read_with_asm += 1
+            assert bitcode.plain(bytes(mutant)) is not None
+    assert read_with_asm > 20  # the damage LLVM reads past is tried, not only what it refuses
+    assert bitcode.plain(data[: len(data) // 2]) is not None and bitcode.plain(b"BC\xc0\xde" + bytes(40)) is not None
+
+
+FILES = {
+    "main.c": "#include <stdio.h>\nint sum(const int *, int);\n__attribute__((target(\"avx2\"))) int wide(const int *, int);\n"
+              "int main(void) { int a[100]; for (int i = 0; i < 100; i++) a[i] = i * 3;\n"
+              "  printf(\"%d %d\\n\", sum(a, 100), wide(a, 100)); return 0; }\n",
+    "sum.c": "int sum(const int *a, int n) { int s = 0; for (int i = 0; i < n; i++) s += a[i] * a[i]; return s; }\n"
+             "__attribute__((target(\"avx2\"))) int wide(const int *a, int n) { int s = 0;\n"
+             "  for (int i = 0; i < n; i++) s += a[i] + 1; return s; }\n",
+    "Makefile": "app: main.c sum.c\n\t$(CC) -O2 -o app main.c sum.c\n",
+}
+REST = """\
+    build:
+      system: make
+      options: [app]
+    outputs: [app]
+    """
+
+
+def test_the_bitcode_path_makes_what_the_text_path_makes(toolchain, builds, tmp_path, monkeypatch):
+    (tmp_path / "p").mkdir()
+    recipe_file = write_project(tmp_path / "p", "bcpath", FILES, REST)
+    capturemod.capture(recipemod.load(recipe_file), tmp_path / "b", toolchain)
+    plan = planmod.load(tmp_path / "b")
+    assert all(m.untargeted for m in plan.modules.values())
+    target = builds.target("zen4")  # tuned for its own CPU: no tune-cpu to write, the bitcode path
+    fast = bakemod.bake(tmp_path / "b", plan, toolchain, target, tmp_path / "fast")
+    assert fast.timings and fast.timings.phases["scan"] > 0 and fast.timings.phases["disassemble"] == 0
+    monkeypatch.setattr(pipeline, "_plain_bitcode", lambda *a, **k: None)
+    text = bakemod.bake(tmp_path / "b", plan, toolchain, target, tmp_path / "text")
+    assert text.timings and text.timings.phases["disassemble"] > 0
+    assert (tmp_path / "fast" / "app").read_bytes() == (tmp_path / "text" / "app").read_bytes()
