@@ -284,6 +284,9 @@ def _link_all(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, wo
     outs: dict[str, Path] = {}
     preserve_libs = plan.preserve.libs
     opt = _dominant_opt(plan)
+    from bakery.bake import isanote
+
+    note = isanote.make(toolchain, target, work)  # x86-64: the ISA level note, in every link
     for link in plan.links:
         out = work / "out" / link.output
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -324,9 +327,13 @@ def _link_all(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, wo
             argv.append("-Wl,-rpath,$ORIGIN")
         if link.kind == "shared" and not link.soname:
             argv.append(f"-Wl,-soname,{link.install}")
+        if note is not None:
+            argv += note.args
         log.info(f"bake: linking {link.install}")
         t = time.perf_counter()
         proc.run(argv, cwd=work)
+        if note is not None:
+            note.check(out)
         if timings is not None:
             timings.links[link.install] = time.perf_counter() - t
         outs[link.id] = out
