@@ -22,6 +22,12 @@ PLATFORMS = (
     Platform("linux/arm64", "arm64", "aarch64-linux-gnu", "aarch64", ("aarch64", "arm64")),
 )
 _ALIASES = {"linux/arm64/v8": "linux/arm64"}
+# The archspec targets an image index may list as a platform variant: the levels runtimes choose
+# by (containerd takes the highest amd64 level the host has; podman and skopeo take --variant).
+# An exact model (zen4, neoverse_v2) has no variant: in an index, a runtime could pick it for
+# another CPU of the same level, so it stays a tag.
+VARIANT_OF_TARGET = {"x86_64_v2": ("amd64", "v2"), "x86_64_v3": ("amd64", "v3"), "x86_64_v4": ("amd64", "v4"),
+                     "aarch64": ("arm64", "v8")}
 ARCH_OF_PLATFORM = {p.oci: p.arch for p in PLATFORMS}
 FAMILY_OF_ARCH = {p.arch: p.family for p in PLATFORMS}
 

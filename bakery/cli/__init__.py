@@ -12,10 +12,24 @@ import sys
 import traceback
 
 from bakery import __version__
-from bakery.cli import bake, base, bench, build, capture, inspect, k8s, matrix, registry, serve, targets, validate
+from bakery.cli import (
+    bake,
+    base,
+    bench,
+    build,
+    capture,
+    inspect,
+    k8s,
+    matrix,
+    publish,
+    registry,
+    serve,
+    targets,
+    validate,
+)
 from bakery.errors import BakeryError
 
-COMMANDS = (validate, capture, build, bake, inspect, registry, base, bench, targets, serve, matrix, k8s)
+COMMANDS = (validate, capture, build, bake, publish, inspect, registry, base, bench, targets, serve, matrix, k8s)
 
 DESCRIPTION = """\
 bakery makes one container image serve every CPU.
@@ -31,6 +45,9 @@ With images, the same two steps meet users through a registry:
            LLVM + bundle) with the plan attached as an OCI artifact;
   bake     IMAGE commits the binaries as one thin layer on the IR image and
            pushes it as the node tag <tag>-<target> (reused when it exists);
+  publish  writes one tag for every CPU: an OCI index of the IR image (the
+           fallback) and the bakes of the ISA levels as platform variants, which
+           containerd, podman --variant and skopeo resolve themselves;
   serve    bakes a node tag the first time anybody pulls it.
 The IR image runs as it is: `podman run IMAGE ARGS` finishes the app for the
 CPU it starts on (a cache volume at /var/cache/bakery, else the node tag, else
@@ -46,6 +63,7 @@ examples:
 
   bakery build examples/pi/recipe.yaml            # -> 127.0.0.1:5000/pi:1.0
   bakery bake 127.0.0.1:5000/pi:1.0 --target native
+  bakery publish 127.0.0.1:5000/pi:1.0 --targets x86_64_v2,x86_64_v3,x86_64_v4
   bakery serve --upstream http://127.0.0.1:5000 --listen 127.0.0.1:5080
   podman run -v bakery-cache:/var/cache/bakery 127.0.0.1:5000/pi:1.0 1000000
 

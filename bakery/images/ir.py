@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 BUNDLE_DIR = "/bakery/bundle"
 BIN_DIR = "/usr/local/bin"
 ANN = "dev.bakery"
+ROLE = f"{ANN}.role"   # an entry of a published index (bakery publish): "ir" or "bake"
 
 
 def _copy_package(name: str, dest: Path) -> None:

@@ -30,7 +30,7 @@ from bakery.config import Settings
 from bakery.engines.base import ContainerEngine, Mount
 from bakery.errors import BakeryError, CommandFailed, NoImageForFamily, PlanRefused
 from bakery.images import base as basemod
-from bakery.images.ir import ANN, BIN_DIR, BUNDLE_DIR, _copy_package
+from bakery.images.ir import ANN, BIN_DIR, BUNDLE_DIR, ROLE, _copy_package
 from bakery.platforms import ARCH_OF_PLATFORM, FAMILY_OF_ARCH, host_platform
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,10 @@ def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tu
         manifests = index.get("manifests")
         for m in manifests if isinstance(manifests, list) else []:
             plat = m.get("platform") if isinstance(m, dict) else None
-            if isinstance(plat, dict) and isinstance(m.get("digest"), str) and oci._DIGEST.match(m["digest"]):
-                entries[FAMILY_OF_ARCH.get(str(plat.get("architecture")))] = m["digest"]
+            if isinstance(plat, dict) and isinstance(m.get("digest"), str) and oci._DIGEST.match(m["digest"]) \
+                    and not _is_bake(m):
+                # an IR image: a published index (bakery publish) also lists bakes, by variant
+                entries.setdefault(FAMILY_OF_ARCH.get(str(plat.get("architecture"))), m["digest"])
         if family not in entries:
             raise NoImageForFamily(f"{ref} has no {family} image",
                                    f"it has: {', '.join(sorted(k for k in entries if k))}; build with --platform")
@@ -72,6 +74,11 @@ def resolve_ir(reg: oci.Registry, ref: oci.Ref, family: str | None = None) -> tu
     plan_bytes, _ = oci.fetch_plan(reg, ref.repository, digest)
     plan = planmod.parse(plan_bytes, "the plan artifact")
     return digest, plan, plan_bytes
+
+
+def _is_bake(descriptor: dict) -> bool:
+    ann = descriptor.get("annotations")
+    return isinstance(ann, dict) and ann.get(ROLE) == "bake"
 
 
 def node_tag(ref: oci.Ref, plan: planmod.Plan, target: targetmod.Target) -> str:
@@ -476,7 +483,7 @@ def platform_manifest(reg: oci.Registry, repo: str, ref: str, what: str) -> tupl
         return digest, doc
     arch = ARCH_OF_PLATFORM[host_platform()]
     for m in oci.descriptors(doc.get("manifests"), what):
-        if isinstance(m.get("platform"), dict) and m["platform"].get("architecture") == arch:
+        if isinstance(m.get("platform"), dict) and m["platform"].get("architecture") == arch and not _is_bake(m):
             return platform_manifest(reg, repo, m["digest"], what)
     raise BakeryError(f"{what} has no {arch} image")
 
