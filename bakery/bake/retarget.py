@@ -11,6 +11,9 @@ from bakery.capture.attrs import FEATURES as _FEATURES
 from bakery.capture.attrs import TARGET_CPU as _TARGET_CPU
 from bakery.capture.attrs import TUNE_CPU as _TUNE_CPU
 
+_DEFINE = re.compile(r"^define [^\n]*", re.M)
+_GROUP_REF = re.compile(r"#(\d+)\b")
+
 
 def retarget_ir(text: str, tune: str | None, *, untargeted: bool = False) -> tuple[str, dict]:
     """Rewrite the target attributes of an LLVM IR module (text form).
@@ -22,14 +25,22 @@ def retarget_ir(text: str, tune: str | None, *, untargeted: bool = False) -> tup
       gave every function) go; any other value is a function's own
       ``__attribute__((target(...)))`` and is kept.
     * ``untargeted``: the capture took the baseline out already (:mod:`bakery.capture.attrs`),
-      and every ``target-features`` left is a function's own.
+      and every ``target-features`` left is a function's own; the tuning is added to the
+      attribute groups of the functions defined here.
     """
     counts = collections.Counter(m.group(1) for m in _FEATURES.finditer(text))
     baseline = counts.most_common(1)[0][0] if counts and not untargeted else None
     stats = {"attribute_groups": 0, "kept_features": 0}
+    defined = {int(g) for line in _DEFINE.findall(text) for g in _GROUP_REF.findall(line)} \
+        if untargeted and tune else set()
 
     def fix(m: re.Match) -> str:
-        line = m.group(0)
+        line = rewrite(m.group(0))
+        if defined and '"tune-cpu"' not in line and int(line.split()[1][1:]) in defined:
+            line = f'{line[:-1].rstrip()} "tune-cpu"="{tune}" }}'
+        return line
+
+    def rewrite(line: str) -> str:
         if '"target-cpu"' not in line and '"target-features"' not in line and '"tune-cpu"' not in line:
             return line
         stats["attribute_groups"] += 1

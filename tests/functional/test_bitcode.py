@@ -122,3 +122,18 @@ def test_the_bitcode_path_makes_what_the_text_path_makes(toolchain, builds, tmp_
     text = bakemod.bake(tmp_path / "b", plan, toolchain, target, tmp_path / "text")
     assert text.timings and text.timings.phases["disassemble"] > 0
     assert (tmp_path / "fast" / "app").read_bytes() == (tmp_path / "text" / "app").read_bytes()
+
+
+def test_the_text_path_gives_an_untargeted_module_the_tuning_of_its_target(toolchain, tmp_path):
+    """x86_64 bakes -march=x86-64 -mtune=generic, as plain `clang -O2` does: opt has no -mtune, so
+    that module takes the text path, which must write tune-cpu back on every function it defines."""
+    from bakery.bake.retarget import retarget_ir
+
+    data = _bitcode(toolchain, tmp_path, PLAIN_C)
+    text = subprocess.run([toolchain.tool("llvm-dis"), "-", "-o", "-"], input=data, capture_output=True,
+                          check=True).stdout.decode()
+    out, _ = retarget_ir(text, "generic", untargeted=True)
+    groups = {line.split()[1]: line for line in out.splitlines() if line.startswith("attributes #")}
+    defined = [line.rsplit("#", 1)[1].split()[0] for line in out.splitlines() if line.startswith("define ")]
+    assert len(defined) == 3 and all('"tune-cpu"="generic"' in groups["#" + g] for g in defined)
+    assert "+avx2" in out  # the function's own features stay
