@@ -5,6 +5,8 @@ is the IR image manifest. CNCF distribution has no referrers API, so the OCI 1.1
 referrers *tag schema* fallback is kept up to date as well: an image index at
 tag ``sha256-<hex of the subject digest>`` listing the referrers. Lookups try
 the referrers API first and fall back to that tag, as ``oras discover`` does.
+A node tag's image compatibility artifact (``bakery/compat.py``) is attached
+the same way (:func:`attach`).
 
 The client (``Registry``) speaks the distribution API with the standard library alone: it runs in
 bakery's own container image too, where only Debian's python3 is installed.
@@ -764,19 +766,29 @@ def _check_digest(digest: str) -> None:
 
 def push_plan(reg: Registry, repo: str, subject: dict, plan_path: Path, annotations: dict | None = None) -> str:
     """Attach ``plan_path`` to the image manifest ``subject`` (a descriptor); returns the artifact digest."""
+    return attach(reg, repo, subject, PLAN_MEDIA_TYPE, plan_path, PLAN_MEDIA_TYPE, title="plan.json",
+                  annotations=annotations)
+
+
+def attach(reg: Registry, repo: str, subject: dict, artifact_type: str, path: Path, media_type: str, *,
+           title: str, annotations: dict | None = None) -> str:
+    """Attach the file ``path`` (one layer of ``media_type``) to the manifest ``subject`` (a descriptor) as
+    an OCI artifact of ``artifact_type``, as ``oras attach`` does, and list it in the referrers tag
+    schema; returns the artifact's digest. The descriptor in the referrers index carries the
+    artifact's annotations (``org.opencontainers.image.created`` first), by which readers take the newest."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         empty = Path(tmp) / "empty"
         empty.write_bytes(EMPTY_BLOB)
         config = reg.push_blob(repo, empty, EMPTY)
-    layer = reg.push_blob(repo, plan_path, PLAN_MEDIA_TYPE)
-    layer["annotations"] = {"org.opencontainers.image.title": "plan.json"}
+    layer = reg.push_blob(repo, path, media_type)
+    layer["annotations"] = {"org.opencontainers.image.title": title}
     created = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     manifest = {
         "schemaVersion": 2,
         "mediaType": MANIFEST,
-        "artifactType": PLAN_MEDIA_TYPE,
+        "artifactType": artifact_type,
         "config": config,
         "layers": [layer],
         "subject": {"mediaType": subject["mediaType"], "digest": subject["digest"], "size": subject["size"]},
@@ -786,7 +798,7 @@ def push_plan(reg: Registry, repo: str, subject: dict, plan_path: Path, annotati
     digest = reg.put_manifest(repo, sha256(data), data, MANIFEST)
     _add_referrer(reg, repo, subject["digest"], {
         "mediaType": MANIFEST, "digest": digest, "size": len(data),
-        "artifactType": PLAN_MEDIA_TYPE, "annotations": manifest["annotations"],
+        "artifactType": artifact_type, "annotations": manifest["annotations"],
     })
     return digest
 

@@ -194,3 +194,79 @@ class Service:
     def bakes(self) -> list[dict]:
         return [rec for line in self.log_path.read_text().splitlines()
                 if line.startswith("{") and (rec := json.loads(line)).get("event") == "bake"]
+
+
+# -- node-feature-discovery image compatibility (bakery/compat.py) --------------------------------
+
+def _nfd_expression() -> dict:
+    ops = ["In", "NotIn", "InRegexp", "Exists", "DoesNotExist", "Gt", "Ge", "Lt", "Le", "GtLt", "GeLe", "IsTrue",
+           "IsFalse"]
+    return {"type": "object", "required": ["op"], "additionalProperties": False,
+            "properties": {"op": {"enum": ops}, "value": {"type": "array", "items": {"type": "string"}},
+                           "type": {"type": "string"}}}
+
+
+_NFD_TERMS = {"type": "array", "items": {
+    "type": "object", "required": ["feature"], "additionalProperties": False,
+    "properties": {"feature": {"type": "string"},
+                   "matchExpressions": {"type": "object", "additionalProperties": _nfd_expression()},
+                   "matchName": _nfd_expression()}}}
+
+# The v1alpha1 spec as NFD documents it, field names exactly NFD's: the top level and a compatibility
+# set from api/image-compatibility/v1alpha1/spec.go and docs/usage/image-compatibility.md, a rule
+# (GroupRule, NFD >= 0.18) from the featureGroupRules item of the NodeFeatureGroup CRD schema
+# (deployment/base/nfd-crds/nfd-api-crds.yaml), written out here, not copied.
+NFD_COMPAT_SCHEMA = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object", "required": ["version", "compatibilities"], "additionalProperties": False,
+    "properties": {
+        "version": {"const": "v1alpha1"},
+        "compatibilities": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["rules"], "additionalProperties": False,
+            "properties": {
+                "rules": {"type": "array", "items": {
+                    "type": "object", "required": ["name"], "additionalProperties": False,
+                    "properties": {
+                        "name": {"type": "string"},
+                        "vars": {"type": "object", "additionalProperties": {"type": "string"}},
+                        "varsTemplate": {"type": "string"},
+                        "matchFeatures": _NFD_TERMS,
+                        "matchAny": {"type": "array", "items": {
+                            "type": "object", "required": ["matchFeatures"], "additionalProperties": False,
+                            "properties": {"matchFeatures": _NFD_TERMS}}}}}},
+                "weight": {"type": "integer"},
+                "tag": {"type": "string"},
+                "description": {"type": "string"}}}}}}
+
+
+def validate_nfd_compat(doc) -> None:
+    """Raise jsonschema.ValidationError unless ``doc`` is a v1alpha1 image compatibility spec."""
+    import jsonschema
+
+    jsonschema.Draft202012Validator.check_schema(NFD_COMPAT_SCHEMA)
+    jsonschema.Draft202012Validator(NFD_COMPAT_SCHEMA).validate(doc)
+
+
+_NFD = "feature.node.kubernetes.io/"
+# NFD's labels of a node as nfd-worker's default configuration labels it (its attributeBlacklist
+# leaves out BMI1, BMI2, CMOV, CX16, F16C, LZCNT, MMX, POPCNT, SSE..SSSE3): an x86_64_v2 CPU (Intel
+# Westmere: SSE4.2, AES-NI, no AVX), and an x86_64_v3 one (Haswell: AVX2, FMA3, MOVBE).
+NFD_LABELS_V2 = {
+    "kubernetes.io/arch": "amd64", "kubernetes.io/os": "linux",
+    **{f"{_NFD}cpu-cpuid.{f}": "true" for f in ("AESNI", "CMPXCHG8", "FXSR", "FXSROPT", "LAHF", "SYSCALL",
+                                                "SYSEE", "X87", "VMX")},
+    f"{_NFD}cpu-model.vendor_id": "Intel", f"{_NFD}cpu-model.family": "6", f"{_NFD}cpu-model.id": "44",
+    f"{_NFD}cpu-hardware_multithreading": "true",
+}
+NFD_LABELS_V3 = {
+    **NFD_LABELS_V2,
+    **{f"{_NFD}cpu-cpuid.{f}": "true" for f in ("AVX", "AVX2", "FMA3", "MOVBE", "OSXSAVE", "XSAVE", "XSAVEOPT",
+                                                "ADX")},
+    f"{_NFD}cpu-model.id": "63",
+}
+
+
+def node_json(name: str, labels: dict) -> dict:
+    """A Node as `kubectl get node NAME -o json` prints it (the parts that matter here)."""
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
+            "status": {"nodeInfo": {"architecture": "amd64", "operatingSystem": "linux"}}}

@@ -18,6 +18,7 @@ from bakery.cli import (
     bench,
     build,
     capture,
+    check,
     inspect,
     k8s,
     matrix,
@@ -29,7 +30,7 @@ from bakery.cli import (
 )
 from bakery.errors import BakeryError
 
-COMMANDS = (validate, capture, build, bake, publish, inspect, registry, base, bench, targets, serve, matrix, k8s)
+COMMANDS = (validate, capture, build, bake, publish, check, inspect, registry, base, bench, targets, serve, matrix, k8s)
 
 DESCRIPTION = """\
 bakery makes one container image serve every CPU.
@@ -49,6 +50,9 @@ With images, the same two steps meet users through a registry:
            fallback) and the bakes of the ISA levels as platform variants, which
            containerd, podman --variant and skopeo resolve themselves;
   serve    bakes a node tag the first time anybody pulls it.
+Each node tag carries the CPU features its binaries need as a node-feature-discovery
+image compatibility artifact: `bakery check TAG` (or NFD's `nfd compat validate-node`)
+tells whether this host, or a node by its labels, can run it.
 The IR image runs as it is: `podman run IMAGE ARGS` finishes the app for the
 CPU it starts on (a cache volume at /var/cache/bakery, else the node tag, else
 a bake in the container; once per CPU type), then runs it (docs/launcher.md).

@@ -15,6 +15,7 @@ node-feature-discovery (NFD) CPU labels to archspec targets. No cluster is conta
   bakery k8s serve --image REG/bakery:0.1    # registry + `bakery serve` (bakes node tags on first pull)
   bakery k8s target --labels node.json       # kubectl get node NAME -o json > node.json
   bakery k8s selector icelake                # nodeAffinity fragment for a target
+  bakery check REG/pi:1.0-zen3 --node-labels node.json   # can these nodes run that node tag?
 
 The mapping (bakery/k8s.py): the cpu-cpuid.* flags become archspec features (NFD's
 names translated to the Linux names archspec uses), cpu-model.vendor_id the vendor;

@@ -8,7 +8,9 @@ Otherwise the IR image is pulled by digest, its plan checked against the
 artifact's digest, the bake runs inside a container of the IR image with the
 image's own toolchain, and only the outputs are committed as one new layer on
 top of the IR image. The push sends blobs first and the manifest last, so an
-interrupted bake never leaves the tag.
+interrupted bake never leaves the tag. Each node tag pushed then gets its image
+compatibility artifact as a referrer (node-feature-discovery's format, ``bakery/compat.py``):
+the CPU features its binaries need, which ``nfd compat validate-node`` and ``bakery check`` read.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bakery import oci, proc, safefs, templates
+from bakery import compat, oci, proc, safefs, templates
 from bakery import plan as planmod
 from bakery import target as targetmod
 from bakery.config import Settings
@@ -324,6 +326,7 @@ def _existing(job: _Job) -> BakeImageResult | None:
     made_from = ann.get(f"{ANN}.ir.digest") if isinstance(ann, dict) else None
     if made_from in (None, job.digest):
         log.info(f"bake: {job.node} exists, reusing it")
+        _ensure_compat(job, existing)
         return job.result(f"{job.node}@{existing}", existing, reused=True)
     log.info(f"bake: {job.node} was baked from another IR ({str(made_from)[:19]}…): baking it again")
     return None
@@ -394,6 +397,7 @@ def _push_through_registry(job: _Job, staged: list[Path], base_image: str | None
     new_digest = direct.push_node(job.reg, job.ref.repository, base_repo, base_digest, staged, job.tag,
                                   bindir=BIN_DIR, entrypoint=config.entrypoint, annotations=config.annotations,
                                   labels=config.labels, base_reg=base_reg)
+    _attach_compat(job, new_digest)
     return job.result(f"{job.node}@{new_digest}", new_digest)
 
 
@@ -422,7 +426,32 @@ def _commit(job: _Job, engine: ContainerEngine, image: str, base_image: str | No
         new_digest = engine.commit_push(ctr, str(job.node), tls_verify=job.tls)
     finally:
         engine.remove(ctr)
+    _attach_compat(job, new_digest)
     return job.result(f"{job.node}@{new_digest}", new_digest)
+
+
+def _attach_compat(job: _Job, digest: str) -> None:
+    """Attach the node tag's image compatibility artifact (the CPU features its binaries need) as a
+    referrer of its manifest. The tag is pushed by then: a failure is a warning, and the next bake
+    of the tag, which reuses it, attaches the artifact."""
+    try:
+        artifact = compat.attach(job.reg, job.ref.repository, digest, job.target)
+    except BakeryError as e:
+        log.warning(f"bake: {job.node} is pushed, but not its image compatibility artifact: {e.message}")
+        return
+    log.info(f"bake: attached its image compatibility artifact (NFD v1alpha1, {artifact[:19]}…): "
+             f"bakery check {job.node}")
+
+
+def _ensure_compat(job: _Job, digest: str) -> None:
+    """A reused node tag pushed before node tags had a compatibility artifact gets one now."""
+    try:
+        if compat.has_artifact(job.reg, job.ref.repository, digest):
+            return
+    except BakeryError as e:
+        log.warning(f"bake: could not look for the image compatibility artifact of {job.node}: {e.message}")
+        return
+    _attach_compat(job, digest)
 
 
 def _container_name(step: str) -> str:

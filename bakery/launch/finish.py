@@ -202,6 +202,7 @@ class Progress(logging.Handler):
 def push(info: dict, ref: oci.Ref, tls: bool, target, files: dict[str, Path], say: Callable[[str], None]) -> None:
     """Push the entry as the node tag, on the IR image the reference names when it still has this
     plan. Any failure is a note: the app runs all the same."""
+    from bakery import compat
     from bakery.images import direct
     from bakery.images import node as nodemod
 
@@ -213,12 +214,17 @@ def push(info: dict, ref: oci.Ref, tls: bool, target, files: dict[str, Path], sa
             return
         config = nodemod.node_config(ref, digest, plan, plan_bytes, target, f"the IR image {digest}")
         tag = nodemod.tag_for(ref.tag or info["version"], target.name)
-        direct.push_node(reg, ref.repository, ref.repository, digest, [files[n] for n in sorted(files)], tag,
-                         bindir="/" + BIN, entrypoint=config.entrypoint, annotations=config.annotations,
-                         labels=config.labels)
+        pushed = direct.push_node(reg, ref.repository, ref.repository, digest, [files[n] for n in sorted(files)],
+                                  tag, bindir="/" + BIN, entrypoint=config.entrypoint,
+                                  annotations=config.annotations, labels=config.labels)
         say(f"pushed {ref.registry}/{ref.repository}:{tag} for the next node of this CPU type")
     except (BakeryError, OSError) as e:
         say(f"the node tag was not pushed: {_one_line(e)}")
+        return
+    try:
+        compat.attach(reg, ref.repository, pushed, target)  # its image compatibility artifact
+    except (BakeryError, OSError) as e:
+        say(f"the node tag's image compatibility artifact was not attached: {_one_line(e)}")
 
 
 def _one_line(e: BaseException) -> str:

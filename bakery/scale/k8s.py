@@ -45,54 +45,22 @@ import archspec.cpu
 import yaml
 
 from bakery import templates
+from bakery.compat import (  # the one table of NFD's names; the compatibility artifacts use it too
+    CPUID,
+    NFD,
+    NFD_AARCH64_ALIASES,
+    NFD_DEFAULT_DENYLIST,
+    NFD_X86,
+    X86_VENDORS,
+)
 from bakery.errors import BakeryError
 
-NFD = "feature.node.kubernetes.io/"
-CPUID = NFD + "cpu-cpuid."
 VENDOR_LABEL = NFD + "cpu-model.vendor_id"
 FAMILY_LABEL = NFD + "cpu-model.family"
 MODEL_LABEL = NFD + "cpu-model.id"
 ARCH_LABEL = "kubernetes.io/arch"
 ARCHES = {"amd64": "x86_64", "arm64": "aarch64"}
 K8S_ARCH = {v: k for k, v in ARCHES.items()}
-
-# NFD x86 flag (klauspost/cpuid FeatureID name) -> Linux /proc/cpuinfo flag (archspec's spelling).
-# Flags archspec never uses (HTT, NX, ERMS, ...) are left out: they cannot change a match.
-NFD_X86 = {
-    "ADX": "adx", "AESNI": "aes", "AMD3DNOW": "3dnow", "AMD3DNOWEXT": "3dnowext",
-    "AMXBF16": "amx_bf16", "AMXINT8": "amx_int8", "AMXTILE": "amx_tile",
-    "AVX": "avx", "AVX2": "avx2", "AVX512BF16": "avx512_bf16", "AVX512BITALG": "avx512_bitalg",
-    "AVX512BW": "avx512bw", "AVX512CD": "avx512cd", "AVX512DQ": "avx512dq", "AVX512ER": "avx512er",
-    "AVX512F": "avx512f", "AVX512FP16": "avx512_fp16", "AVX512IFMA": "avx512ifma", "AVX512PF": "avx512pf",
-    "AVX512VBMI": "avx512vbmi", "AVX512VBMI2": "avx512_vbmi2", "AVX512VL": "avx512vl",
-    "AVX512VNNI": "avx512_vnni", "AVX512VP2INTERSECT": "avx512_vp2intersect",
-    "AVX512VPOPCNTDQ": "avx512_vpopcntdq", "AVXIFMA": "avx_ifma", "AVXNECONVERT": "avx_ne_convert",
-    "AVXVNNI": "avx_vnni", "AVXVNNIINT8": "avx_vnni_int8", "AVXVNNIINT16": "avx_vnni_int16",
-    "BMI1": "bmi1", "BMI2": "bmi2", "CLDEMOTE": "cldemote", "CLMUL": "pclmulqdq", "CLZERO": "clzero",
-    "CMOV": "cmov", "CMPCCXADD": "cmpccxadd", "CMPXCHG8": "cx8", "CX16": "cx16", "F16C": "f16c",
-    "FLUSH_L1D": "flush_l1d", "FMA3": "fma", "FMA4": "fma4", "FXSR": "fxsr", "GFNI": "gfni",
-    "LAHF": "lahf_lm", "LZCNT": "abm", "MMX": "mmx", "MOVBE": "movbe", "MOVDIR64B": "movdir64b",
-    "MOVDIRI": "movdiri", "POPCNT": "popcnt", "RDRAND": "rdrand", "RDSEED": "rdseed",
-    "SERIALIZE": "serialize", "SHA": "sha_ni", "SM3_X86": "sm3", "SM4_X86": "sm4", "SSE": "sse",
-    "SSE2": "sse2", "SSE3": "sse3", "SSE4": "sse4_1", "SSE42": "sse4_2", "SSE4A": "sse4a",
-    "SSSE3": "ssse3", "SYSCALL": "syscall", "TBM": "tbm", "VAES": "vaes", "VPCLMULQDQ": "vpclmulqdq",
-    "WAITPKG": "waitpkg", "X87": "fpu", "XOP": "xop", "XSAVE": "xsave", "XSAVEC": "xsavec",
-    "XSAVEOPT": "xsaveopt",
-}
-
-# nfd-worker's default sources.cpu.cpuid.attributeBlacklist.
-NFD_DEFAULT_DENYLIST = frozenset({
-    "BMI1", "BMI2", "CLMUL", "CMOV", "CX16", "ERMS", "F16C", "HTT", "LZCNT", "MMX", "MMXEXT", "NX",
-    "POPCNT", "RDRAND", "RDSEED", "RDTSCP", "SGX", "SGXLC", "SSE", "SSE2", "SSE3", "SSE4", "SSE42",
-    "SSSE3", "TDX_GUEST",
-})
-
-# arm64: NFD labels the kernel's hwcap names in upper case, which are archspec's
-# names in lower case. klauspost/cpuid spells a few differently.
-NFD_AARCH64_ALIASES = {"AESARM": "aes", "ARMCPUID": "cpuid", "FHM": "asimdfhm", "EVSTRM": "evtstrm"}
-
-# NFD vendor_id (klauspost/cpuid's vendor names) <-> archspec's vendor strings.
-X86_VENDORS = {"Intel": "GenuineIntel", "AMD": "AuthenticAMD", "Hygon": "HygonGenuine"}
 
 
 def _arm_vendors() -> dict[str, str]:
