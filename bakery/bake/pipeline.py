@@ -96,10 +96,12 @@ def check_toolchain(plan: Plan, toolchain: Toolchain, target: Target) -> None:
 
 
 def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output: Path, *,
-         jobs: int = 0, lto: str = "none", keep: bool = False, cache: Path | None = None) -> BakeResult:
+         jobs: int = 0, lto: str = "none", keep: bool = False, cache: Path | None = None,
+         isa_check: bool = True) -> BakeResult:
     """Bake ``bundle`` for ``target`` into ``output``. ``cache``: a folder whose object cache
     (:mod:`bakery.bake.objcache`) gives modules compiled before with the same bitcode, flags,
-    target and toolchain, and keeps the new ones."""
+    target and toolchain, and keeps the new ones. ``isa_check``: refuse outputs with instructions
+    the target lacks (:mod:`bakery.bake.isacheck`) before anything is written to ``output``."""
     if lto not in LTO_MODES:
         raise BakeryError(f"--lto {lto!r}: choose one of {', '.join(LTO_MODES)}")
     toolchain = toolchain.for_triple(plan.toolchain.triple)  # off-node: bake another ISA's IR
@@ -124,6 +126,10 @@ def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output:
         t2 = time.monotonic()
         outs = _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, timings)
         timings.wall = {"modules": t2 - t1, "links": time.monotonic() - t2}
+        if isa_check:
+            from bakery.bake import isacheck
+
+            timings.wall["isa_check"] = isacheck.check(bundle, plan, toolchain, target, outs, objs).seconds
         if objects is not None:
             timings.cache = {"hits": objects.hits, "misses": objects.misses}
             log.info(f"bake: object cache {cache}: {objects.hits} modules reused, {objects.misses} compiled")

@@ -40,6 +40,11 @@ def setup_parser(sub, parent):
                    help="bundle: an object cache in DIR/objects; modules baked before with the same bitcode, "
                         "flags, target and toolchain are reused (a re-capture after one changed file bakes "
                         "one module and the links)")
+    p.add_argument("--no-isa-check", dest="isa_check", action="store_false", default=True,
+                   help="do not refuse outputs with instructions the target lacks (the check disassembles "
+                        "them after the links: inline asm, prebuilt objects or flags that need more than the "
+                        "target, outside runtime dispatch); for code that checks the CPU in ways the check "
+                        "cannot see")
     p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="image: stop a bake that runs longer (default $BAKERY_BAKE_TIMEOUT, else 7200)")
     common.registry_options(p)
@@ -68,7 +73,8 @@ def _bake_bundle(args, bundle: Path) -> int:
     tc = toolchainmod.find()
     target = targetmod.resolve(args.target, compiler_version=tc.version, family=plan.toolchain.family)
     result = bakemod.bake(bundle, plan, tc, target, args.output.resolve(), jobs=args.jobs, lto=args.lto,
-                          keep=args.keep or args.debug, cache=args.cache.resolve() if args.cache else None)
+                          keep=args.keep or args.debug, cache=args.cache.resolve() if args.cache else None,
+                          isa_check=args.isa_check)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
@@ -86,6 +92,6 @@ def _bake_image(args) -> int:
     registry = args.registry or ("" if oci.names_registry(args.source) else registrymod.default_registry())
     res = imagemod.bake(args.source, enginemod.get_or_none(args.engine), registry, args.target, push=args.push,
                         slim=args.slim, output=args.output, jobs=args.jobs,
-                        tls_verify=args.tls_verify, timeout=args.timeout)
+                        tls_verify=args.tls_verify, timeout=args.timeout, isa_check=args.isa_check)
     print(json.dumps(res.to_json(), indent=1) if args.json else res.ref)
     return 0

@@ -190,7 +190,8 @@ def _bake_in_engine(job: _Job, engine: ContainerEngine, image: str, work: Path, 
     out.mkdir()
     os.chown(out, 65534, 65534) if os.geteuid() == 0 else out.chmod(0o777)
     argv = ["python3", "-m", "bakery", "bake", BUNDLE_DIR, "--target", job.target.name,
-            "--output", "/bakery/out", "--jobs", str(job.jobs or os.cpu_count() or 1), "-q"]
+            "--output", "/bakery/out", "--jobs", str(job.jobs or os.cpu_count() or 1), "-q",
+            *([] if job.isa_check else ["--no-isa-check"])]
     volumes: list[Mount] = [(str(work / "bundle"), BUNDLE_DIR, "ro"), (str(work / "lib"), "/opt/bakery/lib", "ro"),
                (str(out), "/bakery/out")]
     ctr = engine.from_image(tool_id, name=_container_name("bake"))
@@ -224,7 +225,8 @@ def _bake_here(job: _Job, work: Path, out: Path) -> str:
     import sys
 
     argv = [sys.executable, "-m", "bakery", "-q", "bake", str(work / "bundle"), "--target", job.target.name,
-            "--output", str(out), "--jobs", str(job.jobs or os.cpu_count() or 1)]
+            "--output", str(out), "--jobs", str(job.jobs or os.cpu_count() or 1),
+            *([] if job.isa_check else ["--no-isa-check"])]
     env = proc.env_with({"BAKERY_LLVM_VERSION": str(job.major)})
     try:
         proc.stream(argv, cwd=work, env=env, log=work / "bake.log", timeout=job.limit)
@@ -256,6 +258,7 @@ class _Job:
     limit: float              # seconds the bake may run
     jobs: int
     t0: float = field(default_factory=time.monotonic)
+    isa_check: bool = True    # the bake refuses outputs that need features the target lacks
 
     @property
     def node(self) -> oci.Ref:
@@ -272,14 +275,16 @@ class _Job:
 
 def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: str, *, push: bool = True,
          slim: bool = False, output: Path | None = None, jobs: int = 0,
-         tls_verify: bool | None = None, timeout: float | None = None) -> BakeImageResult:
+         tls_verify: bool | None = None, timeout: float | None = None, isa_check: bool = True) -> BakeImageResult:
     """Bake a node tag (or, with ``output``, the binaries alone) from an IR image.
 
     Nothing of the image runs: its bundle is exported as data and baked by bakery itself in
     bakery's toolchain image (pinned by id), confined by the engine's sandbox (no network, no
     capabilities, user nobody, the bundle read-only) within ``timeout`` seconds. Only the plan's
-    install names, each a regular file, are committed."""
+    install names, each a regular file, are committed. The bake refuses (exit 3, nothing pushed)
+    outputs with instructions the target lacks, unless ``isa_check`` is False (bakery.bake.isacheck)."""
     job = _prepare(text, registry, target_name, slim=slim, jobs=jobs, tls_verify=tls_verify, timeout=timeout)
+    job.isa_check = isa_check
     if output is None and (reused := _existing(job)):
         return reused
     base_image = _slim_base(job.reg, job.ref, job.digest, job.tls) if slim else None
