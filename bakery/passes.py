@@ -71,8 +71,9 @@ class Halves:
     def simplify_argv(self, opt: str, src: str, dest: str) -> list[str]:
         return [opt, f"-passes={self.simplify}", *self.options, src, "-o", dest]
 
-    def finish_argv(self, opt: str, src: str, dest: str, machine: list[str]) -> list[str]:
-        return [opt, f"-passes={self.finish}", *self.options, *machine, src, "-o", dest]
+    def finish_argv(self, opt: str, src: str, dest: str, machine: list[str], *, head=(), extra=()) -> list[str]:
+        """``head``: passes before the half (a profile's, bakery.bake.profile); ``extra``: options."""
+        return [opt, f"-passes={','.join([*head, self.finish])}", *self.options, *extra, *machine, src, "-o", dest]
 
     def to_json(self) -> dict:
         return {"simplify": self.simplify, "finish": self.finish, "options": list(self.options)}

@@ -24,6 +24,8 @@ from pathlib import Path
 from bakery import passes, proc
 from bakery import plan as planmod
 from bakery.bake import bitcode as bitcodemod
+from bakery.bake import profile as profilemod
+from bakery.bake.profile import Profile
 from bakery.bake.retarget import asm_problem, retarget_ir
 from bakery.errors import BakeryError, PlanRefused
 from bakery.plan.model import Archive, FileRef, Flag, LinkRef, Module, ModuleRef, ObjectRef, Plan
@@ -44,10 +46,13 @@ class BakeResult:
     lto: str = "none"
     variants: dict[str, str] = field(default_factory=dict)  # source -> level of the capture used
     timings: Timings | None = None
+    profile: dict | None = None   # the profile baked with: its file, digest, functions it did not fit
 
     def to_json(self) -> dict:
         out = {"target": self.target.to_json(), "outputs": self.outputs, "seconds": round(self.seconds, 3),
                "modules": self.modules, "lto": self.lto, "variants": self.variants}
+        if self.profile is not None:
+            out["profile"] = self.profile
         if self.timings is not None:
             out["timings"] = self.timings.to_json()
         return out
@@ -67,6 +72,7 @@ class Timings:
         self.wall: dict[str, float] = {"modules": 0.0, "links": 0.0}
         self.links: dict[str, float] = {}
         self.cache: dict[str, int] | None = None
+        self.profile_misses = 0   # functions a profile-guided bake found no (fitting) profile for
 
     def add(self, label: str, spent: dict[str, float]) -> None:
         with self.lock:
@@ -97,7 +103,7 @@ def check_toolchain(plan: Plan, toolchain: Toolchain, target: Target) -> None:
 
 def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output: Path, *,
          jobs: int = 0, lto: str = "none", keep: bool = False, cache: Path | None = None,
-         isa_check: bool = True) -> BakeResult:
+         profile: Profile | None = None, isa_check: bool = True) -> BakeResult:
     """Bake ``bundle`` for ``target`` into ``output``. ``cache``: a folder whose object cache
     (:mod:`bakery.bake.objcache`) gives modules compiled before with the same bitcode, flags,
     target and toolchain, and keeps the new ones. ``isa_check``: refuse outputs with instructions
@@ -122,9 +128,11 @@ def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output:
 
             objects = ObjectCache(cache, toolchain)
         t1 = time.monotonic()
-        objs = _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, variants, timings, objects)
+        if profile is not None and lto != "none":
+            raise BakeryError("a profile-guided bake is per module: --lto none")
+        objs = _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, variants, timings, objects, profile)
         t2 = time.monotonic()
-        outs = _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, timings)
+        outs = _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, timings, profile)
         timings.wall = {"modules": t2 - t1, "links": time.monotonic() - t2}
         if isa_check:
             from bakery.bake import isacheck
@@ -134,8 +142,17 @@ def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output:
             timings.cache = {"hits": objects.hits, "misses": objects.misses}
             log.info(f"bake: object cache {cache}: {objects.hits} modules reused, {objects.misses} compiled")
         output.mkdir(parents=True, exist_ok=True)
+        if profile is not None and profile.mode == "use":
+            note = f"bake: with the profile {profile.path}; {timings.profile_misses} functions it has no record of"
+            if timings.profile_misses > profilemod.MISSES_WARN:
+                log.warning(note + ": was it made on this IR? ('bakery profile' makes a new one)")
+            else:
+                log.info(note)
         result = BakeResult(target, seconds=0.0, modules=len(plan.modules), lto=lto, variants=variants,
                             timings=timings)
+        if profile is not None:
+            result.profile = {"mode": profile.mode, "path": str(profile.path or ""), "digest": profile.digest,
+                              "functions_without_profile": timings.profile_misses}
         for name, link in plan.installs():  # a link's "also" names are copies: never a symlink here
             dest = output / name
             tmp = dest.with_name(f".{dest.name}.tmp")
@@ -162,7 +179,8 @@ def choose_variant(module: Module, target: Target) -> str | None:
 
 
 def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, work: Path, jobs: int, lto: str,
-                  variants: dict[str, str], timings: Timings, objects=None) -> dict[str, Path]:
+                  variants: dict[str, str], timings: Timings, objects=None,
+                  profile: Profile | None = None) -> dict[str, Path]:
     (work / "obj").mkdir()
     dis = toolchain.tool("llvm-dis")
     preserve = plan.preserve.flags
@@ -183,8 +201,8 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
         flags = [*toolchain.cross_flags, "-w", *m.flags, *preserve, *target.flags, *lto_flag]
         halves = passes.halves(toolchain, passes.split_level(m.flags) or "") \
             if m.stage == "simplified" and not lto_flag else None
-        key = objects.key(digest, [target.tune or "", *flags, *(_split_key(halves) if halves else [])]) \
-            if objects is not None else ""
+        key = objects.key(digest, [target.tune or "", *flags, *(_split_key(halves) if halves else []),
+                                   *(profile.key() if profile else [])]) if objects is not None else ""
         if objects is not None:
             t = time.perf_counter()
             if objects.get(key, out):
@@ -208,14 +226,21 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
         if halves is None:
             # The whole pipeline and codegen (pre-optimization IR, an LTO bake, or a toolchain
             # whose halves do not remake -O2/-O3: simplified IR is then simplified again).
-            proc.run([toolchain.clang, "-c", "-x", "ir", "-", "-o", str(out), *flags], input=source, cwd=work,
-                     text=data is None)
+            proc.run([toolchain.clang, "-c", "-x", "ir", "-", "-o", str(out), *flags,
+                      *(profile.clang_flags() if profile else [])], input=source, cwd=work, text=data is None)
         else:
             # The capture ran the first half: the target's half, then codegen alone.
             half = out.with_suffix(".bc")
             machine = passes.machine(toolchain, tuple(f for f in flags if f.startswith("-m")))
-            proc.run(halves.finish_argv(toolchain.tool("opt"), "-", str(half), machine), input=source, cwd=work,
-                     text=data is None)
+            cp = proc.run(halves.finish_argv(toolchain.tool("opt"), "-", str(half), machine,
+                                             head=profile.head_passes() if profile else (),
+                                             extra=profile.opt_options() if profile else ()),
+                          input=source, cwd=work, text=data is None)
+            if profile is not None and profile.mode == "use":
+                misses = profilemod.mismatches(cp.stderr if isinstance(cp.stderr, str)
+                                               else (cp.stderr or b"").decode(errors="replace"))
+                with timings.lock:
+                    timings.profile_misses += misses
             spent["optimize"] = time.perf_counter() - t
             t = time.perf_counter()
             proc.run([toolchain.clang, "-c", "-x", "ir", str(half), "-o", str(out), "-Xclang", "-disable-llvm-passes",
@@ -285,7 +310,7 @@ def _largest_first(bundle: Path, plan: Plan) -> list[tuple[str, Module]]:
 
 
 def _link_all(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, work: Path, objs: dict[str, Path],
-              jobs: int, lto: str, timings: Timings | None = None) -> dict[str, Path]:
+              jobs: int, lto: str, timings: Timings | None = None, profile: Profile | None = None) -> dict[str, Path]:
     ar = toolchain.tool("llvm-ar")
     outs: dict[str, Path] = {}
     preserve_libs = plan.preserve.libs
@@ -296,7 +321,8 @@ def _link_all(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, wo
     for link in plan.links:
         out = work / "out" / link.output
         out.parent.mkdir(parents=True, exist_ok=True)
-        argv = [toolchain.driver(link.driver), *toolchain.cross_flags, "-fuse-ld=lld", "-o", str(out)]
+        argv = [toolchain.driver(link.driver), *toolchain.cross_flags, "-fuse-ld=lld", "-o", str(out),
+                *(profile.link_flags() if profile else [])]
         if link.driver == "fortran":
             argv += toolchain.fortran_link_flags
         if lto != "none":

@@ -22,6 +22,7 @@ from bakery.cli import (
     inspect,
     k8s,
     matrix,
+    profile,
     publish,
     registry,
     serve,
@@ -30,7 +31,7 @@ from bakery.cli import (
 )
 from bakery.errors import BakeryError
 
-COMMANDS = (validate, capture, build, bake, publish, check, inspect, registry, base, bench, targets, serve, matrix, k8s)
+COMMANDS = (validate, capture, build, bake, profile, publish, check, inspect, registry, base, bench, targets, serve, matrix, k8s)
 
 DESCRIPTION = """\
 bakery makes one container image serve every CPU.
@@ -119,9 +120,17 @@ def configure_logging(*, quiet: bool = False, debug: bool = False) -> None:
     logger.propagate = False
 
 
+TRAILING = {"profile"}  # commands that run a command given after "--", which argparse must not see
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    trailing: list[str] = []
+    if "--" in argv and TRAILING & set(argv[:argv.index("--")]):
+        argv, trailing = argv[:argv.index("--")], argv[argv.index("--") + 1:]
     args = parser.parse_args(argv)
+    args.trailing = trailing
     args.debug = getattr(args, "debug", False)
     args.quiet = getattr(args, "quiet", False)
     configure_logging(quiet=args.quiet, debug=args.debug)

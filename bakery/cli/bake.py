@@ -40,6 +40,9 @@ def setup_parser(sub, parent):
                    help="bundle: an object cache in DIR/objects; modules baked before with the same bitcode, "
                         "flags, target and toolchain are reused (a re-capture after one changed file bakes "
                         "one module and the links)")
+    p.add_argument("--profile", metavar="PATH|none",
+                   help="bundle: bake with this profile (a .profdata, or a folder from 'bakery profile'); "
+                        "default: BUNDLE.profile/ when it exists and was made for this IR; 'none': no profile")
     p.add_argument("--no-isa-check", dest="isa_check", action="store_false", default=True,
                    help="do not refuse outputs with instructions the target lacks (the check disassembles "
                         "them after the links: inline asm, prebuilt objects or flags that need more than the "
@@ -72,9 +75,16 @@ def _bake_bundle(args, bundle: Path) -> int:
     plan = planmod.load(bundle)
     tc = toolchainmod.find()
     target = targetmod.resolve(args.target, compiler_version=tc.version, family=plan.toolchain.family)
+    profile = None
+    if args.profile != "none" and args.lto == "none":
+        from bakery.bake import profile as profilemod
+
+        profile = profilemod.find(bundle, Path(args.profile).resolve() if args.profile else None)
+    elif args.profile not in (None, "none"):
+        raise BakeryError("--profile bakes per module: use it with --lto none")
     result = bakemod.bake(bundle, plan, tc, target, args.output.resolve(), jobs=args.jobs, lto=args.lto,
                           keep=args.keep or args.debug, cache=args.cache.resolve() if args.cache else None,
-                          isa_check=args.isa_check)
+                          isa_check=args.isa_check, profile=profile)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
     else:
