@@ -421,6 +421,17 @@ def native() -> Detection:
     return detect(info.features, info.vendor, family, cpu_part=info.cpu_part, clang=_host_clang())
 
 
+def missing_on_host(name: str) -> list[str]:
+    """The features code generation may use for archspec target ``name`` that this host's
+    /proc/cpuinfo lacks ([] for another ISA family: that is refused elsewhere)."""
+    from archspec.cpu import detect as asdetect
+
+    t = lookup(name)
+    if t.family.name != asdetect._machine():
+        return []
+    return sorted(codegen_features(t) - set(asdetect.detected_info().features))
+
+
 # ISA levels a target-sensitive unit is captured at (lowest first).
 DEFAULT_LEVELS = {
     "x86_64": ["x86_64", "x86_64_v2", "x86_64_v3", "x86_64_v4"],

@@ -70,7 +70,13 @@ def detect(info: dict, wanted: str | None):
                        f"({uarch.name}); the image has {', '.join(info.get('platforms') or [info['platform']])}",
                        "pull the image for this node's platform (--platform), or build one with "
                        "'bakery build --platform'")
-    return targetmod.resolve(name, compiler_version=info["compiler"], family=info["family"])
+    target = targetmod.resolve(name, compiler_version=info["compiler"], family=info["family"])
+    if wanted and wanted != "native":  # native is chosen from this CPU's features; a name given may not fit
+        missing = targetmod.missing_on_host(target.name)
+        if missing:
+            raise WrongISA(f"BAKERY_TARGET={wanted} needs {', '.join(missing)}, which this CPU lacks: its code "
+                           "would stop with an illegal instruction", "unset BAKERY_TARGET to finish for this CPU")
+    return target
 
 
 def cache_root(settings: Settings):

@@ -76,6 +76,23 @@ def test_another_isa_is_one_line_and_exit_126(wordstat_info, tmp_path):
     assert not (tmp_path / "cache" / "v1").exists() or not list((tmp_path / "cache" / "v1").glob("*/entry.json"))
 
 
+def test_a_target_this_cpu_cannot_run_is_one_line_and_exit_126(wordstat_info, tmp_path):
+    """The launcher checks the CPU before a bake or an exec: a BAKERY_TARGET whose code needs
+    features this CPU lacks would die of SIGILL somewhere in its run."""
+    from bakery import target as targetmod
+
+    name = next((n for n in ("zen4", "sapphirerapids", "zen3", "icelake", "x86_64_v4")
+                 if targetmod.missing_on_host(n)), None)
+    if name is None:
+        pytest.skip("this CPU has every feature of the targets tried")
+    cp = _start(wordstat_info, tmp_path / "cache", BAKERY_TARGET=name)
+    missing = ", ".join(targetmod.missing_on_host(name))
+    assert cp.returncode == 126 and cp.stderr.splitlines()[0] == (
+        f"bakery: BAKERY_TARGET={name} needs {missing}, which this CPU lacks: its code would stop with an "
+        "illegal instruction"), cp.stderr
+    assert not list((tmp_path / "cache").glob("v1/*/entry.json"))  # nothing baked
+
+
 def test_launcher_errors_are_one_line_and_exit_125(wordstat_info, tmp_path):
     cp = _start(wordstat_info, tmp_path / "cache", name="nosuch")
     assert cp.returncode == 125 and cp.stderr.startswith("bakery: this image has no executable 'nosuch'")
