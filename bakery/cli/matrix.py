@@ -38,6 +38,9 @@ def setup_parser(sub, parent):
                    help="compile jobs per bake (default: the cores divided by --parallel)")
     p.add_argument("--slim", action="store_true", help="bake <tag>-<target>-slim images (runtime base + outputs)")
     p.add_argument("--rebuild", action="store_true", help="build the IR images even when they exist")
+    p.add_argument("--publish", action="store_true",
+                   help="then write one tag for every CPU per recipe: an OCI index of the IR image and the "
+                        "level bakes (see 'bakery publish --help'), from the node tags just made")
     common.registry_options(p)
     p.add_argument("--json", action="store_true", help="the result as JSON on stdout")
     return p
@@ -57,8 +60,32 @@ def run(args) -> int:
     res = matrix.run(args.recipes, targets, registry, engine=args.engine, tls_verify=args.tls_verify,
                      ray_address=args.ray_address, parallel=args.parallel, jobs=args.jobs, slim=args.slim,
                      rebuild=args.rebuild, debug=args.debug)
+    published = _publish(res, registry, args) if args.publish else []
     if args.json:
-        print(json.dumps(res.to_json(), indent=1))
+        print(json.dumps({**res.to_json(), **({"published": published} if args.publish else {})}, indent=1))
     else:
         print(matrix.format_table(res))
-    return 0 if res.ok else 1
+        for p in published:
+            print(f"published {p['ref']}@{p['digest']}" if p.get("digest") else f"not published {p['ref']}: {p['error']}")
+    return 0 if res.ok and all(p.get("digest") for p in published) else 1
+
+
+def _publish(res, registry: str, args) -> list[dict]:
+    """An index per recipe whose IR image was built, of the targets baked without failure."""
+    from bakery import engines as enginemod
+    from bakery.errors import BakeryError
+    from bakery.images import publish as publishmod
+
+    out = []
+    for ir in res.ir:
+        if ir["status"] == "failed":
+            continue
+        ref = ir["ref"].split("@")[0]
+        targets = [p["target"] for p in res.pairs if p["recipe"] == ir["recipe"] and p["status"] != "failed"]
+        try:
+            done = publishmod.publish(ref, targets, registry, enginemod.get_or_none(args.engine),
+                                      tls_verify=args.tls_verify)
+            out.append({"ref": ref, "digest": done.digest, "entries": done.entries, "tags": done.tags})
+        except BakeryError as e:
+            out.append({"ref": ref, "error": e.message})
+    return out

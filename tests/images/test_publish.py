@@ -86,3 +86,21 @@ def test_publish_refuses_a_reference_without_a_tag_and_one_that_is_not_there(reg
         publishmod.publish(f"{registry}/pi@sha256:" + "0" * 64, ["x86_64_v3"], registry, None)
     with pytest.raises(BakeryError, match="not found"):
         publishmod.publish(f"{registry}/nothing:1.0", ["x86_64_v3"], registry, None)
+
+
+def test_matrix_publish_writes_the_index_of_what_it_baked(published, registry):
+    """`bakery matrix --publish`: an index per IR image, of the pairs that did not fail (the node
+    tags are there: nothing is baked again)."""
+    import argparse
+
+    from bakery.cli import matrix as matrixcli
+    from bakery.scale.matrix import MatrixResult
+
+    res, reg, ref = published
+    before = reg.head_manifest("pi", "pub")
+    result = MatrixResult(registry, [{"recipe": "pi.yaml", "ref": f"{ref}@{res.digest}", "status": "reused"}],
+                          [{"recipe": "pi.yaml", "target": "x86_64_v3", "status": "reused"},
+                           {"recipe": "pi.yaml", "target": "neoverse_n1", "status": "failed"}], 0.0)
+    out = matrixcli._publish(result, registry, argparse.Namespace(engine=None, tls_verify=None))
+    assert [o["ref"] for o in out] == [ref] and out[0]["digest"] == before  # v2 kept, v3 reused: the same index
+    assert [e["variant"] for e in out[0]["entries"]] == ["", "v2", "v3"]
