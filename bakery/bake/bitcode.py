@@ -15,6 +15,8 @@ order):
 
 * every block is read record by record to its END_BLOCK, which must be where its length word
   says; no block is skipped by its length;
+* one block info block, in the module block (LLVM's reader lets a second one replace the first,
+  and ignores one elsewhere);
 * LLVM finds function bodies through the value symbol table (``VST_CODE_FNENTRY`` offsets, and
   ``MODULE_CODE_VSTOFFSET`` for the table itself): each such offset must be the start of a
   function block (resp. the table) read here, with its block id in one 8-bit chunk, as LLVM
@@ -64,6 +66,7 @@ class _State:
     vst_starts: list[int] = field(default_factory=list)
     vst_offset: int | None = None
     modules: int = 0
+    blockinfos: int = 0
     base: int = 0                                         # bit where the identification/module block starts
 
 
@@ -187,11 +190,11 @@ def check(data: bytes) -> None:
             st.modules += 1
             if st.modules > 1:
                 raise NotPlain("more than one module")
-        elif block_id not in (_IDENTIFICATION, _STRTAB, _SYMTAB, _BLOCKINFO):
+        elif block_id not in (_IDENTIFICATION, _STRTAB, _SYMTAB):
             raise NotPlain(f"a top-level block {block_id}")
         if block_id == _IDENTIFICATION:
             st.base = at  # offsets in the symbol table count from here (else from the module)
-        _enter(bits, st, block_id, at, one_chunk, 0)
+        _enter(bits, st, block_id, at, one_chunk, 0, None)
     if st.modules != 1:
         raise NotPlain("no module")
     # Offsets count words from one word before the identification (or module) block.
@@ -213,7 +216,7 @@ def plain(data: bytes) -> str | None:
     return None
 
 
-def _enter(bits: _Bits, st: _State, block_id: int, at: int, one_chunk: bool, depth: int) -> None:
+def _enter(bits: _Bits, st: _State, block_id: int, at: int, one_chunk: bool, depth: int, parent: int | None) -> None:
     """Read an ENTER_SUBBLOCK's header (the abbrev id and block id are read) and the block."""
     width = bits.vbr(4)
     bits.align32()
@@ -225,6 +228,13 @@ def _enter(bits: _Bits, st: _State, block_id: int, at: int, one_chunk: bool, dep
         raise NotPlain("blocks nested too deep")
     if width < 1 or width > 32:
         raise NotPlain(f"an abbreviation width of {width}")
+    if block_id == _BLOCKINFO:
+        # LLVM's reader applies the block info of the module block, and a second one *replaces*
+        # the first (elsewhere it is skipped): a reader that added them up would read the blocks
+        # after it otherwise. One, in the module, as LLVM writes it.
+        if parent != _MODULE or st.blockinfos:
+            raise NotPlain("block info other than one in the module")
+        st.blockinfos += 1
     if block_id == _FUNCTION and one_chunk:
         # LLVM jumps to a body at "the block's start + abbrev width + 8": the id in one chunk.
         st.function_starts.add(at)
@@ -249,7 +259,7 @@ def _block(bits: _Bits, st: _State, block_id: int, width: int, end: int, depth: 
         if aid == 1:  # ENTER_SUBBLOCK
             before = bits.pos
             sub = bits.vbr(8)
-            _enter(bits, st, sub, at, bits.pos - before == 8, depth + 1)
+            _enter(bits, st, sub, at, bits.pos - before == 8, depth + 1, block_id)
             continue
         if aid == 2:  # DEFINE_ABBREV
             abbrev = _define(bits)

@@ -137,3 +137,75 @@ def test_the_text_path_gives_an_untargeted_module_the_tuning_of_its_target(toolc
     defined = [line.rsplit("#", 1)[1].split()[0] for line in out.splitlines() if line.startswith("define ")]
     assert len(defined) == 3 and all('"tune-cpu"="generic"' in groups["#" + g] for g in defined)
     assert "+avx2" in out  # the function's own features stay
+
+
+class _Writer:
+    """A bitstream writer for hand-made files: the shapes clang never writes."""
+
+    def __init__(self) -> None:
+        self.bits: list[int] = []
+        self.width = [2]
+
+    def fixed(self, v: int, n: int) -> None:
+        self.bits += [(v >> i) & 1 for i in range(n)]
+
+    def vbr(self, v: int, n: int) -> None:
+        while True:
+            chunk, v = v & ((1 << (n - 1)) - 1), v >> (n - 1)
+            self.fixed(chunk | ((1 << (n - 1)) if v else 0), n)
+            if not v:
+                return
+
+    def align(self) -> None:
+        while len(self.bits) % 32:
+            self.bits.append(0)
+
+    def enter(self, block: int, width: int = 3) -> int:
+        self.fixed(1, self.width[-1]); self.vbr(block, 8); self.vbr(width, 4); self.align()  # noqa: E702
+        at = len(self.bits)
+        self.fixed(0, 32)  # the length, patched by end()
+        self.width.append(width)
+        return at
+
+    def end(self, at: int) -> None:
+        self.fixed(0, self.width.pop()); self.align()  # noqa: E702
+        words = (len(self.bits) - at - 32) // 32
+        self.bits[at:at + 32] = [(words >> i) & 1 for i in range(32)]
+
+    def record(self, code: int, ops: list[int]) -> None:
+        self.fixed(3, self.width[-1]); self.vbr(code, 6); self.vbr(len(ops), 6)  # noqa: E702
+        for o in ops:
+            self.vbr(o, 6)
+
+    def data(self) -> bytes:
+        self.align()
+        return b"BC\xc0\xde" + bytes(sum(b << i for i, b in enumerate(self.bits[k:k + 8]))
+                                     for k in range(0, len(self.bits), 8))
+
+
+def _module(*, blockinfos: int = 1, top_blockinfo: bool = False, fnentry_shift: int = 0) -> bytes:
+    w = _Writer()
+    if top_blockinfo:
+        w.end(w.enter(0))
+    m = w.enter(8)
+    for _ in range(blockinfos):
+        w.end(w.enter(0))
+    w.record(1, [2])                                   # MODULE_CODE_VERSION 2
+    vst = w.enter(14)                                  # the module's symbol table, pointing at...
+    w.record(3, [0, (len(w.bits) + 32 * 40) // 32 + fnentry_shift])
+    w.end(vst)
+    w.end(m)
+    return w.data()
+
+
+def test_hand_made_shapes_where_the_readers_could_disagree_are_not_plain():
+    assert bitcode.plain(_module()) == "a function offset in the symbol table that is not a function block"
+    assert bitcode.plain(_module(blockinfos=0, fnentry_shift=0)) is not None
+    assert bitcode.plain(_module(blockinfos=2)) == "block info other than one in the module"
+    assert bitcode.plain(_module(top_blockinfo=True)) == "a top-level block 0"
+    ok = _Writer()
+    m = ok.enter(8)
+    ok.end(ok.enter(0))
+    ok.record(1, [2])
+    ok.end(m)
+    assert bitcode.plain(ok.data()) is None  # the writer makes what the reader reads
