@@ -66,32 +66,35 @@ class ObjectCache:
         folder = self.root / key[:2]
         return folder / f"{key}.o", folder / f"{key}.json"
 
-    def get(self, key: str, dest: Path) -> bool:
-        """Copy the entry to ``dest`` when there is a whole one that matches its digest."""
+    def get(self, key: str, dest: Path) -> dict | None:
+        """Copy the entry to ``dest`` when there is a whole one that matches its digest; returns its
+        record (with what ``put`` was told about the object), else None."""
         obj, rec = self._paths(key)
         try:
             record = json.loads(rec.read_text())
             want = record["sha256"]
         except (OSError, ValueError, KeyError, TypeError):
             self.misses += 1
-            return False
+            return None
         tmp = dest.with_name(dest.name + ".cached")
         try:
             shutil.copyfile(obj, tmp)
         except OSError:
             self.misses += 1
-            return False
+            return None
         if sha256_file(str(tmp)) != want:
             tmp.unlink()
             for p in (rec, obj):
                 p.unlink(missing_ok=True)
             self.misses += 1
-            return False
+            return None
         os.replace(tmp, dest)
         self.hits += 1
-        return True
+        return record if isinstance(record, dict) else None
 
-    def put(self, key: str, obj_file: Path) -> None:
+    def put(self, key: str, obj_file: Path, **about: bool) -> None:
+        """Keep ``obj_file`` under ``key``; ``about``: what the bake knows of it (``plain``: no asm,
+        no -m feature flags), given back by ``get``."""
         obj, rec = self._paths(key)
         obj.parent.mkdir(exist_ok=True)
         suffix = f".{os.getpid()}.{os.urandom(4).hex()}.tmp"
@@ -100,7 +103,7 @@ class ObjectCache:
             shutil.copyfile(obj_file, tmp_obj)
             os.replace(tmp_obj, obj)
             tmp_rec = rec.with_name(rec.name + suffix)
-            tmp_rec.write_text(json.dumps({"sha256": sha256_file(str(obj)), "size": obj.stat().st_size}))
+            tmp_rec.write_text(json.dumps({"sha256": sha256_file(str(obj)), "size": obj.stat().st_size, **about}))
             os.replace(tmp_rec, rec)
         except OSError:
             pass  # a full or read-only cache costs a compile next time, never the bake

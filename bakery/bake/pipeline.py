@@ -13,6 +13,7 @@ import collections
 import hashlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -73,6 +74,7 @@ class Timings:
         self.links: dict[str, float] = {}
         self.cache: dict[str, int] | None = None
         self.profile_misses = 0   # functions a profile-guided bake found no (fitting) profile for
+        self.plain_modules: set[str] = set()  # compiled with no asm and no -m feature flags (bakery.bake.isacheck)
 
     def add(self, label: str, spent: dict[str, float]) -> None:
         with self.lock:
@@ -137,7 +139,8 @@ def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output:
         if isa_check:
             from bakery.bake import isacheck
 
-            timings.wall["isa_check"] = isacheck.check(bundle, plan, toolchain, target, outs, objs).seconds
+            timings.wall["isa_check"] = isacheck.check(bundle, plan, toolchain, target, outs, objs,
+                                                       plain=timings.plain_modules).seconds
         if objects is not None:
             timings.cache = {"hits": objects.hits, "misses": objects.misses}
             log.info(f"bake: object cache {cache}: {objects.hits} modules reused, {objects.misses} compiled")
@@ -205,7 +208,10 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
                                    *(profile.key() if profile else [])]) if objects is not None else ""
         if objects is not None:
             t = time.perf_counter()
-            if objects.get(key, out):
+            if (hit := objects.get(key, out)) is not None:
+                if hit.get("plain") is True:
+                    with timings.lock:
+                        timings.plain_modules.add(sha)
                 spent["cached"] = time.perf_counter() - t
                 timings.add(m.label, spent)
                 return out
@@ -222,6 +228,10 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
             text, _ = retarget_ir(text, target.tune, untargeted=m.untargeted)
             spent["rewrite"] = time.perf_counter() - t
         source: str | bytes = text if data is None else data  # IR text, or the very bitcode checked
+        plain = not _feature_flags(m.flags) and (data is not None or not _HAS_ASM.search(text))
+        if plain:
+            with timings.lock:
+                timings.plain_modules.add(sha)
         t = time.perf_counter()
         if halves is None:
             # The whole pipeline and codegen (pre-optimization IR, an LTO bake, or a toolchain
@@ -248,7 +258,7 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
             half.unlink()
         spent["compile"] = time.perf_counter() - t
         if objects is not None:
-            objects.put(key, out)
+            objects.put(key, out, plain=plain)
         timings.add(m.label, spent)
         return out
 
@@ -275,6 +285,18 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
         log.info(f"bake: {source}: target-sensitive, using its {level} capture")
     variants.update(chosen)
     return results
+
+
+# -m flags that name no instruction set feature: a module with others may use more than its target.
+_NOT_FEATURES = ("-march=", "-mtune=", "-mcpu=", "-mno-", "-mcmodel=", "-mfpmath=", "-mstackrealign", "-mtls-dialect=",
+                 "-mpreferred-stack-boundary=", "-mabi=", "-mfloat-abi=", "-m64", "-m32", "-momit-leaf-frame-pointer",
+                 "-mstack-protector-guard", "-mred-zone", "-mieee-fp", "-mlong-double-", "-mregparm=",
+                 "-mincoming-stack-boundary=")
+_HAS_ASM = re.compile(r"^module asm |\basm\s+(?:sideeffect|alignstack|inteldialect|unwind|\")", re.M)
+
+
+def _feature_flags(flags) -> list[str]:
+    return [f for f in flags if f.startswith("-m") and not f.startswith(_NOT_FEATURES)]
 
 
 def _plain_bitcode(m: Module, bc: Path, digest: str, target: Target, lto_flag: list[str],

@@ -209,3 +209,25 @@ def test_hand_made_shapes_where_the_readers_could_disagree_are_not_plain():
     ok.record(1, [2])
     ok.end(m)
     assert bitcode.plain(ok.data()) is None  # the writer makes what the reader reads
+
+
+def test_outputs_of_plain_modules_alone_are_not_disassembled_by_the_isa_check(toolchain, builds, tmp_path,
+                                                                               monkeypatch):
+    """Compiled from bitcode for the target, with no asm and no -m feature flags, a module cannot
+    hold more than the target: its outputs are not disassembled (LAMMPS: seconds), from a fresh
+    bake or from the object cache."""
+    from bakery.bake import isacheck
+
+    (tmp_path / "p").mkdir()
+    recipe_file = write_project(tmp_path / "p", "bcplain", FILES, REST)
+    capturemod.capture(recipemod.load(recipe_file), tmp_path / "b", toolchain)
+    plan = planmod.load(tmp_path / "b")
+
+    def refuse(*a, **k):
+        raise AssertionError("disassembled")
+
+    monkeypatch.setattr(isacheck, "disassembly", refuse)
+    for out in ("o1", "o2"):  # the second from the object cache
+        bakemod.bake(tmp_path / "b", plan, toolchain, builds.target("x86_64_v2"), tmp_path / out,
+                     cache=tmp_path / "cache")
+    assert (tmp_path / "o1" / "app").read_bytes() == (tmp_path / "o2" / "app").read_bytes()
