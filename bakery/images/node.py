@@ -191,9 +191,12 @@ def _bake_in_engine(job: _Job, engine: ContainerEngine, image: str, work: Path, 
     os.chown(out, 65534, 65534) if os.geteuid() == 0 else out.chmod(0o777)
     argv = ["python3", "-m", "bakery", "bake", BUNDLE_DIR, "--target", job.target.name,
             "--output", "/bakery/out", "--jobs", str(job.jobs or os.cpu_count() or 1), "-q",
-            *([] if job.isa_check else ["--no-isa-check"])]
+            *([] if job.isa_check else ["--no-isa-check"]),
+            *(["--profile", "/bakery/profile/profile.profdata"] if job.profile else ["--profile", "none"])]
     volumes: list[Mount] = [(str(work / "bundle"), BUNDLE_DIR, "ro"), (str(work / "lib"), "/opt/bakery/lib", "ro"),
                (str(out), "/bakery/out")]
+    if job.profile:
+        volumes.append((str(work / "profile"), "/bakery/profile", "ro"))
     ctr = engine.from_image(tool_id, name=_container_name("bake"))
     try:
         where = "cross, " if job.plan.toolchain.family != FAMILY_OF_ARCH[ARCH_OF_PLATFORM[host_platform()]] else ""
@@ -226,7 +229,8 @@ def _bake_here(job: _Job, work: Path, out: Path) -> str:
 
     argv = [sys.executable, "-m", "bakery", "-q", "bake", str(work / "bundle"), "--target", job.target.name,
             "--output", str(out), "--jobs", str(job.jobs or os.cpu_count() or 1),
-            *([] if job.isa_check else ["--no-isa-check"])]
+            *([] if job.isa_check else ["--no-isa-check"]),
+            "--profile", str(work / "profile" / "profile.profdata") if job.profile else "none"]
     env = proc.env_with({"BAKERY_LLVM_VERSION": str(job.major)})
     try:
         proc.stream(argv, cwd=work, env=env, log=work / "bake.log", timeout=job.limit)
@@ -259,6 +263,7 @@ class _Job:
     jobs: int
     t0: float = field(default_factory=time.monotonic)
     isa_check: bool = True    # the bake refuses outputs that need features the target lacks
+    profile: str | None = None  # the digest of the IR image's profile, in work/profile/ (bakery.images.profiles)
 
     @property
     def node(self) -> oci.Ref:
@@ -285,13 +290,20 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
     outputs with instructions the target lacks, unless ``isa_check`` is False (bakery.bake.isacheck)."""
     job = _prepare(text, registry, target_name, slim=slim, jobs=jobs, tls_verify=tls_verify, timeout=timeout)
     job.isa_check = isa_check
-    if output is None and (reused := _existing(job)):
-        return reused
-    base_image = _slim_base(job.reg, job.ref, job.digest, job.tls) if slim else None
-    if engine is None and not push and output is None:
-        raise BakeryError("--no-push needs a container engine to commit to", "use --engine buildah or docker")
     work = Path(tempfile.mkdtemp(prefix="bakery-node-"))
     try:
+        from bakery.images import profiles
+
+        # A profile attached to the IR image (bakery profile IMAGE) is baked with (bakery.images.profiles).
+        job.profile = profiles.fetch(job.reg, job.ref.repository, job.digest, oci.sha256(job.plan_bytes),
+                                     work / "profile" / "profile.profdata")
+        if output is None and (reused := _existing(job)):
+            return reused
+        base_image = _slim_base(job.reg, job.ref, job.digest, job.tls) if slim else None
+        if engine is None and not push and output is None:
+            raise BakeryError("--no-push needs a container engine to commit to", "use --engine buildah or docker")
+        if job.profile:
+            log.info(f"bake: with the profile attached to the IR image ({job.profile[:19]}…)")
         image, tool_id = _compile(job, engine, work)
         staged = safefs.stage_outputs(work / "out", [name for name, _ in job.plan.installs()], work / "stage")
         if output is not None:
@@ -329,6 +341,11 @@ def _existing(job: _Job) -> BakeImageResult | None:
     ann = oci.json_object(job.reg.get_manifest(job.ref.repository, existing)[0], f"the manifest of {job.node}") \
         .get("annotations")
     made_from = ann.get(f"{ANN}.ir.digest") if isinstance(ann, dict) else None
+    with_profile = ann.get(f"{ANN}.profile.digest") if isinstance(ann, dict) else None
+    if with_profile != job.profile:
+        log.info(f"bake: {job.node} was baked {'with another profile' if with_profile else 'without a profile'}: "
+                 "baking it again with the IR image's")
+        return None
     if made_from in (None, job.digest):
         log.info(f"bake: {job.node} exists, reusing it")
         _ensure_compat(job, existing)
@@ -368,7 +385,10 @@ class NodeConfig:
 
 
 def _node_config(job: _Job, tool_id: str) -> NodeConfig:
-    return node_config(job.ref, job.digest, job.plan, job.plan_bytes, job.target, tool_id)
+    config = node_config(job.ref, job.digest, job.plan, job.plan_bytes, job.target, tool_id)
+    if job.profile:
+        config.annotations[f"{ANN}.profile.digest"] = job.profile
+    return config
 
 
 def node_config(ref: oci.Ref, ir_digest: str, plan: planmod.Plan, plan_bytes: bytes, target: targetmod.Target,
