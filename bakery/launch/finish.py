@@ -76,8 +76,9 @@ def make(info: dict, target, cache: Cache, key: str, settings: Settings, say: Ca
     say(f"baking {info['app']} {info['version']} for {target.name}: the first start on this CPU type "
         f"({reason}); kept in {where_cache}")
     with cache.workdir(key, "bake") as tmp:
-        files = bake_here(info, target, Path(tmp), say, objects=cache.dir)
-        cache.install(key, files, {**record, "source": "bake"})
+        profile = _profile(info, found, Path(tmp) / "profile.profdata", say) if found is not None else None
+        files = bake_here(info, target, Path(tmp), say, objects=cache.dir, profile=profile)
+        cache.install(key, files, {**record, "source": "bake", **({"profile": profile.digest} if profile else {})})
     if settings.push and found is not None:
         push(info, found[0], found[1], target, {n: cache.entry(key) / n for n in files}, say)
 
@@ -137,9 +138,34 @@ def _wait_for(reg: oci.Registry, repo: str, tag: str, settings: Settings, say: C
 
 # -- a bake here ------------------------------------------------------------------------------------
 
-def bake_here(info: dict, target, work: Path, say: Callable[[str], None], objects: Path | None = None) -> dict[str, Path]:
+def _profile(info: dict, found: tuple[oci.Ref, bool], dest: Path, say: Callable[[str], None]):
+    """The profile attached to this image in its registry (bakery.images.profiles), or None: the
+    image's tag must still name this plan, and a registry that cannot say is no profile."""
+    from bakery.bake.profile import Profile
+    from bakery.images import node as nodemod
+    from bakery.images import profiles
+
+    ref, tls = found
+    try:
+        reg = oci.Registry(ref.registry, tls_verify=tls)
+        digest, _, plan_bytes = nodemod.resolve_ir(reg, ref, info["family"])
+        if oci.sha256(plan_bytes) != info["plan"]:
+            return None  # the tag names another build now
+        got = profiles.fetch(reg, ref.repository, digest, info["plan"], dest)
+    except (BakeryError, OSError) as e:
+        log.debug(f"launch: no profile ({_one_line(e)})")
+        return None
+    if got is None:
+        return None
+    say(f"with the profile attached to the image ({got[:19]}…)")
+    return Profile("use", dest, got)
+
+
+def bake_here(info: dict, target, work: Path, say: Callable[[str], None], objects: Path | None = None,
+              profile=None) -> dict[str, Path]:
     """The outputs baked in this container with its toolchain, in ``work``/out; ``objects``: the
-    folder of an object cache (a new version of the image reuses its unchanged modules)."""
+    folder of an object cache (a new version of the image reuses its unchanged modules);
+    ``profile``: a profile-guided bake (bakery.bake.profile)."""
     from bakery import bake as bakemod
     from bakery import plan as planmod
     from bakery import toolchain as toolchainmod
@@ -154,7 +180,7 @@ def bake_here(info: dict, target, work: Path, say: Callable[[str], None], object
         raise BakeryError(f"this image cannot bake here: {e.message}",
                           "give it a registry with the node tag, or bakery serve, in BAKERY_REGISTRY") from None
     with Progress(info["app"], target.name, say):
-        result = bakemod.bake(bundle, plan, tc, target, work / "out", cache=objects)
+        result = bakemod.bake(bundle, plan, tc, target, work / "out", cache=objects, profile=profile)
     return {name: Path(path) for name, path in result.outputs.items()}
 
 

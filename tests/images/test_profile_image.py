@@ -46,6 +46,32 @@ def test_a_profile_trained_on_an_image_is_attached_and_node_bakes_use_it(own_pi,
     assert again.reused and again.digest == pgo.digest
 
 
+def test_the_launchers_own_bake_takes_the_images_profile(own_pi, registry, tmp_path, monkeypatch):
+    """No node tag for the target: the launcher bakes in its container, with the profile attached
+    to its image, and its cache entry says which."""
+    from bakery import target as targetmod
+    from bakery.config import Settings
+    from bakery.images import direct
+    from bakery.launch import finish, install
+    from bakery.launch.cache import Cache, entry_key
+
+    reg, digest, ref = own_pi
+    if not reg.referrers("pi", digest, profiles.ARTIFACT):  # run alone: this module's first test attaches one
+        assert main(["-q", "profile", ref, "-t", "x86_64_v2", "--", "pi", "2000000"]) == 0
+    direct.export_bundle(reg, "pi", digest, "/bakery/bundle", tmp_path / "bundle")
+    info = install.info(tmp_path / "bundle", ref, "linux/amd64", ["linux/amd64"])
+    info["bundle"] = str(tmp_path / "bundle")
+    monkeypatch.delenv("BAKERY_REGISTRY", raising=False)
+    said: list[str] = []
+    target = targetmod.resolve("x86_64_v3", compiler_version=info["compiler"], family=info["family"])
+    cache = Cache(tmp_path / "cache")
+    key = entry_key(info["app"], info["version"], info["plan"], "x86_64_v3")
+    finish.make(info, target, cache, key, Settings.from_env(), said.append)
+    record = cache.check(key, info["plan"], "x86_64_v3")
+    assert record and record["source"] == "bake" and record["profile"].startswith("sha256:"), said
+    assert any("with the profile attached to the image" in line for line in said)
+
+
 def test_a_profile_of_another_ir_is_not_used(own_pi, registry, tmp_path):
     reg, digest, _ = own_pi
     folder = tmp_path / "b.profile"
