@@ -26,6 +26,8 @@ from bakery.errors import BakeryError, PlanRefused
 log = logging.getLogger(__name__)
 
 MODES = ("generate", "use")
+PGO_INLINE = ("cgscc(devirt<4>(inline,function<eager-inv>(sroa<modify-cfg>,early-cse<memssa>,simplifycfg,"
+              "instcombine)))")
 
 
 @dataclass(frozen=True)
@@ -35,8 +37,13 @@ class Profile:
     digest: str = ""            # use: its sha256, in the object cache's key and the node tag
 
     def head_passes(self) -> list[str]:
-        """Passes before the bake's half of the pipeline (split modules)."""
-        return ["pgo-instr-gen", "instrprof"] if self.mode == "generate" else ["pgo-instr-use"]
+        """Passes before the bake's half of the pipeline (split modules). With the profile, the
+        inliner runs once more, now knowing which calls are hot (the capture's ran without it),
+        with the cleanups the simplification half runs after it: libyaml 1.17x the best
+        from-source build against 1.13x without it, for 0.5 s more of a 1.5 s bake."""
+        if self.mode == "generate":
+            return ["pgo-instr-gen", "instrprof"]
+        return ["pgo-instr-use", PGO_INLINE]
 
     def opt_options(self) -> list[str]:
         # warn of functions the profile has no record of: the IR it was made on was another
