@@ -250,11 +250,16 @@ class Capture:
     def simplify(self, path: str, halves: dict) -> bool:
         """The first half on the bitcode at ``path``, in place. False (the bitcode left as it was,
         pre-optimization) if opt fails: the bake then runs the whole pipeline."""
-        tmp = f"{path}.{os.getpid()}.simplified"
-        rc = subprocess.call([self.cfg["split"]["opt"], f"-passes={halves['simplify']}", *halves["options"],
-                              path, "-o", tmp])
+        return self.in_place(path, "simplify", lambda tmp: [self.cfg["split"]["opt"], f"-passes={halves['simplify']}",
+                                                          *halves["options"], path, "-o", tmp], "opt")
+
+    def in_place(self, path: str, step: str, argv, tool: str, stdin: str | None = None) -> bool:
+        """``argv(tmp)`` writes a new ``path`` to ``tmp``, which then replaces it; False (``path``
+        left as it was, the failure an event) if it exits non-zero."""
+        tmp = f"{path}.{os.getpid()}.{step}"
+        rc = subprocess.run(argv(tmp), input=stdin, text=True).returncode
         if rc:
-            self.emit({"event": "error", "what": f"simplifying {path}: opt exited {rc}"})
+            self.emit({"event": "error", "what": f"{step} {path}: {tool} exited {rc}"})
             if os.path.exists(tmp):
                 os.unlink(tmp)
             return False
@@ -271,15 +276,8 @@ class Capture:
         dis = subprocess.run([tools["dis"], path, "-o", "-"], capture_output=True, text=True)
         if dis.returncode:
             return False
-        tmp = f"{path}.{os.getpid()}.untargeted"
-        rc = subprocess.run([tools["as"], "-", "-o", tmp], input=untarget(dis.stdout, baseline), text=True).returncode
-        if rc:
-            self.emit({"event": "error", "what": f"untargeting {path}: llvm-as exited {rc}"})
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            return False
-        os.replace(tmp, path)
-        return True
+        return self.in_place(path, "untarget", lambda tmp: [tools["as"], "-", "-o", tmp], "llvm-as",
+                             stdin=untarget(dis.stdout, baseline))
 
     def baseline(self, bc_flags: list[str]) -> set[str] | None:
         """The target-features clang gives a function without target(...) under these flags:
