@@ -48,8 +48,7 @@ def setup_parser(sub, parent):
                         "them after the links: inline asm, prebuilt objects or flags that need more than the "
                         "target, outside runtime dispatch); for code that checks the CPU in ways the check "
                         "cannot see")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="image: stop a bake that runs longer (default $BAKERY_BAKE_TIMEOUT, else 7200)")
+    common.timeout_option(p)
     common.registry_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     return p
@@ -96,10 +95,8 @@ def _bake_bundle(args, bundle: Path) -> int:
 def _bake_image(args) -> int:
     from bakery import engines as enginemod
     from bakery import images as imagemod
-    from bakery import oci
-    from bakery.images import registry as registrymod
 
-    registry = args.registry or ("" if oci.names_registry(args.source) else registrymod.default_registry())
+    registry = common.registry_for(args, args.source)
     res = imagemod.bake(args.source, enginemod.get_or_none(args.engine), registry, args.target, push=args.push,
                         slim=args.slim, output=args.output, jobs=args.jobs,
                         tls_verify=args.tls_verify, timeout=args.timeout, isa_check=args.isa_check)

@@ -136,11 +136,10 @@ def _fetch(reg, ref, entry):
 def run(args) -> int:
     from bakery import compat, oci
     from bakery.errors import BakeryError
-    from bakery.images import registry as registrymod
 
     try:
         nodes = _labels(args.node_labels) if args.node_labels else [compat.host_node()]
-        registry = args.registry or ("" if oci.names_registry(args.image) else registrymod.default_registry())
+        registry = common.registry_for(args, args.image)
         ref = oci.Ref.parse(args.image, default_registry=registry)
         reg = oci.Registry(ref.registry, tls_verify=args.tls_verify)
         digest, entries = _entries(reg, ref)

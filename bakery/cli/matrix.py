@@ -51,9 +51,7 @@ def run(args) -> int:
     from bakery.images import registry as registrymod
     from bakery.scale import matrix
 
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if len(set(targets)) != len(targets):
-        raise BakeryError("--targets names a target twice")
+    targets = common.target_list(args.targets)
     if args.parallel < 1:
         raise BakeryError("--parallel must be at least 1")
     registry = args.registry or registrymod.default_registry()

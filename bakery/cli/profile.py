@@ -57,9 +57,8 @@ def _train_image(args, command: list[str]) -> int:
     from bakery import oci
     from bakery.images import direct, profiles
     from bakery.images import node as nodemod
-    from bakery.images import registry as registrymod
 
-    registry = args.registry or ("" if oci.names_registry(args.bundle) else registrymod.default_registry())
+    registry = common.registry_for(args, args.bundle)
     ref = oci.Ref.parse(args.bundle, default_registry=registry)
     reg = oci.Registry(ref.registry, tls_verify=oci.tls_default(ref.registry, args.tls_verify))
     digest, _plan, plan_bytes = nodemod.resolve_ir(reg, ref)

@@ -32,8 +32,7 @@ def setup_parser(sub, parent):
     p.add_argument("ref", metavar="REF", help="the IR image's REPO:TAG (from 'bakery build'), or an index published before")
     p.add_argument("--targets", required=True, metavar="T1,T2,...", help="archspec targets, comma-separated")
     p.add_argument("-j", "--jobs", type=int, default=0, help="parallel compile jobs per bake (default: all cores)")
-    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="stop a bake that runs longer (default $BAKERY_BAKE_TIMEOUT, else 7200)")
+    common.timeout_option(p)
     common.registry_options(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     return p
@@ -41,15 +40,10 @@ def setup_parser(sub, parent):
 
 def run(args) -> int:
     from bakery import engines as enginemod
-    from bakery import oci
-    from bakery.errors import BakeryError
     from bakery.images import publish as publishmod
-    from bakery.images import registry as registrymod
 
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    if len(set(targets)) != len(targets):
-        raise BakeryError("--targets names a target twice")
-    registry = args.registry or ("" if oci.names_registry(args.ref) else registrymod.default_registry())
+    targets = common.target_list(args.targets)
+    registry = common.registry_for(args, args.ref)
     res = publishmod.publish(args.ref, targets, registry, enginemod.get_or_none(args.engine), jobs=args.jobs,
                              tls_verify=args.tls_verify, timeout=args.timeout)
     if args.json:
