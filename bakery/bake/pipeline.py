@@ -10,7 +10,6 @@ the plan was validated (``plan.load``, which returns it typed) before anything h
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 import os
 import re
@@ -198,7 +197,12 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
             chosen[m.label] = level
         spent: dict[str, float] = {}
         t = time.perf_counter()
-        bc = planmod.verify_file(bundle, path, digest)
+        # The bitcode path compiles the bytes read here; the text path has llvm-dis read the file.
+        candidate = _bitcode_path_possible(m, target, lto_flag)
+        if candidate:
+            bc, whole = planmod.read_verified(bundle, path, digest)
+        else:
+            bc, whole = planmod.verify_file(bundle, path, digest), None
         spent["verify"] = time.perf_counter() - t
         out = work / "obj" / f"{sha}.o"
         flags = [*toolchain.cross_flags, "-w", *m.flags, *preserve, *target.flags, *lto_flag]
@@ -216,7 +220,7 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
                 timings.add(m.label, spent)
                 return out
         # cwd: the work tree, so that nothing relative resolves against the caller's folder.
-        data = _plain_bitcode(m, bc, digest, target, lto_flag, spent)
+        data = _plain_bitcode(m, whole, spent) if whole is not None else None
         if data is None:  # the text path: llvm-dis, the checks, the attribute rewrite
             t = time.perf_counter()
             text = proc.run([dis, str(bc), "-o", "-"], cwd=work).stdout
@@ -299,17 +303,18 @@ def _feature_flags(flags) -> list[str]:
     return [f for f in flags if f.startswith("-m") and not f.startswith(_NOT_FEATURES)]
 
 
-def _plain_bitcode(m: Module, bc: Path, digest: str, target: Target, lto_flag: list[str],
-                   spent: dict[str, float]) -> bytes | None:
-    """The module's bitcode, to compile as it is, when it may be (bakery.bake.bitcode): the
-    capture took its baseline target attributes out, the target's tuning is its CPU's own (opt
-    has no -mtune: a tune-cpu other than the CPU needs the text path's rewrite), no LTO. None:
+def _bitcode_path_possible(m: Module, target: Target, lto_flag: list[str]) -> bool:
+    """Whether the module may be compiled as it is, if its bitcode is plain: the capture took its
+    baseline target attributes out, the target's tuning is its CPU's own (opt has no -mtune: a
+    tune-cpu other than the CPU needs the text path's rewrite), no LTO."""
+    return m.untargeted and not lto_flag and target.tune in (None, target.cpu)
+
+
+def _plain_bitcode(m: Module, data: bytes, spent: dict[str, float]) -> bytes | None:
+    """``data`` (the module's checked bitcode) when it is plain (bakery.bake.bitcode), else None:
     the text path."""
-    if not m.untargeted or lto_flag or target.tune not in (None, target.cpu):
-        return None
     t = time.perf_counter()
-    data = bc.read_bytes()
-    why = "its digest changed" if hashlib.sha256(data).hexdigest() != digest else bitcodemod.plain(data)
+    why = bitcodemod.plain(data)
     spent["scan"] = time.perf_counter() - t
     if why:
         log.debug(f"bake: {m.label}: through llvm-dis ({why})")

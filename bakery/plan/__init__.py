@@ -41,6 +41,7 @@ from bakery.plan.trust import (  # noqa: F401
     link_flag_problem,
     load,
     parse,
+    read_verified,
     safe_name,
     system_dir,
     system_input,

@@ -9,6 +9,7 @@ before use. Nothing is run by this module.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
@@ -494,10 +495,27 @@ def load(bundle: Path) -> Plan:
 
 def verify_file(bundle: Path, rel: str, sha: str) -> Path:
     """A bundle file, after checking it is inside the bundle and matches its digest."""
+    path = _regular(bundle, rel)
+    _same_digest(rel, sha256_file(str(path)), sha)
+    return path
+
+
+def read_verified(bundle: Path, rel: str, sha: str) -> tuple[Path, bytes]:
+    """A bundle file and its bytes, checked as :func:`verify_file` checks it: the digest is of the
+    very bytes returned (a compile given them reads no file that could have changed since)."""
+    path = _regular(bundle, rel)
+    data = path.read_bytes()
+    _same_digest(rel, hashlib.sha256(data).hexdigest(), sha)
+    return path, data
+
+
+def _regular(bundle: Path, rel: str) -> Path:
     path = _confined(rel, bundle, "file")
     if path.is_symlink() or not path.is_file():
         raise PlanRefused(f"plan refused: {rel} is missing or not a regular file")
-    got = sha256_file(str(path))
+    return path
+
+
+def _same_digest(rel: str, got: str, sha: str) -> None:
     if got != sha:
         raise PlanRefused(f"plan refused: {rel} was tampered with (sha256 {got[:16]}..., plan says {sha[:16]}...)")
-    return path
