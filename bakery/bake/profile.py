@@ -10,7 +10,6 @@ and ``-fprofile-use``, which run the same passes at the same place of the whole 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,7 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bakery import proc
+from bakery import oci, proc
+from bakery.capture.flags import sha256_file
 from bakery.errors import BakeryError, PlanRefused
 
 log = logging.getLogger(__name__)
@@ -75,15 +75,11 @@ def folder_of(bundle: Path) -> Path:
 
 
 def plan_digest(bundle: Path) -> str:
-    return "sha256:" + hashlib.sha256((bundle / "plan.json").read_bytes()).hexdigest()
+    return oci.sha256((bundle / "plan.json").read_bytes())  # as images record it
 
 
 def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    return "sha256:" + sha256_file(str(path))
 
 
 def find(bundle: Path, explicit: Path | None = None) -> Profile | None:
