@@ -92,6 +92,8 @@ class _Bits:
         return v & ((1 << n) - 1)
 
     def vbr(self, n: int) -> int:
+        # vbrs(n, 1)[0] would do, but this runs for every abbrev id and header field: its own
+        # loop keeps GSL's scan at 6.6 s of CPU, against 7.2 s through vbrs.
         if n < 2 or n > 32:
             raise NotPlain(f"a VBR width of {n}")
         words, p = self.words, self.pos

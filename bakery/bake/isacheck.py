@@ -724,17 +724,14 @@ def check(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output
 
 def _only_plain(link: Link, plain: set[str]) -> bool:
     """Whether every plan input of the link is a plain module (or another output)."""
-    from bakery.plan.model import Archive, FileRef, LinkRef, ModuleRef, ObjectRef
+    from bakery.plan.model import Archive, Flag, LinkRef, ModuleRef
 
     for a in link.args:
-        items = a.members if isinstance(a, Archive) else (a,)
-        for item in items:
-            if isinstance(item, ModuleRef) and item.sha256 not in plain:
-                return False
-            if isinstance(item, (ObjectRef, FileRef)):
-                return False
-            if not isinstance(item, (ModuleRef, LinkRef)) and not hasattr(item, "text"):
-                return False
+        for item in a.members if isinstance(a, Archive) else (a,):
+            # flags and system libraries are no plan code; another output is checked on its own
+            plain_item = (isinstance(item, ModuleRef) and item.sha256 in plain) or isinstance(item, (Flag, LinkRef))
+            if not plain_item:
+                return False   # a native object or file of the plan, or a module that is not plain
     return True
 
 
