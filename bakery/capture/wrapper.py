@@ -150,38 +150,85 @@ class Capture:
         if self.mode == "passthrough":
             return subprocess.call([*self.command(parse(args)), *args, *self.cfg.get("extra_flags", [])])
         parsed = parse(args)
-        if parsed["stage"] in ("E", "S", "M") or parsed["stdin"] or not (parsed["inputs"]):
-            return subprocess.call([*self.command(parsed), *args])
-        if self.is_probe(parsed):
-            return subprocess.call([*self.command(parsed), *args])
+        if parsed["stage"] in ("E", "M") or not (parsed["inputs"] or parsed["stdin"]):
+            return subprocess.call([*self.command(parsed), *args])  # no object comes of it
+        kind = self.probe_kind(parsed)
+        if kind:
+            return self.probe(parsed, args, kind)
+        # What bakery cannot capture runs as it is, and says what it made (plan: capture.decisions).
+        if parsed["stage"] == "S":
+            return self.untouched(parsed, args, "assembly-output")
+        if parsed["stdin"]:
+            return self.untouched(parsed, args, "stdin")
         if parsed["stage"] == "c":
             return self.compile_only(parsed)
         return self.compile_and_link(parsed)
 
-    def is_probe(self, parsed: dict) -> bool:
-        """configure and CMake try_compile checks: run them, record nothing."""
+    def probe_kind(self, parsed: dict) -> str | None:
+        """configure and CMake try_compile checks: which kind of probe the call is, or None."""
         out = parsed["output"] or ""
-        if out == "/dev/null" or os.path.basename(out).startswith("conftest"):
-            return True
+        if out == "/dev/null":
+            return "dev-null"
+        if os.path.basename(out).startswith("conftest"):
+            return "conftest"
         # autoconf also compiles without -o ($CC -c conftest.c, $CC conftest.c).
         if not parsed["output"] and any(os.path.basename(s).startswith("conftest") for s, _ in parsed["sources"]):
-            return True
+            return "conftest"
         # CMake compiles its checks and compiler-id programs below CMakeFiles/;
         # real targets compile from the binary dir itself.
         if "/CMakeFiles/" in os.getcwd() + os.sep:
-            return True
+            return "cmake"
         # Meson's sanity checks and cc.compiles()/cc.links() run in <builddir>/meson-private/.
         if "/meson-private/" in os.path.join(os.getcwd(), out) + os.sep:
-            return True
+            return "meson"
         # Hand-written configure scripts name their probes as they like (zlib: ztest$$.c):
         # anything compiled while a configure script runs is a probe.
-        return under_configure()
+        return "configure" if under_configure() else None
+
+    def probe(self, parsed: dict, args: list[str], kind: str) -> int:
+        """Run a probe as it is; the event counts it, and names the object it made (the plan says
+        so should that object end up in an output)."""
+        rc = subprocess.call([*self.command(parsed), *args])
+        event: dict = {"event": "probe", "kind": kind}
+        out = parsed["output"]
+        if out and out != "/dev/null":
+            event["out"] = self.rel(out) or os.path.abspath(out)
+            if rc == 0 and parsed["stage"] == "c" and os.path.isfile(out):
+                event["obj"] = sha256_file(out)
+        self.emit(event)
+        return rc
+
+    def untouched(self, parsed: dict, args: list[str], why: str) -> int:
+        """Run a call bakery cannot capture as it is (-S, a source on standard input, a compile
+        of no C/C++/Fortran/assembly source); the event says what it made, and from what."""
+        rc = subprocess.call([*self.command(parsed), *args])
+        if rc:
+            return rc
+        suffix = {"S": ".s", "c": ".o"}.get(parsed["stage"])
+        if parsed["stdin"]:
+            made = [("-", parsed["output"] or ("-" + suffix if suffix else "a.out"))]
+        elif parsed["output"] or not suffix:
+            first = parsed["sources"][0][0] if parsed["sources"] else parsed["inputs"][0]
+            made = [(first, parsed["output"] or "a.out")]
+        else:  # one output per source, named after it, here
+            made = [(src, os.path.splitext(os.path.basename(src))[0] + suffix)
+                    for src, _ in parsed["sources"] or [(i, "") for i in parsed["inputs"]]]
+        for src, out in made:
+            event = {"event": "native", "why": why, "src": src if src == "-" else self.rel(src) or os.path.abspath(src),
+                     "out": self.rel(out) or os.path.abspath(out)}
+            if parsed["stage"] == "c" and os.path.isfile(out):
+                event["obj"] = sha256_file(out)
+            self.emit(event)
+        return 0
 
     # -- compiling --------------------------------------------------------------
     def compile_only(self, parsed: dict) -> int:
         sources = [(s, lang) for s, lang in parsed["sources"]]
         if parsed["output"] and len(sources) > 1:
+            # One -o for several objects: the compiler refuses it, and the build fails.
             return subprocess.call([*self.real, *parsed["argv"]])
+        if not sources:  # IR, a header (a precompiled one), a file of no known language
+            return self.untouched(parsed, parsed["argv"], "no-source")
         for src, lang in sources:
             out = parsed["output"] or os.path.splitext(os.path.basename(src))[0] + ".o"
             rc = self.compile_one(parsed, src, lang, out)
@@ -193,8 +240,14 @@ class Capture:
         flags = parsed["flags"]
         if lang not in self.cfg.get("languages", ["c", "c++"]) or lang not in ("c", "c++", "fortran"):
             # Assembly, Fortran (unless enabled) and anything else stay native
-            # objects; the link records them as such.
-            return subprocess.call([*self.real, *flags, *parsed["xlang"](src), "-c", src, "-o", out])
+            # objects; the link records them as such, and this event says why.
+            rc = subprocess.call([*self.real, *flags, *parsed["xlang"](src), "-c", src, "-o", out])
+            if rc == 0:
+                self.emit({"event": "native", "why": "assembly" if lang.startswith("asm") else "language",
+                           "lang": lang, "src": self.rel(src) or os.path.abspath(src), "obj": sha256_file(out)})
+            return rc
+        # What the capture fell back on for this unit (the bake still works, slower): in its record.
+        fallbacks: list[dict] = []
         # 1. pre-optimization bitcode, written where the object goes so that
         #    -MD dependency files and their targets are named as the build expects.
         if lang == "fortran":
@@ -212,16 +265,22 @@ class Capture:
         recorded = bake_flags(flags, self.cfg.get("opt", "-O2"))
         # 2. the target-independent half of -O2/-O3, once, here (bakery.passes)
         halves = self.halves(recorded, flags) if lang != "fortran" else None
-        if halves and not self.simplify(out, halves):
+        if halves and (why := self.simplify(out, halves)):
+            fallbacks.append({"step": "simplify", "why": why})
             halves = None
         # 3. the baseline target attributes out, once, here: the bake compiles this bitcode as it is
-        untargeted = lang != "fortran" and self.untarget(out, bc_flags)
+        untargeted = False
+        if lang != "fortran" and self.cfg.get("untarget"):
+            why = self.untarget(out, bc_flags)
+            untargeted = why is None
+            if why:
+                fallbacks.append({"step": "untarget", "why": why})
         bc_sha = self.store_bitcode(out, move=True)
         bc_path = os.path.join(self.store, "bc", bc_sha + ".bc")
         variants: list[dict] = []
         macros: list[str] = []
         if lang != "fortran" and len(self.cfg.get("levels", [])) > 1:
-            variants, macros = self.target_variants(parsed, src, bc_flags, halves, untargeted)
+            variants, macros = self.target_variants(parsed, src, bc_flags, halves, untargeted, fallbacks)
         # 4. the native object the build asked for, from that same bitcode
         #    (clang reads any IR; Fortran's own flags mean nothing to it).
         native = codegen_flags(flags, self.cfg.get("opt", "-O2")) if lang != "fortran" else recorded
@@ -237,6 +296,8 @@ class Capture:
             record["untargeted"] = True
         if variants:
             record |= {"variants": variants, "macros": macros}
+        if fallbacks:
+            record["fallbacks"] = fallbacks
         self.save_record(obj_sha, record)
         self.emit({"event": "compile", "obj": obj_sha, **record, "out": self.rel(out) or os.path.abspath(out)})
         return 0
@@ -247,35 +308,35 @@ class Capture:
         level = split_level([*recorded, *(f for f in flags if f in PIPELINE_FLAGS)])
         return split.get("levels", {}).get(level) if level else None
 
-    def simplify(self, path: str, halves: dict) -> bool:
-        """The first half on the bitcode at ``path``, in place. False (the bitcode left as it was,
-        pre-optimization) if opt fails: the bake then runs the whole pipeline."""
+    def simplify(self, path: str, halves: dict) -> str | None:
+        """The first half on the bitcode at ``path``, in place: None, else why not (the bitcode
+        left as it was, pre-optimization: the bake then runs the whole pipeline)."""
         return self.in_place(path, "simplify", lambda tmp: [self.cfg["split"]["opt"], f"-passes={halves['simplify']}",
                                                           *halves["options"], path, "-o", tmp], "opt")
 
-    def in_place(self, path: str, step: str, argv, tool: str, stdin: str | None = None) -> bool:
-        """``argv(tmp)`` writes a new ``path`` to ``tmp``, which then replaces it; False (``path``
-        left as it was, the failure an event) if it exits non-zero."""
+    def in_place(self, path: str, step: str, argv, tool: str, stdin: str | None = None) -> str | None:
+        """``argv(tmp)`` writes a new ``path`` to ``tmp``, which then replaces it: None, else why
+        not (``path`` left as it was) if it exits non-zero. The caller records the fallback."""
         tmp = f"{path}.{os.getpid()}.{step}"
         rc = subprocess.run(argv(tmp), input=stdin, text=True).returncode
         if rc:
-            self.emit({"event": "error", "what": f"{step} {path}: {tool} exited {rc}"})
             if os.path.exists(tmp):
                 os.unlink(tmp)
-            return False
+            return f"{tool} exited {rc}"
         os.replace(tmp, path)
-        return True
+        return None
 
-    def untarget(self, path: str, bc_flags: list[str]) -> bool:
+    def untarget(self, path: str, bc_flags: list[str]) -> str | None:
         """The bitcode at ``path`` without its functions' baseline target attributes
-        (bakery.capture.attrs), in place; False (left as it was) if a tool fails."""
-        tools = self.cfg.get("untarget")
-        baseline = self.baseline(bc_flags) if tools else None
+        (bakery.capture.attrs), in place (the config has the tools): None, else why not (left as
+        it was: the bake rewrites the attributes itself)."""
+        tools = self.cfg["untarget"]
+        baseline = self.baseline(bc_flags)
         if baseline is None:
-            return False
+            return "the baseline target attributes are unknown (clang's probe compile failed)"
         dis = subprocess.run([tools["dis"], path, "-o", "-"], capture_output=True, text=True)
         if dis.returncode:
-            return False
+            return f"llvm-dis exited {dis.returncode}"
         return self.in_place(path, "untarget", lambda tmp: [tools["as"], "-", "-o", tmp], "llvm-as",
                              stdin=untarget(dis.stdout, baseline))
 
@@ -347,13 +408,15 @@ class Capture:
             os.unlink(path)
         return sha
 
-    def target_variants(self, parsed: dict, src: str, bc_flags: list[str],
-                        halves: dict | None, untargeted: bool) -> tuple[list[dict], list[str]]:
+    def target_variants(self, parsed: dict, src: str, bc_flags: list[str], halves: dict | None,
+                        untargeted: bool, fallbacks: list[dict]) -> tuple[list[dict], list[str]]:
         """Does this unit's preprocessed code depend on the target (#ifdef __AVX2__ ...)?
 
         Preprocess it for the generic target and for the highest level; when
         they differ, for every level, and capture one bitcode per distinct
-        result. Returns the variants (lowest first) and the macros it tests.
+        result. Returns the variants (lowest first) and the macros it tests; a
+        check or a level that failed is added to ``fallbacks`` (bakes for it take
+        the next lower capture).
         """
         levels = self.cfg["levels"]
         pp_flags = without_dependency_flags(bc_flags)
@@ -367,6 +430,7 @@ class Capture:
 
         generic = preprocess([])
         if not generic:
+            fallbacks.append({"step": "detect", "why": "preprocessing it failed: not checked for target-dependent code"})
             return [], []
         top = preprocess(levels[-1]["flags"])
         if not generic or generic == top:
@@ -374,16 +438,23 @@ class Capture:
         variants, previous = [], generic
         for level in levels[1:]:
             text = top if level is levels[-1] else preprocess(level["flags"])
-            if text and text != previous:
+            if not text:
+                fallbacks.append({"step": "variant", "level": level["name"], "why": "preprocessing it failed"})
+            elif text != previous:
                 fd, tmp = tempfile.mkstemp(suffix=".bc", dir=os.path.join(self.store, "tmp"))
                 os.close(fd)
                 rc = subprocess.call([*self.real, *pp_flags, *level["flags"], *xl, "-c", "-emit-llvm", "-w",
                                       "-Xclang", "-disable-llvm-optzns", src, "-o", tmp])
-                if rc == 0 and (not halves or self.simplify(tmp, halves)) \
-                        and (not untargeted or self.untarget(tmp, [*bc_flags, *level["flags"]])):  # as the unit itself
-                    variants.append({"level": level["name"], "bc": self.store_bitcode(tmp, move=True)})
-                else:
+                why = f"its compile exited {rc}" if rc else None
+                if not why and halves:
+                    why = self.simplify(tmp, halves)
+                if not why and untargeted:  # as the unit itself
+                    why = self.untarget(tmp, [*bc_flags, *level["flags"]])
+                if why:
+                    fallbacks.append({"step": "variant", "level": level["name"], "why": why})
                     os.unlink(tmp)
+                else:
+                    variants.append({"level": level["name"], "bc": self.store_bitcode(tmp, move=True)})
             previous = text or previous
         return variants, self.macros_tested(src, pp_flags, xl)
 
@@ -427,8 +498,14 @@ class Capture:
         out = parsed["output"] or "a.out"
         try:
             self.record_link(link_args, out)
-        except Exception as e:  # never fail the user's build because of bookkeeping
-            self.emit({"event": "error", "what": f"recording link of {out}: {e!r}"})
+        except Exception as e:  # never fail the user's build because of bookkeeping: the capture
+            outp = os.path.abspath(out)  # fails instead, if a declared output needs this link
+            try:
+                sha = sha256_file(outp)
+            except OSError:
+                sha = None
+            self.emit({"event": "error", "step": "link", "output": self.rel(outp) or outp, "sha": sha,
+                       "what": f"recording the link of {out}: {e!r}"})
         return 0
 
     def record_link(self, args: list[str], out: str) -> None:
@@ -469,7 +546,7 @@ class Capture:
                 a, i = "-l" + nxt, i + 1
             if a.startswith("-l"):
                 found = self.find_lib(a[2:], lib_dirs, static)
-                items.append(self.input_item(found) if found else a)
+                items.append(self.input_item(found) if found else {"given": a, "as": "system-library"})
                 i += 1; continue
             if a == "-Xlinker" and nxt is not None:
                 a, i = "-Wl," + nxt, i + 1
@@ -548,23 +625,25 @@ class Capture:
         return sha
 
     def input_item(self, path: str):
-        if not os.path.exists(path):
-            return path
+        """A link input as a plan item; one left as it was given is ``{"given": path, "as": why}``,
+        for the plan to record (a system library) or refuse (a linker script)."""
+        if not os.path.isfile(path):
+            return {"given": path, "as": "not-a-file"}  # an option's value the wrapper does not know?
         with open(path, "rb") as f:
             magic = f.read(8)
         if magic in (b"!<arch>\n", b"!<thin>\n"):
-            if self.rel(path) is None:
-                return path  # a system archive: linked from the system at bake time too
+            if self.rel(path) is None:  # a system archive: linked from the system at bake time too
+                return {"given": path, "as": "system-library"}
             return {"archive": os.path.basename(path), "members": [self.member_item(n, data) for n, data in read_archive(path)]}
         if magic[:4] == b"\x7fELF":
             with open(path, "rb") as f:
                 etype = int.from_bytes(f.read(18)[16:18], "little")
             if etype == 3:  # ET_DYN: a shared library
                 if self.rel(path) is None:
-                    return path
+                    return {"given": path, "as": "system-library"}
                 return {"shared": sha256_file(path), "path": self.rel(path)}
             return self.object_item(path)
-        return path  # linker scripts and the like, left as they were
+        return {"given": path, "as": "not-elf"}  # a linker script, or text: the bake cannot link it
 
     def object_item(self, path: str):
         sha = sha256_file(path)

@@ -15,6 +15,8 @@ from bakery.plan.model import (  # noqa: F401
     App,
     Archive,
     BundleFile,
+    Decision,
+    Dropped,
     FileRef,
     Flag,
     Link,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import os
@@ -87,23 +88,62 @@ def assemble(recipe, toolchain, events: list[dict], *, root: Path, outdir: Path,
         "links": plan_links,
         "capture": {"bakery": __version__, "levels": list(levels),
                     "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    "dropped": a.dropped, "translation_units": sum(1 for e in events if e.get("event") == "compile")},
+                    "dropped": a.dropped, "translation_units": sum(1 for e in events if e.get("event") == "compile"),
+                    "probes": dict(sorted(a.probes.items())), "decisions": list(a.decisions.values())},
     }
+
+
+# What a module's fallback (the wrapper's record of it) means for the bake.
+_FALLBACK = {
+    "simplify": "the capture's half of its pipeline failed ({why}): the bake runs all of it",
+    "untarget": "its baseline target attributes stayed in ({why}): the bake rewrites them",
+    "detect": "{why}: its generic capture is baked for every target",
+    "variant": "no {level} capture ({why}): bakes for {level} take the next lower one",
+}
+# Why a native object linked into an output is not bitcode, by the wrapper's event that made it.
+_NATIVE = {
+    "assembly": "assembly",
+    "language": "{lang}, which is not in capture.languages",
+    "stdin": "compiled from standard input, which bakery does not capture",
+    "no-source": "compiled from no C, C++, Fortran or assembly source (IR?)",
+}
+_OUTSIDE = ("not compiled through bakery's wrappers (prebuilt, compiled by a compiler called by its full path, "
+            "or changed after its compile by objcopy or strip)")
 
 
 class _Assembly:
     """The steps of ``assemble``: the links the declared outputs need (dependencies first), their
-    items converted to plan items, the refused flags dropped with a note, the files copied."""
+    items converted to plan items, the refused flags dropped with a note, what was linked as it
+    was recorded as a decision, the files copied."""
 
     def __init__(self, events: list[dict], root: Path):
         self.root = root
-        links = [e for e in events if e.get("event") == "link"]
-        self.by_output = {e["output"]: e for e in links}      # the last link of a path wins
-        self.by_sha = {e["sha"]: e for e in links}
+        self.by_output: dict[str, dict] = {}                  # the last link of a path wins
+        self.by_sha: dict[str, dict] = {}
         self.compiles: dict[str, dict] = {}
+        self.natives: dict[str, dict] = {}                    # object sha -> the call run as it was
+        self.untouched: dict[str, dict] = {}                  # what such a call made, by path
+        self.assembled: dict[str, str] = {}                   # assembly made with -S -> its source
+        self.probes: collections.Counter[str] = collections.Counter()
         for e in events:
-            if e.get("event") == "compile":
+            kind = e.get("event")
+            if kind == "link" or (kind == "error" and e.get("step") == "link"):  # a failed recording too
+                self.by_output[e["output"]] = e
+                if e.get("sha"):
+                    self.by_sha[e["sha"]] = e
+            elif kind == "compile":
                 self.compiles.setdefault(e["bc"], e)
+            elif kind in ("native", "probe"):
+                if e.get("obj"):
+                    self.natives.setdefault(e["obj"], e)
+                if e.get("out"):
+                    self.untouched[e["out"]] = e
+                if kind == "probe":
+                    self.probes[e.get("kind", "other")] += 1
+                elif e.get("why") == "assembly-output" and e.get("out"):
+                    self.assembled[e["out"]] = e.get("src", "?")
+        self.decisions: dict[tuple, dict] = {}                # (kind, subject) -> decision
+        self.current = ""                                     # the output whose link is converted
         self.chosen: dict[str, dict] = {}                     # output path -> link event, deps first
         self.names: dict[str, dict[str, str]] = {}            # output path -> {declared name: as declared}
         self.ids: dict[str, str] = {}
@@ -127,10 +167,17 @@ class _Assembly:
             if cand in self.by_output:                        # libtool's wrapper script
                 return self.by_output[cand], False
         seen = ", ".join(sorted(self.by_output)) or "none"
-        raise BakeryError(f"output {rel!r} was not produced by a link the capture saw", f"links seen: {seen}")
+        made = self.untouched.get(rel)
+        how = f"it was made by a call bakery ran as it was ({made.get('kind') or made.get('why')} " \
+              f"{'probe' if made['event'] == 'probe' else 'compile'}); " if made else ""
+        raise BakeryError(f"output {rel!r} was not produced by a link the capture saw", f"{how}links seen: {seen}")
 
     def visit(self, ev: dict, stack: tuple = ()) -> str:
         out = ev["output"]
+        if ev["event"] == "error":
+            raise BakeryError(f"the link of {out} could not be recorded: {ev.get('what', '?')}",
+                              "the build linked it, but bakery's wrapper failed to resolve its inputs "
+                              "(the kept work tree's store/events.jsonl has the event)")
         if out in self.ids:
             return self.ids[out]
         if out in stack:
@@ -158,14 +205,59 @@ class _Assembly:
                 self.names.setdefault(ev["output"], {})[os.path.basename(os.path.normpath(rel))] = rel
         return declared
 
+    def decide(self, kind: str, what: str, why: str, obj: str | None = None) -> None:
+        """A decision of the capture, once per subject, with every output link that takes it."""
+        d = self.decisions.setdefault((kind, obj or what, why), {"kind": kind, "what": what, "why": why, "links": []})
+        if obj:
+            d["object"] = obj
+        if self.current not in d["links"]:
+            d["links"].append(self.current)
+
+    def native_why(self, sha: str, name: str) -> tuple[str, str]:
+        """What to call a native object, and why it is not bitcode."""
+        e = self.natives.get(sha)
+        if e is not None and e["event"] == "probe":
+            return name, f"made by a {e.get('kind')} probe, which bakery runs as it is"
+        if e is not None:
+            src = e.get("src") or name
+            if e.get("why") == "assembly" and src in self.assembled:
+                return src, f"assembly made with -S from {self.assembled[src]}, then assembled"
+            return src, _NATIVE.get(e.get("why", ""), "{why}").format(lang=e.get("lang", "?"), why=e.get("why"))
+        made = self.by_sha.get(sha)
+        if made is not None and made["event"] == "link":
+            return made["output"], "the output of a link of its own (-r?), whose inputs are not linked as bitcode"
+        return name or sha[:12], _OUTSIDE
+
+    def given(self, a: dict) -> str:
+        """A link input left as the build gave it (a system library, a linker script, no file):
+        recorded, or an error where a bake would link without it or refuse it."""
+        text, kind, out = a["given"], a.get("as"), self.current
+        why = link_flag_problem(text)
+        if kind == "not-elf":
+            raise BakeryError(f"{out}: link input {text!r} is neither an object, an archive nor a shared library "
+                              "(a linker script?): a bake cannot link it",
+                              "link what it names (the library itself, or -lNAME) instead")
+        if kind == "system-library":
+            if why:
+                raise BakeryError(f"{out}: library {text!r} would be dropped ({why}): a bake would link without it",
+                                  "link it from a system library directory (/usr/lib, /usr/local/lib, /opt), "
+                                  "or build it in the tree")
+            self.decide("system-library", text, "not built in the tree: the bake links the system's")
+        return text  # not a file when linked (an option's value?): kept, or dropped with a note
+
     def convert(self, a):
         if isinstance(a, str):
             return a
         if "module" in a:
             sha = a["module"]
-            c = self.compiles.get(sha, {})
+            c = self.compiles.get(sha)
+            if c is None:
+                raise BakeryError(f"{self.current} links bitcode {sha[:12]} that no compile of this capture made")
             m = self.modules[sha] = {"path": f"bitcode/{sha}.bc", "sha256": sha, "source": c.get("src", "?"),
                                      "lang": c.get("lang", "c"), "flags": c.get("flags", ["-O2"])}
+            for f in c.get("fallbacks", ()):
+                self.decide("fallback", m["source"], _FALLBACK.get(f.get("step"), "{step}: {why}").format(
+                    step=f.get("step"), why=f.get("why", "?"), level=f.get("level", "?")))
             if c.get("stage"):
                 m["stage"] = c["stage"]
             if c.get("untargeted"):
@@ -178,6 +270,8 @@ class _Assembly:
         if "object" in a:
             self.objects[a["object"]] = {"path": f"objects/{a['object']}.o", "sha256": a["object"],
                                          "name": a.get("name", "")}
+            what, why = self.native_why(a["object"], a.get("name", ""))
+            self.decide("native-object", what, why, obj=a["object"])
             return {"object": a["object"]}
         if "archive" in a:
             return {"archive": a["archive"], "members": [self.convert(m) for m in a["members"]]}
@@ -192,7 +286,10 @@ class _Assembly:
         plan_links: list[dict] = []
         for out, ev in self.chosen.items():
             args = []
+            self.current = out
             for a in merge_split_options(ev["args"]):
+                if isinstance(a, dict) and "given" in a:
+                    a = self.given(a)
                 why = link_flag_problem(a) if isinstance(a, str) else _file_item_problem(a) if "file" in a else None
                 if why:
                     self.dropped.append({"link": out, "flag": a if isinstance(a, str) else "-Wl," + ",".join(a["wl"]),

@@ -265,6 +265,44 @@ class RecipeInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Decision:
+    """What the capture took as the build gave it, or fell back on, for the outputs it names
+    (``capture.decisions``): a ``native-object`` linked as it was (``what`` its source or name,
+    ``object`` its digest), a ``system-library`` the bake links from its system, a module's
+    ``fallback`` (the bake still works, slower)."""
+    kind: str
+    what: str
+    why: str
+    links: tuple[str, ...] = ()     # the link outputs it goes into
+    object: str | None = None
+
+    @classmethod
+    def from_json(cls, d: Json) -> Decision:
+        return cls(kind=d["kind"], what=d["what"], why=d["why"], links=tuple(d["links"]), object=d.get("object"))
+
+    def to_json(self) -> Json:
+        return {"kind": self.kind, "what": self.what, "why": self.why, "links": list(self.links)} \
+            | ({"object": self.object} if self.object else {})
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dropped:
+    """A flag the capture left out of the plan (``capture.dropped``), of a link or a module."""
+    flag: str
+    why: str
+    link: str | None = None
+    module: str | None = None
+
+    @classmethod
+    def from_json(cls, d: Json) -> Dropped:
+        return cls(flag=d["flag"], why=d["why"], link=d.get("link"), module=d.get("module"))
+
+    def to_json(self) -> Json:
+        doc: Json = {"flag": self.flag, "why": self.why}
+        return doc | {k: v for k, v in (("link", self.link), ("module", self.module)) if v is not None}
+
+
+@dataclass(frozen=True, kw_only=True)
 class Plan:
     app: App
     recipe: RecipeInfo
@@ -275,6 +313,20 @@ class Plan:
     files: Mapping[str, BundleFile]      # by sha256
     links: tuple[Link, ...]              # each after the links it uses
     capture: Mapping[str, Any] | None = None   # what the capture noted (free-form, read by no bake)
+
+    # The capture's notes the schema types (plans of older captures lack some: empty).
+    @property
+    def decisions(self) -> tuple[Decision, ...]:
+        return tuple(Decision.from_json(d) for d in (self.capture or {}).get("decisions", ()))
+
+    @property
+    def dropped(self) -> tuple[Dropped, ...]:
+        return tuple(Dropped.from_json(d) for d in (self.capture or {}).get("dropped", ()))
+
+    @property
+    def probes(self) -> Mapping[str, int]:
+        """How many probes (configure checks, CMake try_compile, ...) the build ran, by kind."""
+        return MappingProxyType(dict((self.capture or {}).get("probes", {})))
 
     def installs(self) -> list[tuple[str, Link]]:
         """Every file a bake writes, as (install name, the link that makes it), in the plan's

@@ -233,3 +233,85 @@ def test_mpi_program_built_with_mpicc_is_captured_and_runs_on_two_ranks(tmp_path
     outs = [subprocess.run([*mpirun, d / "ring"], capture_output=True, text=True, env=env, timeout=120).stdout
             for d in (tmp_path / "bin", tmp_path / "ref")]
     assert outs[0] == outs[1] and outs[0].startswith("ranks 2 total "), outs
+
+
+def test_what_the_capture_takes_as_the_build_made_it_is_recorded(tmp_path, toolchain):
+    """The audit of silent fallbacks (docs/capture.md): an assembly unit, a unit compiled to assembly
+    with -S and then assembled, a unit compiled by the real compiler called by its full path, a
+    system library and a configure script's probes each leave a decision in the plan, named by the
+    output they go into; the bake links them as the build did."""
+    if toolchain.family != "x86_64":
+        pytest.skip("the assembly unit is x86-64")
+    recipe = _project(tmp_path, "audit", {
+        "configure": """\
+            #!/bin/sh
+            set -e
+            echo 'int main(void) { return 0; }' > probe.c
+            $CC -c probe.c -o probe.o
+            $CC -o probe probe.o
+            rm -f probe probe.c probe.o
+            echo 'OK=yes' > config.mk
+            """,
+        "main.c": """\
+            #include <math.h>
+            #include <stdio.h>
+            int add_asm(int, int);
+            int ext_value(void);
+            int gen_value(void);
+            int main(int argc, char **argv) {
+                (void)argv;
+                double r = sqrt((double)(argc + 80));
+                printf("%d %d %d %.3f\\n", add_asm(40, 2), ext_value(), gen_value(), r);
+                return 0;
+            }
+            """,
+        "add.S": """\
+            .text
+            .globl add_asm
+            .type add_asm,@function
+            add_asm:
+                leal (%rdi,%rsi), %eax
+                ret
+            .section .note.GNU-stack,"",@progbits
+            """,
+        "ext.c": "int ext_value(void) { return 7; }\n",
+        "gen.c": "int gen_value(void) { return 9; }\n",
+        "Makefile": """\
+            include config.mk
+            prog: main.o add.o ext.o gen.o
+            \t$(CC) -O2 -o prog main.o add.o ext.o gen.o -lm
+            main.o: main.c
+            \t$(CC) -O2 -c main.c -o main.o
+            add.o: add.S
+            \t$(CC) -c add.S -o add.o
+            ext.o: ext.c
+            \t$(REALCC) -O2 -c ext.c -o ext.o
+            gen.s: gen.c
+            \t$(CC) -O2 -S gen.c -o gen.s
+            gen.o: gen.s
+            \t$(CC) -c gen.s -o gen.o
+            """.replace("\\t", "\t"),
+    }, f"""\
+        build:
+          system: script
+          script: ["./configure", "make prog CC=$CC REALCC={toolchain.clang}"]
+        outputs: [prog]
+        """)
+    (tmp_path / "src" / "configure").chmod(0o755)
+    plan = capturemod.capture(recipe, tmp_path / "bundle", toolchain)
+    assert plan["capture"]["probes"] == {"configure": 2}, plan["capture"]["probes"]
+    assert [m["source"] for m in plan["modules"].values()] == ["main.c"], plan["modules"]
+    got = {(d["kind"], d["what"]): d for d in plan["capture"]["decisions"]}
+    assert set(got) == {("native-object", "add.S"), ("native-object", "gen.s"), ("native-object", "ext.o"),
+                        ("system-library", "-lm")}, plan["capture"]["decisions"]
+    assert all(d["links"] == ["prog"] for d in got.values()), plan["capture"]["decisions"]
+    assert got["native-object", "add.S"]["why"] == "assembly"
+    assert got["native-object", "gen.s"]["why"].startswith("assembly made with -S from gen.c")
+    assert got["native-object", "ext.o"]["why"].startswith("not compiled through bakery's wrappers")
+    assert {d["object"] for d in got.values() if "object" in d} == set(plan["objects"])
+    # what inspect and the capture summary read: the typed plan of the bundle
+    typed = planmod.load(tmp_path / "bundle")
+    assert {(d.kind, d.what) for d in typed.decisions} == set(got) and dict(typed.probes) == {"configure": 2}
+    out = subprocess.run([_bake(tmp_path, toolchain, "x86_64_v3") / "prog"], capture_output=True, text=True,
+                         check=True).stdout
+    assert out == "42 7 9 9.000\n", out
