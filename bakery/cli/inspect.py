@@ -4,7 +4,9 @@ import json
 from typing import Any
 
 from bakery import oci
+from bakery import plan as planmod
 from bakery.cli import common
+from bakery.cli.capture import decision_lines
 from bakery.images import registry as registrymod
 
 
@@ -36,6 +38,7 @@ def run(args) -> int:
         "outputs": [name for name, _ in plan.installs()], "referrers": referrers,
         "target_sensitive": {m.label: {"levels": [v.level for v in m.variants], "macros": list(m.macros)}
                              for m in plan.modules.values() if m.variants},
+        **capture_notes(plan),
     }
     if args.json:
         print(json.dumps(info, indent=1))
@@ -48,6 +51,19 @@ def run(args) -> int:
     for source, info_ in info["target_sensitive"].items():
         print(f"  sensitive: {source}: captured for {', '.join(info_['levels'])} "
               f"(tests {', '.join(info_['macros']) or 'feature macros'})")
+    for line in capture_text(plan):
+        print(line)
     for r in referrers:
         print(f"  referrer:  {r['digest']} {r.get('artifactType', '')}")
     return 0
+
+
+def capture_notes(plan: planmod.Plan) -> dict[str, Any]:
+    """What the capture took as the build made it, for --json (a plan of an older capture: empty)."""
+    return {"probes": dict(plan.probes), "decisions": [d.to_json() for d in plan.decisions],
+            "dropped": [d.to_json() for d in plan.dropped]}
+
+
+def capture_text(plan: planmod.Plan) -> list[str]:
+    """The same as lines of the summary, headings aligned with the others."""
+    return [f"  {(heading + ':') if heading else '':<10} {text}" for heading, text in decision_lines(plan)]

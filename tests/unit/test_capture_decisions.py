@@ -278,3 +278,24 @@ def test_a_probe_names_the_object_it_made(capture):
     assert capture.main(["-c", "conftest.c", "-o", "conftest.o"]) == 0
     assert _events(capture) == [{"event": "probe", "kind": "conftest", "out": "conftest.o", "obj": _sha_file("conftest.o")}]
 
+
+def test_the_summary_says_each_kind_once_and_the_ones_worth_reading(cap):
+    from bakery.cli.capture import decision_lines
+    from bakery.cli.inspect import capture_notes, capture_text
+
+    cap.events += [{"event": "probe", "kind": "conftest"}] * 2
+    cap.link("prog", [cap.compile("main.c", fallbacks=[{"step": "simplify", "why": "opt exited 1"}]),
+                      cap.native("add.o", {"event": "native", "why": "assembly", "lang": "asm", "src": "add.s"}),
+                      cap.native("ext.o"), {"given": "-lm", "as": "system-library"}, "-I."])
+    cap.assemble()
+    plan = planmod.load(cap.bundle)
+    lines = decision_lines(plan)
+    assert [h for h, _ in lines] == ["probes", "native", "", "", "libraries", "fallback", "", "dropped"]
+    text = "\n".join(t for _, t in lines)
+    assert "2 run as they were, not captured (conftest 2)" in text and "add.s (prog): assembly" in text
+    assert "ext.o (prog): not compiled through bakery's wrappers" in text and "1 from the system" in text
+    assert "main.c: the capture's half of its pipeline failed (opt exited 1)" in text
+    assert capture_text(plan)[0] == "  probes:    2 run as they were, not captured (conftest 2)"
+    notes = capture_notes(plan)
+    assert notes["probes"] == {"conftest": 2} and len(notes["decisions"]) == 4 and notes["dropped"][0]["flag"] == "-I."
+    json.dumps(notes)  # inspect --json prints it
