@@ -6,6 +6,7 @@ import collections
 import datetime
 import json
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -233,9 +234,11 @@ class _Assembly:
         recorded, or an error where a bake would link without it or refuse it."""
         text, kind, out = a["given"], a.get("as"), self.current
         why = link_flag_problem(text)
-        if kind == "not-elf":
+        if kind == "not-elf":  # the bake refuses a linker script by path (trust.system_input): lld reads what it names
+            lib = re.fullmatch(r"lib([A-Za-z0-9_][A-Za-z0-9_.+-]*)\.(so|a)", os.path.basename(text))
             raise BakeryError(f"{out}: link input {text!r} is neither an object, an archive nor a shared library "
                               "(a linker script?): a bake cannot link it",
+                              f"link it as -l{lib.group(1)} (as the build's compiler would find it)" if lib else
                               "link what it names (the library itself, or -lNAME) instead")
         if kind == "system-library":
             if why:

@@ -299,3 +299,11 @@ def test_the_summary_says_each_kind_once_and_the_ones_worth_reading(cap):
     notes = capture_notes(plan)
     assert notes["probes"] == {"conftest": 2} and len(notes["decisions"]) == 4 and notes["dropped"][0]["flag"] == "-I."
     json.dumps(notes)  # inspect --json prints it
+
+
+def test_a_system_linker_script_by_path_fails_the_capture_with_the_library_to_link_instead(cap):
+    """Debian's libm.so is a linker script: CMake's find_library gives its path, which every bake refuses."""
+    cap.link("prog", [cap.compile("main.c"), {"given": "/usr/lib/x86_64-linux-gnu/libm.so", "as": "not-elf"}])
+    with pytest.raises(BakeryError, match="a linker script") as e:
+        cap.assemble()
+    assert e.value.hint == "link it as -lm (as the build's compiler would find it)"
