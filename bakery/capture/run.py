@@ -254,7 +254,8 @@ def _split_config(recipe, toolchain: Toolchain, mode: str) -> dict | None:
     if mode != "capture" or not recipe.capture_simplify:
         return None
     levels = {lvl: h.to_json() for lvl in passes.LEVELS if (h := passes.halves(toolchain, lvl)) is not None}
-    return {"opt": toolchain.tool("opt"), "levels": levels} if levels else None
+    return {"opt": toolchain.tool("opt"), "levels": levels, "min_bytes": recipe.capture_simplify_min_bytes} \
+        if levels else None
 
 
 def _flang_or_none(toolchain: Toolchain, recipe) -> str | None:

@@ -264,7 +264,7 @@ class Capture:
             return rc
         recorded = bake_flags(flags, self.cfg.get("opt", "-O2"))
         # 2. the target-independent half of -O2/-O3, once, here (bakery.passes)
-        halves = self.halves(recorded, flags) if lang != "fortran" else None
+        halves = self.halves(recorded, flags, os.path.getsize(out)) if lang != "fortran" else None
         if halves and (why := self.simplify(out, halves)):
             fallbacks.append({"step": "simplify", "why": why})
             halves = None
@@ -302,9 +302,13 @@ class Capture:
         self.emit({"event": "compile", "obj": obj_sha, **record, "out": self.rel(out) or os.path.abspath(out)})
         return 0
 
-    def halves(self, recorded: list[str], flags: list[str]) -> dict | None:
-        """The capture's and the bake's halves of this unit's pipeline, or None (not split)."""
+    def halves(self, recorded: list[str], flags: list[str], size: int) -> dict | None:
+        """The capture's and the bake's halves of this unit's pipeline, or None (not split: also
+        a unit whose pre-optimization bitcode has fewer than the recipe's simplify_min_bytes,
+        for which an opt process at each bake costs more than the half it saves)."""
         split = self.cfg.get("split") or {}
+        if size < split.get("min_bytes", 0):
+            return None
         level = split_level([*recorded, *(f for f in flags if f in PIPELINE_FLAGS)])
         return split.get("levels", {}).get(level) if level else None
 

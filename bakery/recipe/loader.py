@@ -85,6 +85,7 @@ class Recipe:
     capture_detect: bool
     capture_strict_c: bool
     capture_simplify: bool
+    capture_simplify_min_bytes: int
     capture_levels: list[str]
     entrypoint: list[str]
     test: list[str]
@@ -522,6 +523,7 @@ def _build_recipe(d: dict, path: Path, raw: bytes) -> Recipe:
         capture_detect=d["capture"]["detect"],
         capture_strict_c=d["capture"]["strict_c"],
         capture_simplify=d["capture"]["simplify"],
+        capture_simplify_min_bytes=d["capture"]["simplify_min_bytes"],
         capture_levels=d["capture"]["levels"],
         entrypoint=d["entrypoint"],
         test=d["test"],

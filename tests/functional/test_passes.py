@@ -72,8 +72,11 @@ def _capture(tmp_path, toolchain, extra=""):
     return {m["source"]: m for m in plan["modules"].values()}
 
 
+SPLIT_ALL = "        capture:\n          simplify_min_bytes: 0\n"
+
+
 def test_capture_simplifies_and_the_bake_runs_the_rest(tmp_path, toolchain):
-    modules = _capture(tmp_path, toolchain)
+    modules = _capture(tmp_path, toolchain, SPLIT_ALL)
     assert modules["main.c"]["stage"] == "simplified" and modules["dot.c"]["stage"] == "simplified"
     assert "stage" not in modules["nov.c"], "-fno-vectorize is another pipeline: not split"
     target = targetmod.resolve("x86_64_v3", compiler_version=toolchain.version, family=toolchain.family)
@@ -93,3 +96,13 @@ def test_capture_simplifies_and_the_bake_runs_the_rest(tmp_path, toolchain):
 def test_simplify_false_keeps_pre_optimization_ir(tmp_path, toolchain):
     modules = _capture(tmp_path, toolchain, "        capture:\n          simplify: false\n")
     assert all("stage" not in m for m in modules.values())
+
+
+def test_small_units_keep_pre_optimization_ir(tmp_path, toolchain):
+    """By default a unit whose pre-optimization bitcode is under simplify_min_bytes (32 KiB) is
+    not split: an opt process at each bake would cost it more than the half it saves. A larger
+    threshold than every unit here: none split; 0 (above): all that can be."""
+    modules = _capture(tmp_path, toolchain)
+    assert all("stage" not in m for m in modules.values()), modules
+    sizes = [(tmp_path / "bundle" / m["path"]).stat().st_size for m in modules.values()]
+    assert max(sizes) < 32768, sizes

@@ -40,10 +40,13 @@ REST = """\
     """
 
 
-@pytest.fixture
-def bundle(tmp_path: Path) -> Path:
+@pytest.fixture(params=["split", "whole"])
+def bundle(tmp_path: Path, request) -> Path:
+    """Both bake paths: a unit split between capture and bake (the profile's passes go at the head
+    of the bake's half), and a small unit kept whole (clang -fprofile-use on the whole pipeline)."""
     (tmp_path / "p").mkdir()
-    recipe = write_project(tmp_path / "p", "classify", FILES, REST)
+    split = "    capture:\n      simplify_min_bytes: 0\n" if request.param == "split" else ""
+    recipe = write_project(tmp_path / "p", "classify", FILES, REST.rstrip(" ") + split)
     assert main(["-q", "capture", str(recipe), "-o", str(tmp_path / "b")]) == 0
     return tmp_path / "b"
 

@@ -47,7 +47,8 @@ def test_valid_recipe_gets_defaults(tmp_path):
     assert (r.runtime_base, r.runtime_packages) == ("debian:bookworm-slim", [])
     assert (r.capture_opt, r.capture_languages) == ("O2", ["c", "c++"])
     assert (r.entrypoint, r.test, r.bench) == ([], [], None)
-    assert r.data["capture"] == {"opt": "O2", "languages": ["c", "c++"], "detect": True, "levels": [], "simplify": True, "strict_c": False}
+    assert r.data["capture"] == {"opt": "O2", "languages": ["c", "c++"], "detect": True, "levels": [], "simplify": True, "simplify_min_bytes": 32768,
+                                 "strict_c": False}
     assert r.data["sources"][0]["dest"] == "."
 
 
