@@ -47,6 +47,7 @@ class BakeImageResult:
     seconds: float
     layers: int = 0
     outputs: list[str] = field(default_factory=list)
+    profile_tag: str | None = None  # the node tag's second name when baked with a profile (profile_tag)
 
     def to_json(self) -> dict:
         return self.__dict__.copy()
@@ -310,8 +311,9 @@ def bake(text: str, engine: ContainerEngine | None, registry: str, target_name: 
             return _write_outputs(job, staged, output)
         config = _node_config(job, tool_id)
         if engine is None:
-            return _push_through_registry(job, staged, base_image, config)
-        return _commit(job, engine, image, base_image, work / "stage", config, push=push)
+            return _mark_profile(job, _push_through_registry(job, staged, base_image, config))
+        result = _commit(job, engine, image, base_image, work / "stage", config, push=push)
+        return _mark_profile(job, result) if push else result
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -349,9 +351,31 @@ def _existing(job: _Job) -> BakeImageResult | None:
     if made_from in (None, job.digest):
         log.info(f"bake: {job.node} exists, reusing it")
         _ensure_compat(job, existing)
-        return job.result(f"{job.node}@{existing}", existing, reused=True)
+        return _mark_profile(job, job.result(f"{job.node}@{existing}", existing, reused=True))
     log.info(f"bake: {job.node} was baked from another IR ({str(made_from)[:19]}…): baking it again")
     return None
+
+
+def profile_tag(tag: str, profile_digest: str) -> str:
+    """The second name of a node tag baked with a profile: ``1.0-zen4-pgo-<12 hex of the
+    profile's digest>``. The launcher, serve and runtimes find the bake by its node tag, which
+    stays the same; this name says, in any tag list, which bakes are profile-guided and with
+    which profile."""
+    name = f"{tag}-pgo-{profile_digest.removeprefix('sha256:')[:12]}"
+    if not oci.valid_tag(name):
+        raise BakeryError(f"{name!r} is not a valid tag (too long?)", "use a shorter tag for the IR image")
+    return name
+
+
+def _mark_profile(job: _Job, result: BakeImageResult) -> BakeImageResult:
+    """A bake with a profile is tagged under its marked name too (the same manifest)."""
+    if job.profile:
+        data, media_type, _ = job.reg.get_manifest(job.ref.repository, result.digest)
+        marked = profile_tag(job.tag, job.profile)
+        job.reg.put_manifest(job.ref.repository, marked, data, media_type)
+        result.profile_tag = str(job.ref.with_tag(marked))
+        log.info(f"bake: profile-guided, also tagged {result.profile_tag}")
+    return result
 
 
 def _compile(job: _Job, engine: ContainerEngine | None, work: Path) -> tuple[str, str]:

@@ -42,8 +42,12 @@ def test_a_profile_trained_on_an_image_is_attached_and_node_bakes_use_it(own_pi,
     assert not pgo.reused and pgo.digest != plain.digest
     ann = json.loads(reg.get_manifest("pi", pgo.digest)[0])["annotations"]
     assert ann["dev.bakery.profile.digest"] == attached[0]["annotations"][profiles.DIGEST]
+    # the tag name marks it too: the same manifest under <node tag>-pgo-<12 hex of the profile>
+    marked = f"prof-x86_64_v2-pgo-{attached[0]['annotations'][profiles.DIGEST].removeprefix('sha256:')[:12]}"
+    assert pgo.profile_tag == f"{registry}/pi:{marked}" and plain.profile_tag is None
+    assert reg.head_manifest("pi", marked) == pgo.digest
     again = imagemod.bake(ref, engine, registry, "x86_64_v2")
-    assert again.reused and again.digest == pgo.digest
+    assert again.reused and again.digest == pgo.digest and again.profile_tag == pgo.profile_tag
 
 
 def test_the_launchers_own_bake_takes_the_images_profile(own_pi, registry, tmp_path, monkeypatch):
