@@ -120,8 +120,8 @@ def test_the_detected_target_is_remembered_per_cpu_and_request(wordstat_info, tm
     cp = _start(wordstat_info, cache, "-", stdin="x\n", BAKERY_TARGET="haswell")
     assert (cp.returncode, cp.stderr) == (0, "")  # no zen4 entry: detected again, the haswell one taken
     assert memo.read_text() == "haswell\n"
-    other = _start(wordstat_info, cache, "-", stdin="x\n", BAKERY_TARGET="broadwell")  # another request: its own
-    assert other.returncode == 0 and "for broadwell" in other.stderr
+    other = _start(wordstat_info, cache, "-", stdin="x\n", BAKERY_TARGET="ivybridge")  # another request: its own
+    assert other.returncode == 0 and "for ivybridge" in other.stderr
 
 
 def test_a_registry_that_is_baking_is_waited_for_and_said_once(tmp_path):

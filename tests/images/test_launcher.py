@@ -152,14 +152,14 @@ def test_containers_started_at_once_on_one_cache_make_one_bake(podman, wordstat,
 
 
 def test_a_node_tag_in_the_registry_is_fetched_not_baked(podman, wordstat, engine, registry, expected, tmp_path):
-    fresh(registry, "wordstat", "1.0-broadwell")
-    node = imagemod.bake(wordstat, engine, registry, "broadwell")
+    fresh(registry, "wordstat", "1.0-westmere")
+    node = imagemod.bake(wordstat, engine, registry, "westmere")
     cache = tmp_path / "cache"
     cache.mkdir()
-    cp = run(podman, wordstat, "-", cache=cache, env={"BAKERY_TARGET": "broadwell"})
+    cp = run(podman, wordstat, "-", cache=cache, env={"BAKERY_TARGET": "westmere"})
     assert (cp.returncode, cp.stderr, cp.stdout) == (0, "", expected)
     (entry,) = entries(cache)
-    assert entry["source"] == f"{registry}/wordstat:1.0-broadwell" and entry["target"] == "broadwell"
+    assert entry["source"] == f"{registry}/wordstat:1.0-westmere" and entry["target"] == "westmere"
     # the same bytes as the node tag's own binaries
     got = {name: digest for name, digest in entry["files"].items()}
     pulled = subprocess.run(["podman", "run", "--rm", "--pull=missing", "--tls-verify=false", "--entrypoint",
@@ -198,7 +198,7 @@ def test_a_bake_in_the_container_is_pushed_for_the_next_node(podman, wordstat, r
 
 
 def test_serve_bakes_once_for_many_nodes(podman, wordstat, registry, expected, tmp_path):
-    fresh(registry, "wordstat", "1.0-skylake")
+    fresh(registry, "wordstat", "1.0-nehalem")
     svc = Service(registry, tmp_path / "serve.log").start()
     try:
         n = 4
@@ -207,12 +207,12 @@ def test_serve_bakes_once_for_many_nodes(podman, wordstat, registry, expected, t
             c.mkdir()
         with ThreadPoolExecutor(n) as pool:
             runs = list(pool.map(lambda c: run(podman, wordstat, "-", cache=c, env={
-                "BAKERY_TARGET": "skylake", "BAKERY_REGISTRY": f"http://{svc.addr}"}), caches))
+                "BAKERY_TARGET": "nehalem", "BAKERY_REGISTRY": f"http://{svc.addr}"}), caches))
         assert [r.returncode for r in runs] == [0] * n, [r.stderr for r in runs] + [svc.log()]
         assert all(r.stdout == expected for r in runs)
         assert sum(len(bake_lines(r.stderr)) for r in runs) == 0
         assert len([b for b in svc.bakes() if b.get("outcome") == "succeeded"]) == 1, svc.log()
-        assert all(entries(c)[0]["source"] == f"{svc.addr}/wordstat:1.0-skylake" for c in caches)
+        assert all(entries(c)[0]["source"] == f"{svc.addr}/wordstat:1.0-nehalem" for c in caches)
     finally:
         svc.stop()
 
