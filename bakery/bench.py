@@ -51,9 +51,38 @@ def vector_registers(binary: Path, symbol: str | None) -> dict[str, int]:
     return {reg: len(re.findall(rf"%{reg}\d+", text)) for reg in ("xmm", "ymm", "zmm")}
 
 
-def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs: int = 0, workdir: Path | None = None) -> dict:
+def _train(bundle: Path, plan, toolchain, target, work: Path, bench, jobs: int):
+    """``bakery profile`` on the bundle: an instrumented bake for ``target``, the recipe's
+    bench.train run on it, the raw profiles merged next to the bundle. Returns the Profile."""
+    from bakery.bake import profile as profilemod
+
+    gen = work / "instrumented"
+    bakemod.bake(bundle, plan, toolchain, target, gen, jobs=jobs, profile=profilemod.Profile("generate"),
+                 isa_check=False)
+    raw = work / "raw-profiles"
+    raw.mkdir(exist_ok=True)
+    cp = subprocess.run([str(gen / bench.train[0]), *bench.train[1:]], input=bench.train_stdin or "", text=True,
+                        capture_output=True, env=proc.env_with({"LLVM_PROFILE_FILE": str(raw / "%p.profraw"),
+                                                                "LD_LIBRARY_PATH": str(gen)}))
+    if cp.returncode:
+        raise BakeryError(f"the training run exited {cp.returncode}: {' '.join(bench.train)}", cp.stderr[-500:])
+    raws = sorted(raw.glob("*.profraw"))
+    if not raws:
+        raise BakeryError(f"the training run wrote no profile: {' '.join(bench.train)}")
+    profilemod.save(bundle, toolchain, raws, list(bench.train), replace=True)
+    found = profilemod.find(bundle)
+    assert found is not None
+    return found
+
+
+def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs: int = 0, workdir: Path | None = None,
+        profile: bool = False) -> dict:
+    """``profile``: also a profile-guided bake for the target, trained on the recipe's bench.train."""
     if recipe.bench is None and not recipe.test:
         raise BakeryError(f"{recipe.path.name} has neither bench: nor test:", "add bench: {command: [...]}")
+    if profile and (recipe.bench is None or not recipe.bench.train):
+        raise BakeryError(f"bench --profile: {recipe.path.name} has no bench.train",
+                          "add bench: {train: {command: [...]}}, a run on other inputs than the benchmark's")
     command = recipe.bench.command if recipe.bench else recipe.test
     repeat = repeat or (recipe.bench.repeat if recipe.bench else 3)
     symbol = recipe.bench.symbol if recipe.bench else None
@@ -86,6 +115,13 @@ def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs:
         f"baked for {generic.name}": (work / "baked-generic", bakes["baked-generic"].seconds),
         f"baked for {target.name}": (work / f"baked-{target.name}", bakes[f"baked-{target.name}"].seconds),
     }
+    pgo = None
+    if profile:
+        log.info(f"bench: training run for the profile: {' '.join(recipe.bench.train)}")
+        prof = _train(bundle, plan, toolchain, target, work, recipe.bench, jobs)
+        log.info(f"bench: bake for {target.name} with the profile")
+        pgo = bakemod.bake(bundle, plan, toolchain, target, work / f"baked-{target.name}-pgo", jobs=jobs, profile=prof)
+        binaries[f"baked for {target.name}, profile-guided"] = (work / f"baked-{target.name}-pgo", pgo.seconds)
     rows, outputs = [], set()
     for label, (bindir, build_s) in binaries.items():
         log.info(f"bench: running {' '.join(command)} x{repeat}: {label}")
@@ -113,6 +149,13 @@ def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs:
         },
         "workdir": str(work),
     }
+    if pgo is not None:
+        result["profile"] = {
+            "train": recipe.bench.train, "bake_s": round(pgo.seconds, 2),
+            "bake_without_s": round(bakes[f"baked-{target.name}"].seconds, 2),
+            "functions_without_profile": (pgo.profile or {}).get("functions_without_profile"),
+            "vs_best_source_runtime": round(rows[4]["run_s"] / min(rows[0]["run_s"], rows[1]["run_s"]), 3),
+        }
     return result
 
 
@@ -149,13 +192,19 @@ def render(result: dict) -> str:
         f"   (capture took {result['capture_s']:.1f}s, once per image)",
         f"baked / from-source run time ({t['name']}): {result['baked_vs_source_runtime']:.3f}"
         "   (<= 1.00 means the bake is at least as fast)",
-        f"all four binaries print the same output: {'yes' if result['outputs_agree'] else 'NO'}",
+        f"all binaries print the same output: {'yes' if result['outputs_agree'] else 'NO'}",
     ]
     if result.get("bake_timings"):
         bt = result["bake_timings"]
         lines.append(f"where the {t['name']} bake's time went: modules {bt['wall']['modules']:.2f} s wall "
                      f"({', '.join(f'{k} {v:.2f}' for k, v in bt['phases'].items() if v)} CPU-s), "
                      f"links {bt['wall']['links']:.2f} s")
+    if result.get("profile"):
+        pr = result["profile"]
+        lines.append(f"profile-guided / best from-source run time: {pr['vs_best_source_runtime']:.3f}"
+                     f"   (trained on `{' '.join(pr['train'])}`; bake {pr['bake_s']:.2f} s with the profile, "
+                     f"{pr['bake_without_s']:.2f} s without; {pr['functions_without_profile']} functions it has no "
+                     "record of)")
     for name, ok in result["checks"].items():
         lines.append(f"check: {name}: {'ok' if ok else 'FAILED'}")
     return "\n".join(lines)

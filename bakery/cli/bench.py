@@ -19,12 +19,16 @@ def setup_parser(sub, common):
     p.add_argument("-r", "--repeat", type=int, help="runs per binary, best time is kept (default: recipe's)")
     p.add_argument("-j", "--jobs", type=int, default=0)
     p.add_argument("--workdir", type=Path, help="keep builds and bakes here")
+    p.add_argument("--profile", action="store_true",
+                   help="also bake for TARGET with a profile trained by the recipe's bench.train (another "
+                        "workload than the benchmark's), and compare it with the best from-source build")
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     return p
 
 
 def run(args) -> int:
     recipe = recipemod.load(args.recipe)
-    result = benchmod.run(recipe, toolchainmod.find(), args.target, repeat=args.repeat, jobs=args.jobs, workdir=args.workdir)
+    result = benchmod.run(recipe, toolchainmod.find(), args.target, repeat=args.repeat, jobs=args.jobs, workdir=args.workdir,
+                            profile=args.profile)
     print(json.dumps(result, indent=1) if args.json else benchmod.render(result))
     return 0 if all(result["checks"].values()) and result["outputs_agree"] else 1

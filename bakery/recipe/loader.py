@@ -63,6 +63,8 @@ class Bench:
     symbol: str | None
     stdin: str | None = None
     compare: str | None = None
+    train: list[str] | None = None        # bench.train: bakery bench --profile's training run
+    train_stdin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -382,6 +384,13 @@ def _semantic_problems(data: dict, recipe_dir: Path) -> Iterator[Problem]:
         if bench["command"][0] not in names:
             cmd_at: tuple = ("bench", "command", 0)
             yield cmd_at, cmd_at, f"{bench['command'][0]!r} is not an output (outputs: {', '.join(names)})", None
+        train = bench.get("train")
+        if train and train["command"][0] not in names:
+            tr_at: tuple = ("bench", "train", "command", 0)
+            yield tr_at, tr_at, f"{train['command'][0]!r} is not an output (outputs: {', '.join(names)})", None
+        if train and (train["command"], train.get("stdin")) == (bench["command"], bench.get("stdin")):
+            same_at: tuple = ("bench", "train")
+            yield same_at, same_at, "the training run is the benchmark itself: train on other inputs", None
         if "compare" in bench:
             try:
                 re.compile(bench["compare"])
@@ -528,6 +537,7 @@ def _build_recipe(d: dict, path: Path, raw: bytes) -> Recipe:
         entrypoint=d["entrypoint"],
         test=d["test"],
         bench=Bench(bench["command"], bench["repeat"], bench.get("symbol"), bench.get("stdin"),
-                    bench.get("compare")) if bench else None,
+                    bench.get("compare"), bench.get("train", {}).get("command"),
+                    bench.get("train", {}).get("stdin")) if bench else None,
         data=d,
     )

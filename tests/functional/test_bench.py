@@ -39,7 +39,7 @@ int main(void) {
 """
 
 
-def test_bench_runs_four_binaries_with_stdin_and_compares_the_chosen_lines(tmp_path, capsys):
+def test_bench_runs_its_binaries_with_stdin_compares_the_chosen_lines_and_trains_a_profile(tmp_path, capsys):
     recipe = write_project(tmp_path, "dot", {
         "dot.c": PROGRAM,
         "Makefile": "dot: dot.c\n\t$(CC) -O2 -ffast-math -o dot dot.c\n",
@@ -56,10 +56,19 @@ def test_bench_runs_four_binaries_with_stdin_and_compares_the_chosen_lines(tmp_p
           compare: "^dot "
           repeat: 1
           symbol: dot
+          train:
+            command: [dot]
+            stdin: "3000\\n"
         """)
-    assert main(["-q", "bench", str(recipe), "-t", "x86_64_v3", "--workdir", str(tmp_path / "w"), "--json"]) == 0
+    assert main(["-q", "bench", str(recipe), "-t", "x86_64_v3", "--workdir", str(tmp_path / "w"), "--json",
+                 "--profile"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert [r["binary"] for r in result["rows"]][2:] == ["baked for x86_64", "baked for x86_64_v3"]
+    assert [r["binary"] for r in result["rows"]][2:] == ["baked for x86_64", "baked for x86_64_v3",
+                                                         "baked for x86_64_v3, profile-guided"]
+    # --profile: trained on bench.train's input (3000), benchmarked on bench's (20000)
+    prof = result["profile"]
+    assert prof["train"] == ["dot"] and prof["functions_without_profile"] == 0 and prof["vs_best_source_runtime"] > 0
+    assert json.loads((tmp_path / "w" / "bundle.profile" / "profile.json").read_text())["runs"][0]["command"] == ["dot"]
     assert result["outputs_agree"], result
     assert all(result["checks"].values()), result["checks"]
     regs = {r["binary"]: r["registers"] for r in result["rows"]}
