@@ -80,7 +80,8 @@ def make(info: dict, target, cache: Cache, key: str, settings: Settings, say: Ca
         files = bake_here(info, target, Path(tmp), say, objects=cache.dir, profile=profile)
         cache.install(key, files, {**record, "source": "bake", **({"profile": profile.digest} if profile else {})})
     if settings.push and found is not None:
-        push(info, found[0], found[1], target, {n: cache.entry(key) / n for n in files}, say)
+        push(info, found[0], found[1], target, {n: cache.entry(key) / n for n in files}, say,
+             profile=profile.digest if profile else None)
 
 
 # -- the node tag ---------------------------------------------------------------------------------
@@ -225,9 +226,11 @@ class Progress(logging.Handler):
 
 # -- BAKERY_PUSH=1 --------------------------------------------------------------------------------
 
-def push(info: dict, ref: oci.Ref, tls: bool, target, files: dict[str, Path], say: Callable[[str], None]) -> None:
+def push(info: dict, ref: oci.Ref, tls: bool, target, files: dict[str, Path], say: Callable[[str], None], *,
+         profile: str | None = None) -> None:
     """Push the entry as the node tag, on the IR image the reference names when it still has this
-    plan. Any failure is a note: the app runs all the same."""
+    plan. Any failure is a note: the app runs all the same. ``profile``: the digest of the profile
+    it was baked with, annotated as node bakes annotate it, and the tag's profile-marked name."""
     from bakery import compat
     from bakery.images import direct
     from bakery.images import node as nodemod
@@ -239,10 +242,15 @@ def push(info: dict, ref: oci.Ref, tls: bool, target, files: dict[str, Path], sa
             say(f"not pushing the node tag: {ref} is now another IR image")
             return
         config = nodemod.node_config(ref, digest, plan, plan_bytes, target, f"the IR image {digest}")
+        if profile:
+            config.annotations[f"{nodemod.ANN}.profile.digest"] = profile
         tag = nodemod.tag_for(ref.tag or info["version"], target.name)
         pushed = direct.push_node(reg, ref.repository, ref.repository, digest, [files[n] for n in sorted(files)],
                                   tag, bindir="/" + BIN, entrypoint=config.entrypoint,
                                   annotations=config.annotations, labels=config.labels)
+        if profile:
+            data, media_type, _ = reg.get_manifest(ref.repository, pushed)
+            reg.put_manifest(ref.repository, nodemod.profile_tag(tag, profile), data, media_type)
         say(f"pushed {ref.registry}/{ref.repository}:{tag} for the next node of this CPU type")
     except (BakeryError, OSError) as e:
         say(f"the node tag was not pushed: {_one_line(e)}")

@@ -66,6 +66,7 @@ def test_the_launchers_own_bake_takes_the_images_profile(own_pi, registry, tmp_p
     info = install.info(tmp_path / "bundle", ref, "linux/amd64", ["linux/amd64"])
     info["bundle"] = str(tmp_path / "bundle")
     monkeypatch.delenv("BAKERY_REGISTRY", raising=False)
+    monkeypatch.setenv("BAKERY_PUSH", "1")  # and pushed for the next node, saying which profile
     said: list[str] = []
     target = targetmod.resolve("x86_64_v3", compiler_version=info["compiler"], family=info["family"])
     cache = Cache(tmp_path / "cache")
@@ -74,6 +75,11 @@ def test_the_launchers_own_bake_takes_the_images_profile(own_pi, registry, tmp_p
     record = cache.check(key, info["plan"], "x86_64_v3")
     assert record and record["source"] == "bake" and record["profile"].startswith("sha256:"), said
     assert any("with the profile attached to the image" in line for line in said)
+    pushed = reg.head_manifest("pi", "prof-x86_64_v3")
+    assert pushed, said
+    ann = json.loads(reg.get_manifest("pi", pushed)[0])["annotations"]
+    assert ann["dev.bakery.profile.digest"] == record["profile"]
+    assert reg.head_manifest("pi", f"prof-x86_64_v3-pgo-{record['profile'].removeprefix('sha256:')[:12]}") == pushed
 
 
 def test_a_profile_of_another_ir_is_not_used(own_pi, registry, tmp_path):
