@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 LLVM="${BAKERY_LLVM_VERSION:-16}"
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 
-PKGS=(clang-$LLVM llvm-$LLVM lld-$LLVM flang-$LLVM libomp-$LLVM-dev libclang-rt-$LLVM-dev make cmake meson ninja-build autoconf automake libtool binutils git zstd libopenmpi-dev openmpi-bin
+PKGS=(clang-$LLVM llvm-$LLVM lld-$LLVM flang-$LLVM libomp-$LLVM-dev libclang-rt-$LLVM-dev make cmake meson ninja-build autoconf automake libtool binutils git zstd gsl-bin libopenmpi-dev openmpi-bin
       dpkg-dev python3-venv python3-pip buildah skopeo docker-registry debootstrap podman runc
       qemu-user-static binfmt-support libc6-dev-arm64-cross libstdc++-12-dev-arm64-cross libgcc-12-dev-arm64-cross)
 missing=()
