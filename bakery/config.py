@@ -35,6 +35,7 @@ VARIABLES: dict[str, tuple[str, str]] = {
     "BAKERY_CACHE": ("/var/cache/bakery", "launcher: the folder baked binaries are kept in, one entry per plan and target"),
     "BAKERY_PUSH": ("0", "launcher: 1 pushes a node tag after a bake in the container (needs credentials)"),
     "BAKERY_QUIET": ("0", "launcher: 1 prints nothing, not even the line saying it bakes"),
+    "BAKERY_FORKSERVER": ("1", "bake: 0 starts clang and opt afresh for every module instead of forking each from one started copy"),
 }
 
 
@@ -78,9 +79,11 @@ def _majors(env: Mapping[str, str], default: int) -> tuple[int, ...]:
     return tuple(majors)
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
+def _flag(env: Mapping[str, str], name: str, default: bool = False) -> bool:
     text = env.get(name, "").strip().lower()
-    if text in ("", "0", "false", "no"):
+    if not text:
+        return default
+    if text in ("0", "false", "no"):
         return False
     if text in ("1", "true", "yes"):
         return True
@@ -128,6 +131,7 @@ class Settings:
     launch_cache: Path | None = None
     push: bool = False
     quiet: bool = False
+    forkserver: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -156,5 +160,6 @@ class Settings:
             launch_cache=Path(cache) if cache else None,
             push=_flag(env, "BAKERY_PUSH"),
             quiet=_flag(env, "BAKERY_QUIET"),
+            forkserver=_flag(env, "BAKERY_FORKSERVER", default=True),
         )
 

@@ -27,6 +27,7 @@ from bakery.bake import bitcode as bitcodemod
 from bakery.bake import profile as profilemod
 from bakery.bake.profile import Profile
 from bakery.bake.retarget import asm_problem, retarget_ir
+from bakery.bake.warm import WarmTools
 from bakery.errors import BakeryError, PlanRefused
 from bakery.plan.model import Archive, FileRef, Flag, LinkRef, Module, ModuleRef, ObjectRef, Plan
 from bakery.platforms import usable_cpus
@@ -187,6 +188,9 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
     dis = toolchain.tool("llvm-dis")
     preserve = plan.preserve.flags
     lto_flag = {"none": [], "thin": ["-flto=thin"], "full": ["-flto=full"]}[lto]
+    opt = toolchain.tool("opt")
+    warm = WarmTools.for_bake(toolchain.clang, work, (toolchain.clang, opt, dis), len(plan.modules))
+    run = warm.run if warm is not None else proc.run
 
     def one(sha: str, m: Module) -> Path:
         path, digest = m.path, sha
@@ -223,7 +227,7 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
         data = _plain_bitcode(m, whole, spent) if whole is not None else None
         if data is None:  # the text path: llvm-dis, the checks, the attribute rewrite
             t = time.perf_counter()
-            text = proc.run([dis, str(bc), "-o", "-"], cwd=work).stdout
+            text = run([dis, str(bc), "-o", "-"], cwd=work).stdout
             spent["disassemble"] = time.perf_counter() - t
             t = time.perf_counter()
             why = asm_problem(text)  # the very text clang compiles below
@@ -240,16 +244,16 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
         if halves is None:
             # The whole pipeline and codegen (pre-optimization IR, an LTO bake, or a toolchain
             # whose halves do not remake -O2/-O3: simplified IR is then simplified again).
-            proc.run([toolchain.clang, "-c", "-x", "ir", "-", "-o", str(out), *flags,
-                      *(profile.clang_flags() if profile else [])], input=source, cwd=work, text=data is None)
+            run([toolchain.clang, "-c", "-x", "ir", "-", "-o", str(out), *flags,
+                 *(profile.clang_flags() if profile else [])], input=source, cwd=work, text=data is None)
         else:
             # The capture ran the first half: the target's half, then codegen alone.
             half = out.with_suffix(".bc")
             machine = passes.machine(toolchain, tuple(f for f in flags if f.startswith("-m")))
-            cp = proc.run(halves.finish_argv(toolchain.tool("opt"), "-", str(half), machine,
-                                             head=profile.head_passes() if profile else (),
-                                             extra=profile.opt_options() if profile else ()),
-                          input=source, cwd=work, text=data is None)
+            cp = run(halves.finish_argv(opt, "-", str(half), machine,
+                                        head=profile.head_passes() if profile else (),
+                                        extra=profile.opt_options() if profile else ()),
+                     input=source, cwd=work, text=data is None)
             if profile is not None and profile.mode == "use":
                 misses = profilemod.mismatches(cp.stderr if isinstance(cp.stderr, str)
                                                else (cp.stderr or b"").decode(errors="replace"))
@@ -257,8 +261,8 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
                     timings.profile_misses += misses
             spent["optimize"] = time.perf_counter() - t
             t = time.perf_counter()
-            proc.run([toolchain.clang, "-c", "-x", "ir", str(half), "-o", str(out), "-Xclang", "-disable-llvm-passes",
-                      *flags], cwd=work)
+            run([toolchain.clang, "-c", "-x", "ir", str(half), "-o", str(out), "-Xclang", "-disable-llvm-passes",
+                 *flags], cwd=work)
             half.unlink()
         spent["compile"] = time.perf_counter() - t
         if objects is not None:
@@ -270,19 +274,23 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
     chosen: dict[str, str] = {}
     total = len(plan.modules)
     last = time.monotonic()
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        # The largest modules first: the last worker to finish is not the one that drew the biggest last.
-        futures = {pool.submit(one, sha, m): sha for sha, m in _largest_first(bundle, plan)}
-        for n, fut in enumerate(as_completed(futures), 1):
-            try:
-                results[futures[fut]] = fut.result()
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-            if log.isEnabledFor(logging.INFO) and (time.monotonic() - last > 2 or n == total):
-                last = time.monotonic()
-                log.info(f"bake: [{n}/{total}] modules optimized and compiled")
+    try:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            # The largest modules first: the last worker to finish is not the one that drew the biggest last.
+            futures = {pool.submit(one, sha, m): sha for sha, m in _largest_first(bundle, plan)}
+            for n, fut in enumerate(as_completed(futures), 1):
+                try:
+                    results[futures[fut]] = fut.result()
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
+                if log.isEnabledFor(logging.INFO) and (time.monotonic() - last > 2 or n == total):
+                    last = time.monotonic()
+                    log.info(f"bake: [{n}/{total}] modules optimized and compiled")
+    finally:
+        if warm is not None:
+            warm.close()
     for sha, o in plan.objects.items():
         results[sha] = planmod.verify_file(bundle, o.path, sha)
     for source, level in sorted(chosen.items()):

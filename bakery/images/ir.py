@@ -30,8 +30,16 @@ def _copy_package(name: str, dest: Path) -> None:
     mod = __import__(name)
     assert mod.__file__ is not None
     src = Path(mod.__file__).resolve().parent
-    shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "data"),
-                    symlinks=False)
+    shutil.copytree(src, dest / name, ignore=_ignore, symlinks=False)
+
+
+def _ignore(folder: str, names: list[str]) -> set[str]:
+    """Not in an image: byte code, and the package data of the host side (templates, the
+    registry's config), except the fork server a bake in the container builds (bakery.bake.warm)."""
+    drop = {n for n in names if n == "__pycache__" or n.endswith(".pyc")}
+    if Path(folder).name == "data" and Path(folder).parent.name == "bakery":
+        drop |= {n for n in names if n != "forkserver"}
+    return drop
 
 
 def render_containerfile(recipe, bases: basemod.Bases, jobs: int = 0, platform: str | None = None,
