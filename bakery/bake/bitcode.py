@@ -47,6 +47,11 @@ _LINKER_METADATA = (b"llvm.dependent-libraries", b"llvm.linker.options")
 _TARGET_KEYS = (b"target-cpu", b"tune-cpu")
 
 _MAX_DEPTH = 16
+_VBR6_ENDS = sum(1 << (6 * k + 5) for k in range(10))   # the high bit of ten VBR-6 chunks
+# Blocks whose records are looked at by their code alone, but for these codes (the rest of
+# such a record is stepped over, not kept): a function's instructions, constants, metadata.
+_OPS_WANTED: dict[int, frozenset[int]] = {_FUNCTION: frozenset(), _CONSTANTS: frozenset(),
+                                          _METADATA: frozenset({_METADATA_NAME})}
 
 
 class NotPlain(Exception):
@@ -145,6 +150,81 @@ class _Bits:
             out.append(value)
         self.pos = p
         return out
+
+    def entry(self, width: int, block_end: int, wanted: frozenset[int] | None) -> tuple[int, int, list[int]]:
+        """The next abbrev id of ``width`` bits; for an UNABBREV_RECORD (id 3) also the record,
+        [code: vbr6, count: vbr6, ops: vbr6 x count], with its ops stepped over when ``wanted``
+        does not have the code. Most records of a function have a code and a count of one or
+        two chunks each: those are read here from one window, as :meth:`vbr` would read them."""
+        p = self.pos
+        off = p & 63
+        window = self.words[p >> 6] >> off
+        if off:
+            window |= self.words[(p >> 6) + 1] << (64 - off)
+        aid = window & ((1 << width) - 1)
+        if aid != 3:
+            self.fixed(width)   # with its bounds check
+            return aid, 0, []
+        used = width
+        vals = []
+        for _ in range(2):  # the code and the count, from the 64-bit window (width <= 32)
+            c0 = (window >> used) & 63
+            if c0 < 32:
+                vals.append(c0)
+                used += 6
+                continue
+            c1 = (window >> (used + 6)) & 63
+            if c1 >= 32:
+                break
+            vals.append((c0 & 31) | (c1 << 5))
+            used += 12
+        if len(vals) == 2 and p + used <= self.end:
+            code, n = vals
+            self.pos = p + used
+        else:
+            self.fixed(width)
+            code = self.vbr(6)
+            n = self.vbr(6)
+        if n > (block_end - self.pos):
+            raise NotPlain("a record longer than its block")
+        if wanted is not None and code not in wanted:
+            self.skip_vbrs(6, n)
+            return 3, code, []
+        return 3, code, self.vbrs(6, n)
+
+    def skip_vbrs(self, n: int, count: int) -> None:
+        """Step over ``count`` VBR-``n`` values whose values nobody looks at (an instruction's
+        operands): what :meth:`vbrs` reads, to the bit. For VBR-6, ten chunks at a time: a
+        value ends at a chunk whose high bit is clear, so a window's clear high bits count the
+        values that end in it. A window with none (a value of over ten chunks) is read value by
+        value, with :meth:`vbr`'s checks."""
+        if n != 6:
+            self.vbrs(n, count)
+            return
+        words, p, end = self.words, self.pos, self.end
+        while count:
+            off = p & 63
+            window = words[p >> 6] >> off
+            if off > 4:
+                window |= words[(p >> 6) + 1] << (64 - off)
+            ends = ~window & _VBR6_ENDS
+            if not ends:
+                self.pos = p
+                self.vbr(6)
+                p = self.pos
+                count -= 1
+                continue
+            found = ends.bit_count()
+            if found > count:  # the count-th end in this window
+                for _ in range(count - 1):
+                    ends &= ends - 1
+                ends &= -ends
+                found = count
+            p += (ends.bit_length() // 6) * 6  # to just past the last end counted
+            count -= found
+            if p > end:
+                raise NotPlain("truncated bitcode")
+        self.pos = p
 
     def fixeds(self, n: int, count: int) -> list[int]:
         p = self.pos
@@ -250,11 +330,12 @@ def _enter(bits: _Bits, st: _State, block_id: int, at: int, one_chunk: bool, dep
 def _block(bits: _Bits, st: _State, block_id: int, width: int, end: int, depth: int) -> None:
     abbrevs = list(st.blockinfo.get(block_id, ()))
     info_target: int | None = None
+    wanted = _OPS_WANTED.get(block_id)
     while True:
         if bits.pos >= end:
             raise NotPlain("a block without its end")
         at = bits.pos
-        aid = bits.fixed(width)
+        aid, code, ops = bits.entry(width, end, wanted)
         if aid == 0:  # END_BLOCK
             bits.align32()
             return
@@ -272,16 +353,10 @@ def _block(bits: _Bits, st: _State, block_id: int, width: int, end: int, depth: 
             else:
                 abbrevs.append(abbrev)
             continue
-        if aid == 3:  # UNABBREV_RECORD
-            code = bits.vbr(6)
-            n = bits.vbr(6)
-            if n > (end - bits.pos):
-                raise NotPlain("a record longer than its block")
-            ops: list = bits.vbrs(6, n)
-        else:
+        if aid != 3:  # an abbreviated record (an UNABBREV_RECORD was read by entry())
             if aid - 4 >= len(abbrevs):
                 raise NotPlain(f"an undefined abbreviation {aid}")
-            code, ops, _ = _read(bits, abbrevs[aid - 4], end)
+            code, ops, _ = _read(bits, abbrevs[aid - 4], end, wanted)
         if block_id == _BLOCKINFO:
             if code == 1:  # SETBID
                 if not ops:
@@ -339,11 +414,15 @@ def _scalar(bits: _Bits, kind: str, w: int) -> int:
     raise NotPlain("a malformed abbreviation")
 
 
-def _read(bits: _Bits, abbrev: _Abbrev, end: int) -> tuple[int, list, bytes | None]:
+def _read(bits: _Bits, abbrev: _Abbrev, end: int,
+          wanted: frozenset[int] | None = None) -> tuple[int, list, bytes | None]:
+    """A record by its abbreviation: (code, operands, blob). With ``wanted``, the operands of a
+    record whose code is not in it are stepped over (an empty list)."""
     values: list = []
     blob = None
     ops = abbrev.ops
     k = 0
+    skip = False
     while k < len(ops):
         kind, w = ops[k]
         if kind == "array":
@@ -351,7 +430,16 @@ def _read(bits: _Bits, abbrev: _Abbrev, end: int) -> tuple[int, list, bytes | No
             if n > (end - bits.pos):
                 raise NotPlain("an array longer than its block")
             ekind, ew = ops[k + 1]
-            if ekind == "fixed":
+            if skip:
+                if ekind == "vbr":
+                    bits.skip_vbrs(ew, n)
+                elif ekind in ("fixed", "char6"):
+                    bits.pos += n * (ew if ekind == "fixed" else 6)
+                    if bits.pos > bits.end:
+                        raise NotPlain("truncated bitcode")
+                else:
+                    raise NotPlain("an array of literals")
+            elif ekind == "fixed":
                 values.extend(bits.fixeds(ew, n))
             elif ekind == "vbr":
                 values.extend(bits.vbrs(ew, n))
@@ -360,6 +448,7 @@ def _read(bits: _Bits, abbrev: _Abbrev, end: int) -> tuple[int, list, bytes | No
             else:
                 raise NotPlain("an array of literals")  # LLVM's reader refuses them too
             k += 2
+            skip = skip or (wanted is not None and bool(values) and values[0] not in wanted)
             continue
         if kind == "blob":
             n = bits.vbr(6)
@@ -371,7 +460,10 @@ def _read(bits: _Bits, abbrev: _Abbrev, end: int) -> tuple[int, list, bytes | No
             bits.align32()
             k += 1
             continue
-        values.append(_scalar(bits, kind, w))
+        v = _scalar(bits, kind, w)
+        if not skip:
+            values.append(v)
+            skip = wanted is not None and values[0] not in wanted
         k += 1
     if not values:
         raise NotPlain("a record without a code")

@@ -211,6 +211,37 @@ def test_hand_made_shapes_where_the_readers_could_disagree_are_not_plain():
     assert bitcode.plain(ok.data()) is None  # the writer makes what the reader reads
 
 
+def _function_records(ops: list[list[int]], after: tuple[int, int] | None = None) -> bytes:
+    """A module with a function block of unabbreviated records, and then, in the module, a
+    constants block holding one record ``after`` (code, operand)."""
+    w = _Writer()
+    m = w.enter(8)
+    w.end(w.enter(0))
+    w.record(1, [2])
+    fn = w.enter(12, width=4)
+    for k, o in enumerate(ops):
+        w.record(k % 64, o)
+    w.end(fn)
+    if after is not None:
+        c = w.enter(11)
+        w.record(after[0], [after[1]])
+        w.end(c)
+    w.end(m)
+    return w.data()
+
+
+def test_instruction_operands_are_stepped_over_to_the_bit():
+    """A function's operands are not kept, only stepped over, ten VBR-6 chunks at a time: values of
+    every length, records of every count, and what follows is still read where it is."""
+    rng = random.Random(7)
+    ops = [[rng.getrandbits(rng.choice((1, 4, 5, 6, 10, 20, 33, 49, 50, 51, 55, 64))) for _ in range(n)]
+           for n in list(range(30)) * 3]
+    assert bitcode.plain(_function_records(ops)) is None
+    assert bitcode.plain(_function_records(ops, after=(30, 0))) == "inline asm"  # found where it is
+    assert bitcode.plain(_function_records(ops, after=(4, 5))) is None          # CST_CODE_INTEGER
+    assert bitcode.plain(_function_records([[1, 2], [1 << 70]])) == "a VBR value over 64 bits"
+
+
 def test_outputs_of_plain_modules_alone_are_not_disassembled_by_the_isa_check(toolchain, builds, tmp_path,
                                                                                monkeypatch):
     """Compiled from bitcode for the target, with no asm and no -m feature flags, a module cannot
