@@ -675,6 +675,7 @@ class Report:
     unchecked: list[str] = field(default_factory=list)   # outputs without a symbol table
     unjudged: set[tuple[str, str]] = field(default_factory=set)  # (output, function) after REFUSAL_LIMIT
     plain: int = 0   # outputs made of plain modules only: nothing to look for, not disassembled
+    by_inputs: int = 0  # outputs whose other inputs were disassembled alone and hold nothing to judge
 
 
 def check(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, outputs: Mapping[str, Path],
@@ -693,11 +694,15 @@ def check(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output
     have = target_features(toolchain, target)
     objdump = toolchain.tool("llvm-objdump")
     origins = Origins(bundle, plan, toolchain, target, objects)
+    clean: dict[str, bool] = {}   # input digest -> its object alone has nothing the target lacks
     for link in plan.links:
         path = outputs[link.id]
         report.outputs += 1
         if plain is not None and _only_plain(link, plain):
             report.plain += 1
+            continue
+        if plain is not None and _inputs_clean(link, plain, objects, objdump, target.family, have, clean):
+            report.by_inputs += 1
             continue
         with disassembly(objdump, path) as listing:
             sc = scan(listing, target.family, have, unsure=log.isEnabledFor(logging.DEBUG))
@@ -716,10 +721,46 @@ def check(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output
     if report.refused:
         raise _refusal(report, plan, target)
     plain_note = f" ({report.plain} made of modules with no asm and no -m flags alone)" if report.plain else ""
+    if report.by_inputs:
+        plain_note += (f" ({report.by_inputs} by their modules with asm or -m flags and native objects alone,"
+                       " which hold nothing to judge)")
     log.info(f"bake: ISA check: {report.outputs - len(report.unchecked)} of {report.outputs} outputs checked"
              f"{plain_note} in {report.seconds:.2f}s: no instruction outside runtime dispatch needs a feature "
              f"{target.name} lacks")
     return report
+
+
+def _inputs_clean(link: Link, plain: set[str], objects: Mapping[str, Path], objdump: str, family: str,
+                  have: frozenset[str], clean: dict[str, bool]) -> bool:
+    """Whether the link's plan inputs that are not plain modules (modules with asm or -m flags,
+    native objects) are ELF objects whose own disassembly has no instruction the target lacks.
+    The rest of the output is plain modules, other outputs and system code: then nothing in it
+    is for :func:`_judge` (what :func:`_only_plain` says of an output of plain modules alone),
+    and the output, GSL's libgsl.so of 774 modules with one that has asm, is not disassembled."""
+    from bakery.plan.model import Archive, FileRef, ModuleRef, ObjectRef
+
+    todo: list[str] = []
+    for a in link.args:
+        for item in a.members if isinstance(a, Archive) else (a,):
+            if isinstance(item, FileRef):
+                return False
+            if isinstance(item, (ModuleRef, ObjectRef)) and item.sha256 not in plain:
+                todo.append(item.sha256)
+    for sha in todo:
+        if sha not in clean:
+            path = objects.get(sha)
+            ok = False
+            if path is not None:
+                with open(path, "rb") as f:
+                    elf = f.read(18)
+                # a relocatable ELF object (e_type 1), not LTO bitcode: its instructions are the output's
+                if elf[:4] == b"\x7fELF" and elf[16:18] in (b"\x01\x00", b"\x00\x01"):
+                    with disassembly(objdump, path) as listing:
+                        ok = not scan(listing, family, have).findings
+            clean[sha] = ok
+        if not clean[sha]:
+            return False
+    return True
 
 
 def _only_plain(link: Link, plain: set[str]) -> bool:

@@ -155,6 +155,32 @@ def test_the_same_plan_bakes_for_x86_64_v3(leak, tmp_path, builds):
     assert cp.returncode == 0 and cp.stdout == "sum 36\n", (cp.returncode, cp.stderr)
 
 
+def test_an_output_whose_asm_and_objects_alone_hold_nothing_to_judge_is_not_disassembled(leak, tmp_path, builds,
+                                                                                          caplog):
+    """For x86_64_v3 the AVX2 object is no finding: only it is disassembled, not the program (GSL:
+    libgsl.so of 774 modules with one that has asm, 1.3 s less); for x86_64_v2 the program is."""
+    from bakery.bake import isacheck
+
+    seen: list[str] = []
+    real = isacheck.disassembly
+
+    def spy(objdump, path):
+        seen.append(Path(path).name)
+        return real(objdump, path)
+
+    plan = planmod.load(leak)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(isacheck, "disassembly", spy)
+        caplog.set_level("INFO")
+        bakemod.bake(leak, plan, builds.tc, builds.target("x86_64_v3"), tmp_path / "v3")
+        assert len(seen) == 1 and seen[0].endswith(".o"), seen   # the object, not app
+        assert "1 by their modules with asm or -m flags and native objects alone" in caplog.text
+        seen.clear()
+        with pytest.raises(isacheck.IsaRefused):
+            bakemod.bake(leak, plan, builds.tc, builds.target("x86_64_v2"), tmp_path / "v2")
+        assert len(seen) == 2 and seen[1] == "app", seen   # the object had a finding: the program is judged
+
+
 def test_no_isa_check_bakes_it_anyway_and_the_binary_dies_of_sigill_on_a_v2_cpu(leak, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["bake", str(leak), "-t", "x86_64_v2", "-o", str(out), "-q", "--no-isa-check"]) == 0
