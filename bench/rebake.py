@@ -80,7 +80,9 @@ def main() -> int:
               ", ".join(f"{m['module']} {m['seconds']:.2f}" for m in t["slowest_modules"][:3]))
 
     changed = src / a.change
-    changed.write_text(changed.read_text() + "\nint bakery_rebake_marker(void) { return 42; }\n")
+    text = changed.read_text()
+    n = text.count("bakery_rebake_marker")  # a --workdir run again: one more, under a new name
+    changed.write_text(text + f"\nint bakery_rebake_marker{n}(void) {{ return 42; }}\n")
     t0 = time.monotonic()
     capturemod.capture(recipe, work / "b2", tc)
     print(f"capture after changing {a.change}: {time.monotonic() - t0:.1f} s")
