@@ -8,7 +8,9 @@ registers and the generic bake must not.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 import subprocess
 import tempfile
@@ -25,19 +27,51 @@ from bakery.errors import BakeryError
 log = logging.getLogger(__name__)
 
 
-def _time_command(bindir: Path, argv: list[str], repeat: int, stdin: str | None = None) -> tuple[float, str]:
+def _time_command(bindir: Path, argv: list[str], repeat: int, stdin: str | Path | None = None,
+                  cwd: Path | None = None) -> tuple[float, str]:
+    """The best of ``repeat`` runs, and the output of the last. ``stdin``: text, or a file (an
+    input of bench.inputs) given as it is; ``cwd``: where the inputs are."""
     exe = bindir / argv[0]
     env = proc.env_with({"LD_LIBRARY_PATH": str(bindir)})
     times, out = [], ""
     for _ in range(repeat):
         t0 = time.perf_counter()
-        cp = subprocess.run([str(exe), *argv[1:]], env=env, capture_output=True, text=True,
-                            input=stdin if stdin is not None else "")
+        cp = _run([str(exe), *argv[1:]], stdin, env=env, cwd=cwd)
         times.append(time.perf_counter() - t0)
         if cp.returncode:
-            raise BakeryError(f"benchmark command failed in {bindir}: {' '.join(argv)}", cp.stderr[-500:])
-        out = cp.stdout
+            raise BakeryError(f"benchmark command failed in {bindir}: {' '.join(argv)}",
+                              cp.stderr[-500:].decode(errors="replace"))
+        out = cp.stdout.decode(errors="replace")
     return min(times), out
+
+
+def _run(argv: list[str], stdin: str | Path | None, **kw) -> subprocess.CompletedProcess:
+    """``argv`` with ``stdin`` (text, or a file given as it is), its output captured as bytes."""
+    if isinstance(stdin, Path):
+        with open(stdin, "rb") as f:
+            return subprocess.run(argv, stdin=f, capture_output=True, **kw)
+    return subprocess.run(argv, input=(stdin or "").encode(), capture_output=True, **kw)
+
+
+def make_inputs(bench, recipe_dir: Path, folder: Path) -> None:
+    """bench.inputs: each command's standard output, in ``folder``, run in the recipe's folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, argv in bench.inputs:
+        log.info(f"bench: making input {name}: {' '.join(argv)}")
+        tmp = folder / f".{name}.tmp"
+        with open(tmp, "wb") as f:
+            try:
+                cp = subprocess.run(list(argv), cwd=recipe_dir, stdout=f, stderr=subprocess.PIPE)
+            except FileNotFoundError:
+                raise BakeryError(f"bench.inputs {name}: {argv[0]} not found") from None
+        if cp.returncode:
+            raise BakeryError(f"bench.inputs {name}: {' '.join(argv)} exited {cp.returncode}",
+                              cp.stderr[-500:].decode(errors="replace") or None)
+        os.replace(tmp, folder / name)
+
+
+def _stdin(folder: Path, text: str | None, file: str | None) -> str | Path | None:
+    return folder / file if file else text
 
 
 def vector_registers(binary: Path, symbol: str | None) -> dict[str, int]:
@@ -51,7 +85,7 @@ def vector_registers(binary: Path, symbol: str | None) -> dict[str, int]:
     return {reg: len(re.findall(rf"%{reg}\d+", text)) for reg in ("xmm", "ymm", "zmm")}
 
 
-def _train(bundle: Path, plan, toolchain, target, work: Path, bench, jobs: int):
+def _train(bundle: Path, plan, toolchain, target, work: Path, bench, jobs: int, inputs: Path):
     """``bakery profile`` on the bundle: an instrumented bake for ``target``, the recipe's
     bench.train run on it, the raw profiles merged next to the bundle. Returns the Profile."""
     from bakery.bake import profile as profilemod
@@ -61,11 +95,12 @@ def _train(bundle: Path, plan, toolchain, target, work: Path, bench, jobs: int):
                  isa_check=False)
     raw = work / "raw-profiles"
     raw.mkdir(exist_ok=True)
-    cp = subprocess.run([str(gen / bench.train[0]), *bench.train[1:]], input=bench.train_stdin or "", text=True,
-                        capture_output=True, env=proc.env_with({"LLVM_PROFILE_FILE": str(raw / "%p.profraw"),
-                                                                "LD_LIBRARY_PATH": str(gen)}))
+    stdin = _stdin(inputs, bench.train_stdin, bench.train_stdin_file)
+    cp = _run([str(gen / bench.train[0]), *bench.train[1:]], stdin, cwd=inputs,
+              env=proc.env_with({"LLVM_PROFILE_FILE": str(raw / "%p.profraw"), "LD_LIBRARY_PATH": str(gen)}))
     if cp.returncode:
-        raise BakeryError(f"the training run exited {cp.returncode}: {' '.join(bench.train)}", cp.stderr[-500:])
+        raise BakeryError(f"the training run exited {cp.returncode}: {' '.join(bench.train)}",
+                          cp.stderr[-500:].decode(errors="replace"))
     raws = sorted(raw.glob("*.profraw"))
     if not raws:
         raise BakeryError(f"the training run wrote no profile: {' '.join(bench.train)}")
@@ -90,6 +125,11 @@ def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs:
     target = targetmod.resolve(target_name, compiler_version=toolchain.version, family=toolchain.family)
     generic = targetmod.resolve(toolchain.family, compiler_version=toolchain.version, family=toolchain.family)
     work = Path(workdir or tempfile.mkdtemp(prefix="bakery-bench-"))
+    inputs = work / "inputs"
+    if recipe.bench is not None:
+        make_inputs(recipe.bench, recipe.dir, inputs)
+    else:
+        inputs.mkdir(parents=True, exist_ok=True)
 
     log.info(f"bench: from-source build, generic, the build's own flags ({recipe.name})")
     src_generic = capturemod.from_source(recipe, toolchain, work / "source-generic", jobs=jobs)
@@ -118,17 +158,18 @@ def run(recipe, toolchain, target_name: str, *, repeat: int | None = None, jobs:
     pgo = None
     if profile:
         log.info(f"bench: training run for the profile: {' '.join(recipe.bench.train)}")
-        prof = _train(bundle, plan, toolchain, target, work, recipe.bench, jobs)
+        prof = _train(bundle, plan, toolchain, target, work, recipe.bench, jobs, inputs)
         log.info(f"bench: bake for {target.name} with the profile")
         pgo = bakemod.bake(bundle, plan, toolchain, target, work / f"baked-{target.name}-pgo", jobs=jobs, profile=prof)
         binaries[f"baked for {target.name}, profile-guided"] = (work / f"baked-{target.name}-pgo", pgo.seconds)
     rows, outputs = [], set()
     for label, (bindir, build_s) in binaries.items():
         log.info(f"bench: running {' '.join(command)} x{repeat}: {label}")
-        best, out = _time_command(bindir, command, repeat, recipe.bench.stdin if recipe.bench else None)
+        stdin = _stdin(inputs, recipe.bench.stdin, recipe.bench.stdin_file) if recipe.bench else None
+        best, out = _time_command(bindir, command, repeat, stdin, cwd=inputs)
         if compare:
             out = "\n".join(line for line in out.splitlines() if compare.search(line))
-        outputs.add(out)
+        outputs.add(hashlib.sha256(out.encode()).hexdigest())  # an output may be large: its digest
         rows.append({"binary": label, "build_s": round(build_s, 2), "run_s": round(best, 4),
                      "registers": vector_registers(bindir / command[0], symbol)})
     base = rows[0]["run_s"]

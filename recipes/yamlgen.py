@@ -1,6 +1,6 @@
 """Synthetic YAML for profile-guided bake benchmarks: nested maps, sequences and scalars.
 
-    python3 bench/yamlgen.py SEED block|flow DOCUMENTS > file.yaml
+    python3 recipes/yamlgen.py SEED block|flow DOCUMENTS > file.yaml
 
 Two seeds and styles give a training input and a benchmark input that differ.
 """

@@ -65,6 +65,9 @@ class Bench:
     compare: str | None = None
     train: list[str] | None = None        # bench.train: bakery bench --profile's training run
     train_stdin: str | None = None
+    inputs: tuple[tuple[str, tuple[str, ...]], ...] = ()   # bench.inputs: (file name, argv making it)
+    stdin_file: str | None = None         # one of inputs, as the benchmark's stdin
+    train_stdin_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -388,7 +391,21 @@ def _semantic_problems(data: dict, recipe_dir: Path) -> Iterator[Problem]:
         if train and train["command"][0] not in names:
             tr_at: tuple = ("bench", "train", "command", 0)
             yield tr_at, tr_at, f"{train['command'][0]!r} is not an output (outputs: {', '.join(names)})", None
-        if train and (train["command"], train.get("stdin")) == (bench["command"], bench.get("stdin")):
+        inputs = [i["name"] for i in bench.get("inputs", [])]
+        for k, name in enumerate(inputs):
+            if name in inputs[:k]:
+                dup_at: tuple = ("bench", "inputs", k, "name")
+                yield dup_at, dup_at, f"{name!r} is made twice", None
+        for where, part in ((("bench",), bench), (("bench", "train"), train or {})):
+            if "stdin" in part and "stdin_file" in part:
+                both_at: tuple = (*where, "stdin_file")
+                yield both_at, both_at, "give stdin or stdin_file, not both", None
+            if "stdin_file" in part and part["stdin_file"] not in inputs:
+                sf_at: tuple = (*where, "stdin_file")
+                yield sf_at, sf_at, (f"{part['stdin_file']!r} is not one of bench.inputs"
+                                     f" ({', '.join(inputs) or 'there are none'})"), None
+        if train and ((train["command"], train.get("stdin"), train.get("stdin_file"))
+                      == (bench["command"], bench.get("stdin"), bench.get("stdin_file"))):
             same_at: tuple = ("bench", "train")
             yield same_at, same_at, "the training run is the benchmark itself: train on other inputs", None
         if "compare" in bench:
@@ -538,6 +555,8 @@ def _build_recipe(d: dict, path: Path, raw: bytes) -> Recipe:
         test=d["test"],
         bench=Bench(bench["command"], bench["repeat"], bench.get("symbol"), bench.get("stdin"),
                     bench.get("compare"), bench.get("train", {}).get("command"),
-                    bench.get("train", {}).get("stdin")) if bench else None,
+                    bench.get("train", {}).get("stdin"),
+                    tuple((i["name"], tuple(i["command"])) for i in bench.get("inputs", [])),
+                    bench.get("stdin_file"), bench.get("train", {}).get("stdin_file")) if bench else None,
         data=d,
     )

@@ -75,6 +75,46 @@ def test_bench_runs_its_binaries_with_stdin_compares_the_chosen_lines_and_trains
     assert regs["baked for x86_64_v3"]["ymm"] > 0 and regs["baked for x86_64"]["ymm"] == 0
 
 
+def test_bench_inputs_are_made_once_and_given_as_files(tmp_path, capsys):
+    """bench.inputs: generated files (larger than stdin's 1 MiB, or made by a script next to the
+    recipe), given to the benchmark and to the training run as their standard input."""
+    recipe = write_project(tmp_path, "dotf", {
+        "dot.c": PROGRAM,
+        "gen.py": "import sys\nprint(sys.argv[1])\nprint('#' * 2_000_000)\n",  # the count, then padding
+        "Makefile": "dot: dot.c\n\t$(CC) -O2 -o dot dot.c\n",
+    }, """\
+        build:
+          system: make
+          options: [dot]
+        outputs: [dot]
+        bench:
+          inputs:
+            - {name: bench.txt, command: [python3, src/gen.py, "20000"]}
+            - {name: train.txt, command: [python3, src/gen.py, "3000"]}
+          command: [dot]
+          stdin_file: bench.txt
+          compare: "^dot "
+          repeat: 1
+          train:
+            command: [dot]
+            stdin_file: train.txt
+        """)
+    assert main(["-q", "bench", str(recipe), "-t", "x86_64_v2", "--workdir", str(tmp_path / "w"), "--json",
+                 "--profile"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["outputs_agree"] and len(result["rows"]) == 5, result
+    made = tmp_path / "w" / "inputs"
+    assert (made / "bench.txt").read_text().startswith("20000\n") and (made / "bench.txt").stat().st_size > 2_000_000
+    assert (made / "train.txt").read_text().startswith("3000\n")
+    assert result["profile"]["functions_without_profile"] == 0   # the training run ran on train.txt
+
+    broken = recipe.read_text().replace('[python3, src/gen.py, "3000"]', "[python3, -c, 'raise SystemExit(4)']")
+    recipe.write_text(broken)
+    assert main(["-q", "bench", str(recipe), "-t", "x86_64_v2", "--workdir", str(tmp_path / "w2")]) != 0
+    err = capsys.readouterr().err
+    assert "bench.inputs train.txt: python3 -c raise SystemExit(4) exited 4" in err and "Traceback" not in err
+
+
 def test_a_bench_symbol_the_binary_lacks_is_an_error_not_zero_registers(tmp_path, toolchain):
 
     (tmp_path / "dot.c").write_text(PROGRAM)

@@ -135,6 +135,19 @@ CASES = [
      ["bench.train.command[0]: 'foo' is not an output"]),
     ("bench-train-is-the-bench", VALID + "bench:\n  command: [pi, '9']\n  train:\n    command: [pi, '9']\n", 11,
      ["bench.train: the training run is the benchmark itself"]),
+    ("bench-stdin-file-not-an-input", VALID + "bench:\n  command: [pi]\n  stdin_file: in.txt\n", 11,
+     ["bench.stdin_file: 'in.txt' is not one of bench.inputs (there are none)"]),
+    ("bench-input-in-a-folder", VALID + "bench:\n  command: [pi]\n  inputs:\n    - name: ../x\n      command: [cat]\n",
+     12, ["bench.inputs[0].name: '../x' is not valid", "no folder"]),
+    ("bench-input-twice", VALID + "bench:\n  command: [pi]\n  inputs:\n    - {name: a, command: [cat]}\n"
+     "    - {name: a, command: [cat]}\n", 13, ["bench.inputs[1].name: 'a' is made twice"]),
+    ("bench-stdin-and-file", VALID + "bench:\n  command: [pi]\n  inputs:\n    - {name: a, command: [cat]}\n"
+     "  stdin: x\n  stdin_file: a\n", 14, ["bench.stdin_file: give stdin or stdin_file, not both"]),
+    ("bench-train-stdin-file-not-an-input", VALID + "bench:\n  command: [pi]\n  train:\n    command: [pi, '1']\n"
+     "    stdin_file: t\n", 13, ["bench.train.stdin_file: 't' is not one of bench.inputs"]),
+    ("bench-train-is-the-bench-on-one-file", VALID + "bench:\n  command: [pi]\n  inputs:\n    - {name: a, command: [cat]}\n"
+     "  stdin_file: a\n  train:\n    command: [pi]\n    stdin_file: a\n", 14,
+     ["bench.train: the training run is the benchmark itself"]),
     ("bench-compare-not-a-regex", VALID + "bench:\n  command: [pi]\n  compare: '(unclosed'\n", 11,
      ["bench.compare: not a regular expression: missing ), unterminated subpattern"]),
     ("capture-opt-invalid", VALID + "capture:\n  opt: O4\n", 10, ["capture.opt: 'O4' is not one of: O1, O2, O3, Os, Oz"]),
