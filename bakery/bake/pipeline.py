@@ -132,9 +132,18 @@ def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output:
         t1 = time.monotonic()
         if profile is not None and lto != "none":
             raise BakeryError("a profile-guided bake is per module: --lto none")
-        objs = _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, variants, timings, objects, profile)
-        t2 = time.monotonic()
-        outs = _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, timings, profile)
+        warm = WarmTools.for_bake(toolchain.clang, work, (toolchain.clang, toolchain.tool("opt"),
+                                                           toolchain.tool("llvm-dis"), toolchain.tool("llvm-ar")),
+                                  len(plan.modules))
+        run = warm.run if warm is not None else proc.run
+        try:
+            objs = _bake_modules(bundle, plan, toolchain, target, work, jobs, lto, variants, timings, objects,
+                                 profile, run)
+            t2 = time.monotonic()
+            outs = _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, timings, profile, run)
+        finally:
+            if warm is not None:
+                warm.close()
         timings.wall = {"modules": t2 - t1, "links": time.monotonic() - t2}
         if isa_check:
             from bakery.bake import isacheck
@@ -183,14 +192,13 @@ def choose_variant(module: Module, target: Target) -> str | None:
 
 def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, work: Path, jobs: int, lto: str,
                   variants: dict[str, str], timings: Timings, objects=None,
-                  profile: Profile | None = None) -> dict[str, Path]:
+                  profile: Profile | None = None, run=proc.run) -> dict[str, Path]:
+    """``run``: proc.run, or a WarmTools' run (bakery.bake.warm) for the per-module tools."""
     (work / "obj").mkdir()
     dis = toolchain.tool("llvm-dis")
     preserve = plan.preserve.flags
     lto_flag = {"none": [], "thin": ["-flto=thin"], "full": ["-flto=full"]}[lto]
     opt = toolchain.tool("opt")
-    warm = WarmTools.for_bake(toolchain.clang, work, (toolchain.clang, opt, dis), len(plan.modules))
-    run = warm.run if warm is not None else proc.run
 
     def one(sha: str, m: Module) -> Path:
         path, digest = m.path, sha
@@ -274,23 +282,19 @@ def _bake_modules(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target
     chosen: dict[str, str] = {}
     total = len(plan.modules)
     last = time.monotonic()
-    try:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            # The largest modules first: the last worker to finish is not the one that drew the biggest last.
-            futures = {pool.submit(one, sha, m): sha for sha, m in _largest_first(bundle, plan)}
-            for n, fut in enumerate(as_completed(futures), 1):
-                try:
-                    results[futures[fut]] = fut.result()
-                except BaseException:
-                    for f in futures:
-                        f.cancel()
-                    raise
-                if log.isEnabledFor(logging.INFO) and (time.monotonic() - last > 2 or n == total):
-                    last = time.monotonic()
-                    log.info(f"bake: [{n}/{total}] modules optimized and compiled")
-    finally:
-        if warm is not None:
-            warm.close()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        # The largest modules first: the last worker to finish is not the one that drew the biggest last.
+        futures = {pool.submit(one, sha, m): sha for sha, m in _largest_first(bundle, plan)}
+        for n, fut in enumerate(as_completed(futures), 1):
+            try:
+                results[futures[fut]] = fut.result()
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+            if log.isEnabledFor(logging.INFO) and (time.monotonic() - last > 2 or n == total):
+                last = time.monotonic()
+                log.info(f"bake: [{n}/{total}] modules optimized and compiled")
     for sha, o in plan.objects.items():
         results[sha] = planmod.verify_file(bundle, o.path, sha)
     for source, level in sorted(chosen.items()):
@@ -345,7 +349,8 @@ def _largest_first(bundle: Path, plan: Plan) -> list[tuple[str, Module]]:
 
 
 def _link_all(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, work: Path, objs: dict[str, Path],
-              jobs: int, lto: str, timings: Timings | None = None, profile: Profile | None = None) -> dict[str, Path]:
+              jobs: int, lto: str, timings: Timings | None = None, profile: Profile | None = None,
+              run=proc.run) -> dict[str, Path]:
     ar = toolchain.tool("llvm-ar")
     outs: dict[str, Path] = {}
     preserve_libs = plan.preserve.libs
@@ -353,6 +358,7 @@ def _link_all(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, wo
     from bakery.bake import isanote
 
     note = isanote.make(toolchain, target, work)  # x86-64: the ISA level note, in every link
+    archives = _make_archives(plan, work, objs, ar, jobs, run)
     for link in plan.links:
         out = work / "out" / link.output
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -373,12 +379,8 @@ def _link_all(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, wo
                     argv.append(text)
                 case ModuleRef(sha) | ObjectRef(sha):
                     argv.append(str(objs[sha]))
-                case Archive(name, members):
-                    adir = work / "ar" / f"{link.id}-{n}"
-                    adir.mkdir(parents=True)
-                    archive = adir / name
-                    proc.run([ar, "rcsD", str(archive), *(str(objs[m.sha256]) for m in members)], cwd=work)
-                    argv.append(str(archive))
+                case Archive():
+                    argv.append(str(archives[link.id, n]))
                 case LinkRef(id_):
                     argv.append(str(outs[id_]))
                     has_internal = True
@@ -405,6 +407,26 @@ def _link_all(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, wo
             timings.links[link.install] = time.perf_counter() - t
         outs[link.id] = out
     return outs
+
+
+def _make_archives(plan: Plan, work: Path, objs: dict[str, Path], ar: str, jobs: int, run) -> dict[tuple[str, int], Path]:
+    """Every archive of the links, made from the bake's objects before the first link, ``jobs``
+    at a time (GSL's libgsl.so links 55 of them); (link id, argument index) -> the archive."""
+    todo: dict[tuple[str, int], tuple[Path, list[str]]] = {}
+    for link in plan.links:
+        for n, a in enumerate(link.args):
+            if isinstance(a, Archive):
+                archive = work / "ar" / f"{link.id}-{n}" / a.name
+                todo[link.id, n] = (archive, [str(objs[m.sha256]) for m in a.members])
+
+    def make(item: tuple[Path, list[str]]) -> None:
+        archive, members = item
+        archive.parent.mkdir(parents=True)
+        run([ar, "rcsD", str(archive), *members], cwd=work)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(make, todo.values()))
+    return {key: archive for key, (archive, _) in todo.items()}
 
 
 def _dominant_opt(plan: Plan) -> str:
