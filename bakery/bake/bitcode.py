@@ -356,7 +356,13 @@ def _block(bits: _Bits, st: _State, block_id: int, width: int, end: int, depth: 
         if aid != 3:  # an abbreviated record (an UNABBREV_RECORD was read by entry())
             if aid - 4 >= len(abbrevs):
                 raise NotPlain(f"an undefined abbreviation {aid}")
-            code, ops, _ = _read(bits, abbrevs[aid - 4], end, wanted)
+            abbrev = abbrevs[aid - 4]
+            first = abbrev.ops[0]
+            if wanted is not None and first[0] == "lit" and first[1] not in wanted:
+                _step_over(bits, abbrev, end)  # its code is a literal nobody looks past
+                code, ops = first[1], []
+            else:
+                code, ops, _ = _read(bits, abbrev, end, wanted)
         if block_id == _BLOCKINFO:
             if code == 1:  # SETBID
                 if not ops:
@@ -468,6 +474,45 @@ def _read(bits: _Bits, abbrev: _Abbrev, end: int,
     if not values:
         raise NotPlain("a record without a code")
     return values[0], values[1:], blob
+
+
+def _step_over(bits: _Bits, abbrev: _Abbrev, end: int) -> None:
+    """Step over the operands of a record whose code is its abbreviation's literal, as
+    :func:`_read` reads them, without keeping any: fixed fields are skipped by their width."""
+    ops = abbrev.ops
+    k = 1
+    while k < len(ops):
+        kind, w = ops[k]
+        if kind == "fixed":
+            bits.pos += w
+        elif kind == "vbr":
+            bits.vbr(w)
+        elif kind == "char6":
+            bits.pos += 6
+        elif kind == "array":
+            n = bits.vbr(6)
+            if n > (end - bits.pos):
+                raise NotPlain("an array longer than its block")
+            ekind, ew = ops[k + 1]
+            if ekind == "vbr":
+                bits.skip_vbrs(ew, n)
+            elif ekind in ("fixed", "char6"):
+                bits.pos += n * (ew if ekind == "fixed" else 6)
+            else:
+                raise NotPlain("an array of literals")
+            k += 1
+        elif kind == "blob":
+            n = bits.vbr(6)
+            bits.align32()
+            if bits.pos + n * 8 > end:
+                raise NotPlain("a blob longer than its block")
+            bits.pos += n * 8
+            bits.align32()
+        elif kind != "lit":
+            raise NotPlain("a malformed abbreviation")
+        if bits.pos > bits.end:
+            raise NotPlain("truncated bitcode")
+        k += 1
 
 
 def _record(st: _State, block_id: int, depth: int, code: int, ops: list) -> None:
