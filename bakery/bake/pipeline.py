@@ -73,6 +73,7 @@ class Timings:
         self.wall: dict[str, float] = {"modules": 0.0, "links": 0.0}
         self.links: dict[str, float] = {}
         self.cache: dict[str, int] | None = None
+        self.warm_tools: dict | None = None   # bakery.bake.warm: tool runs forked, servers started
         self.profile_misses = 0   # functions a profile-guided bake found no (fitting) profile for
         self.plain_modules: set[str] = set()  # compiled with no asm and no -m feature flags (bakery.bake.isacheck)
 
@@ -90,6 +91,8 @@ class Timings:
                "slowest_modules": [{"module": k, "seconds": round(v, 3)} for k, v in slowest]}
         if self.cache is not None:
             out["object_cache"] = self.cache
+        if self.warm_tools is not None:
+            out["warm_tools"] = self.warm_tools
         return out
 
 
@@ -143,7 +146,7 @@ def bake(bundle: Path, plan: Plan, toolchain: Toolchain, target: Target, output:
             outs = _link_all(bundle, plan, toolchain, target, work, objs, jobs, lto, timings, profile, run)
         finally:
             if warm is not None:
-                warm.close()
+                timings.warm_tools = warm.close()
         timings.wall = {"modules": t2 - t1, "links": time.monotonic() - t2}
         if isa_check:
             from bakery.bake import isacheck

@@ -105,6 +105,7 @@ class WarmTools:
         self.cold: set[str] = set()   # tools whose server failed: they run as usual from then on
         self.lock = threading.Lock()
         self.served = 0
+        self.servers = 0   # servers closed so far
         try:
             work = work.resolve()  # LD_PRELOAD takes no relative path
             src = work / "forkserver.c"
@@ -175,15 +176,19 @@ class WarmTools:
             return subprocess.CompletedProcess(args, rc, out.decode(errors="replace"), err.decode(errors="replace"))
         return subprocess.CompletedProcess(args, rc, out, err)
 
-    def close(self) -> None:
+    def close(self) -> dict:
+        """Stop the servers; what they did, for ``bakery bake --json`` (timings.warm_tools)."""
         with self.lock:
             servers, self.started = self.started, []
             for t in self.idle:
                 self.idle[t] = []
+            self.servers += len(servers)
         for s in servers:
             s.close()
         if self.served:
-            log.debug(f"bake: {self.served} tool runs forked from {len(servers)} started tools")
+            log.debug(f"bake: {self.served} tool runs forked from {self.servers} started tools")
+        return {"forked": self.served, "servers": self.servers,
+                "started_afresh": sorted(os.path.basename(t) for t in self.cold)}
 
 
 def _read_all(fd: int) -> bytes:

@@ -117,12 +117,12 @@ def test_a_bake_with_warm_tools_writes_the_same_binaries(builds, toolchain, tmp_
     monkeypatch.setattr(warm, "MIN_MODULES", 0)
     monkeypatch.setenv("BAKERY_FORKSERVER", "0")
     cold = bakemod.bake(bundle, plan, toolchain, target, tmp_path / "cold")
+    assert cold.timings is not None and cold.timings.warm_tools is None
     monkeypatch.setenv("BAKERY_FORKSERVER", "1")
-    served = []
-    close = warm.WarmTools.close
-    monkeypatch.setattr(warm.WarmTools, "close", lambda self: (served.append(self.served), close(self)))
     hot = bakemod.bake(bundle, plan, toolchain, target, tmp_path / "hot")
-    assert served and served[0] >= len(plan.modules)
+    assert hot.timings is not None
+    used = hot.to_json()["timings"]["warm_tools"]   # what bakery bake --json says
+    assert used["forked"] >= len(plan.modules) and used["servers"] >= 1 and used["started_afresh"] == [], used
     assert cold.outputs.keys() == hot.outputs.keys()
     for name in cold.outputs:
         assert Path(hot.outputs[name]).read_bytes() == Path(cold.outputs[name]).read_bytes(), name
