@@ -423,12 +423,11 @@ def _scalar(bits: _Bits, kind: str, w: int) -> int:
 def _read(bits: _Bits, abbrev: _Abbrev, end: int,
           wanted: frozenset[int] | None = None) -> tuple[int, list, bytes | None]:
     """A record by its abbreviation: (code, operands, blob). With ``wanted``, the operands of a
-    record whose code is not in it are stepped over (an empty list)."""
+    record whose code is not in it are stepped over (:func:`_step_over`; an empty list)."""
     values: list = []
     blob = None
     ops = abbrev.ops
     k = 0
-    skip = False
     while k < len(ops):
         kind, w = ops[k]
         if kind == "array":
@@ -436,16 +435,7 @@ def _read(bits: _Bits, abbrev: _Abbrev, end: int,
             if n > (end - bits.pos):
                 raise NotPlain("an array longer than its block")
             ekind, ew = ops[k + 1]
-            if skip:
-                if ekind == "vbr":
-                    bits.skip_vbrs(ew, n)
-                elif ekind in ("fixed", "char6"):
-                    bits.pos += n * (ew if ekind == "fixed" else 6)
-                    if bits.pos > bits.end:
-                        raise NotPlain("truncated bitcode")
-                else:
-                    raise NotPlain("an array of literals")
-            elif ekind == "fixed":
+            if ekind == "fixed":
                 values.extend(bits.fixeds(ew, n))
             elif ekind == "vbr":
                 values.extend(bits.vbrs(ew, n))
@@ -454,9 +444,7 @@ def _read(bits: _Bits, abbrev: _Abbrev, end: int,
             else:
                 raise NotPlain("an array of literals")  # LLVM's reader refuses them too
             k += 2
-            skip = skip or (wanted is not None and bool(values) and values[0] not in wanted)
-            continue
-        if kind == "blob":
+        elif kind == "blob":
             n = bits.vbr(6)
             bits.align32()
             if bits.pos + n * 8 > end:
@@ -465,22 +453,22 @@ def _read(bits: _Bits, abbrev: _Abbrev, end: int,
             bits.pos += n * 8
             bits.align32()
             k += 1
-            continue
-        v = _scalar(bits, kind, w)
-        if not skip:
-            values.append(v)
-            skip = wanted is not None and values[0] not in wanted
-        k += 1
+        else:
+            values.append(_scalar(bits, kind, w))
+            k += 1
+        if wanted is not None and values and values[0] not in wanted:
+            _step_over(bits, abbrev, end, k)
+            return values[0], [], blob
     if not values:
         raise NotPlain("a record without a code")
     return values[0], values[1:], blob
 
 
-def _step_over(bits: _Bits, abbrev: _Abbrev, end: int) -> None:
-    """Step over the operands of a record whose code is its abbreviation's literal, as
-    :func:`_read` reads them, without keeping any: fixed fields are skipped by their width."""
+def _step_over(bits: _Bits, abbrev: _Abbrev, end: int, start: int = 1) -> None:
+    """Step over a record's operands from its abbreviation's op ``start`` on (1: after a literal
+    code), as :func:`_read` reads them, without keeping any: fixed fields by their width."""
     ops = abbrev.ops
-    k = 1
+    k = start
     while k < len(ops):
         kind, w = ops[k]
         if kind == "fixed":
