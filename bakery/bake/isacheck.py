@@ -737,15 +737,14 @@ def _inputs_clean(link: Link, plain: set[str], objects: Mapping[str, Path], objd
     The rest of the output is plain modules, other outputs and system code: then nothing in it
     is for :func:`_judge` (what :func:`_only_plain` says of an output of plain modules alone),
     and the output, GSL's libgsl.so of 774 modules with one that has asm, is not disassembled."""
-    from bakery.plan.model import Archive, FileRef, ModuleRef, ObjectRef
+    from bakery.plan.model import FileRef, ModuleRef, ObjectRef
 
     todo: list[str] = []
-    for a in link.args:
-        for item in a.members if isinstance(a, Archive) else (a,):
-            if isinstance(item, FileRef):
-                return False
-            if isinstance(item, (ModuleRef, ObjectRef)) and item.sha256 not in plain:
-                todo.append(item.sha256)
+    for item in _items(link):
+        if isinstance(item, FileRef):
+            return False
+        if isinstance(item, (ModuleRef, ObjectRef)) and item.sha256 not in plain:
+            todo.append(item.sha256)
     for sha in todo:
         if sha not in clean:
             path = objects.get(sha)
@@ -765,15 +764,20 @@ def _inputs_clean(link: Link, plain: set[str], objects: Mapping[str, Path], objd
 
 def _only_plain(link: Link, plain: set[str]) -> bool:
     """Whether every plan input of the link is a plain module (or another output)."""
-    from bakery.plan.model import Archive, Flag, LinkRef, ModuleRef
+    from bakery.plan.model import Flag, LinkRef, ModuleRef
 
-    for a in link.args:
-        for item in a.members if isinstance(a, Archive) else (a,):
-            # flags and system libraries are no plan code; another output is checked on its own
-            plain_item = (isinstance(item, ModuleRef) and item.sha256 in plain) or isinstance(item, (Flag, LinkRef))
-            if not plain_item:
-                return False   # a native object or file of the plan, or a module that is not plain
+    for item in _items(link):
+        # flags and system libraries are no plan code; another output is checked on its own
+        plain_item = (isinstance(item, ModuleRef) and item.sha256 in plain) or isinstance(item, (Flag, LinkRef))
+        if not plain_item:
+            return False   # a native object or file of the plan, or a module that is not plain
     return True
+
+
+def _items(link: Link) -> Iterator:
+    """The link's arguments, with each archive's members in its place."""
+    for a in link.args:
+        yield from a.members if isinstance(a, Archive) else (a,)
 
 
 def _judge(link: Link, path: Path, listing: Path, sc: Scan, plan: Plan, target: Target, origins: Origins,
