@@ -114,6 +114,11 @@ def test_bench_inputs_are_made_once_and_given_as_files(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "bench.inputs train.txt: python3 -c raise SystemExit(4) exited 4" in err and "Traceback" not in err
 
+    recipe.write_text(broken.replace("[python3, -c, 'raise SystemExit(4)']", "[no-such-generator-here]"))
+    assert main(["-q", "bench", str(recipe), "-t", "x86_64_v2", "--workdir", str(tmp_path / "w3")]) != 0
+    err = capsys.readouterr().err
+    assert "bench.inputs train.txt: no-such-generator-here not found" in err and "Traceback" not in err
+
 
 def test_a_bench_symbol_the_binary_lacks_is_an_error_not_zero_registers(tmp_path, toolchain):
 
